@@ -1,0 +1,110 @@
+"""`mtl-suite data ...`: look at a dataset and split it before training on it."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mtl_suite.cli.common import DataPath, Layout, handle_user_errors, say
+from mtl_suite.data import resolve_data_path
+from mtl_suite.data.manifest import Manifest, build_manifest
+from mtl_suite.data.splits import make_split, save_split
+
+app = typer.Typer(help="Inspect and split datasets.", no_args_is_help=True)
+
+OnBadImage = Annotated[str, typer.Option("--on-bad-image", help="skip: leave unusable images out and list them; "
+                                                                  "fail: stop at the first one.")]
+Duplicates = Annotated[str, typer.Option("--duplicates", help="drop: keep one copy of byte-identical files; "
+                                                               "group: keep all copies, in one group.")]
+
+
+@app.command()
+@handle_user_errors
+def inspect(
+    path: DataPath = None,
+    layout: Layout = "auto",
+    on_bad_image: OnBadImage = "skip",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+) -> None:
+    """Classes and counts, duplicate sets, unreadable files and image sizes of a dataset."""
+    manifest = build_manifest(resolve_data_path(path), layout, on_bad_image=on_bad_image, duplicates="group")
+    report = inspection_report(manifest)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
+
+
+def inspection_report(manifest: Manifest) -> dict:
+    widths = [e.width for e in manifest.entries]
+    heights = [e.height for e in manifest.entries]
+    sizes = Counter(f"{e.width}x{e.height}" for e in manifest.entries)
+    return {
+        "root": manifest.root,
+        "layout": manifest.layout,
+        "images": len(manifest.entries),
+        "classes": manifest.class_counts,
+        "duplicate_sets": [[manifest.relative(p) for p in s] for s in manifest.duplicate_sets],
+        "duplicate_files": sum(len(s) - 1 for s in manifest.duplicate_sets),
+        "unreadable": [{"path": manifest.relative(p), "reason": r} for p, r in manifest.skipped],
+        "size": {
+            "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
+            "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
+            "most_common": dict(sizes.most_common(5)),
+        },
+        "groups": len({e.group for e in manifest.entries}),
+        "digest": manifest.digest,
+    }
+
+
+def format_inspection(report: dict) -> str:
+    lines = [
+        f"Dataset {report['root']} (layout: {report['layout']})",
+        f"{report['images']} readable images in {len(report['classes'])} classes, "
+        f"{report['groups']} independent groups",
+        "",
+        f"  {'class':<20} images",
+        *(f"  {name:<20} {count}" for name, count in report["classes"].items()),
+        "",
+        f"Duplicate sets (byte-identical files): {len(report['duplicate_sets'])} "
+        f"({report['duplicate_files']} extra copies; kept together in one group by every split)",
+        *(f"  {' = '.join(s)}" for s in report["duplicate_sets"]),
+        f"Unreadable files: {len(report['unreadable'])}",
+        *(f"  {u['path']}: {u['reason']}" for u in report["unreadable"]),
+        "Image sizes: width {min}-{max} (median {median})".format(**report["size"]["width"])
+        + ", height {min}-{max} (median {median})".format(**report["size"]["height"]),
+        "  most common: " + ", ".join(f"{k} ({v})" for k, v in report["size"]["most_common"].items()),
+        f"Manifest digest: {report['digest']}",
+    ]
+    return "\n".join(lines)
+
+
+@app.command()
+@handle_user_errors
+def split(
+    path: DataPath = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the split (JSON).")] = Path("split.json"),
+    layout: Layout = "auto",
+    folds: Annotated[int, typer.Option("--folds", min=1, help="Cross-validation folds (paper: 10).")] = 10,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9,
+                                                 help="Outer held-out test part.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 42,
+    duplicates: Duplicates = "drop",
+    on_bad_image: OnBadImage = "fail",
+) -> None:
+    """Write a leakage-safe split: outer test part plus stratified group k-fold, and print it."""
+    manifest = build_manifest(resolve_data_path(path), layout, duplicates=duplicates, on_bad_image=on_bad_image)
+    for skipped_path, reason in manifest.skipped:
+        say(f"skipped {skipped_path}: {reason}")
+    the_split = make_split(manifest, folds=folds, test_fraction=test_fraction, seed=seed)
+    written, digest = save_split(the_split, out)
+    summary = the_split.summary()
+    classes = manifest.classes
+    typer.echo(f"  {'part':<12}" + "".join(f"{c:>10}" for c in classes))
+    for part, counts in summary.items():
+        typer.echo(f"  {part:<12}" + "".join(f"{counts.get(c, 0):>10}" for c in classes))
+    if manifest.dropped_duplicates:
+        typer.echo(f"{len(manifest.dropped_duplicates)} duplicate copies left out (one copy of each kept)")
+    typer.echo(f"Split written to {written} (sha256 {digest})")

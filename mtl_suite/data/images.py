@@ -1,0 +1,96 @@
+"""Reading images from disk into RGB uint8 arrays, with one clear error per unusable file.
+
+PIL is used for decoding because it tells a truncated JPEG from a good one (OpenCV silently returns half an
+image), and it reads grayscale, palette, RGBA, CMYK and 16-bit TIFF, which are all converted to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from mtl_suite.errors import BadImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+# Far above any microscope field we expect (ALL-IDB1 is 2592x1944 = 5 MP); a guard against decompression bombs.
+MAX_PIXELS = 40_000_000
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header only; raises BadImageError for files that are not images."""
+    with _open(Path(path), max_pixels) as image:
+        return image.size
+
+
+def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a whole image to an (H, W, 3) uint8 array."""
+    path = Path(path)
+    with _open(path, max_pixels) as image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise BadImageError(path, f"truncated or corrupt image ({exc})") from None
+        return to_rgb_array(image)
+
+
+def read_resized(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode and resize to size x size (aspect ratio is not kept, as in keras.utils.image_dataset_from_directory,
+    so training and serving see the same geometry)."""
+    return resize(read_rgb(path, max_pixels), size)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    shrinking = image.shape[0] > size or image.shape[1] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to 8-bit RGB; alpha is composited on white (the background of a smear)."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    if not path.exists():
+        raise BadImageError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image (unknown format; expected JPEG, PNG, BMP or TIFF)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImageError(path, f"image too large (limit {max_pixels} pixels)") from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot be read ({exc})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise BadImageError(path, f"image too large: {width}x{height} pixels, limit {max_pixels}")
+    if width < 1 or height < 1:
+        image.close()
+        raise BadImageError(path, f"image has no pixels ({width}x{height})")
+    return image

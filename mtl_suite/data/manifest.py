@@ -1,0 +1,173 @@
+"""The Manifest: every usable image with its label, content hash, group and size.
+
+Groups are what splits keep together. A file's group is its patient id when the layout or CSV gives one, else
+the file itself; byte-identical files are merged into one group (or dropped to one copy), so that a test fold
+can never contain an image that is also in training.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtl_suite.data.images import MAX_PIXELS, read_rgb
+from mtl_suite.data.layouts import Record, read_layout
+from mtl_suite.errors import BadImageError, UserError
+from mtl_suite.io_utils import sha256_file, sha256_text
+
+DUPLICATE_POLICIES = ("drop", "group")
+BAD_IMAGE_POLICIES = ("skip", "fail")
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # absolute
+    label: str
+    sha256: str
+    group: str
+    width: int
+    height: int
+    mask: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: str
+    layout: str
+    entries: tuple[Entry, ...]
+    duplicate_sets: tuple[tuple[str, ...], ...] = ()  # paths of byte-identical files, first one kept
+    dropped_duplicates: tuple[str, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of unusable images
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({e.label for e in self.entries})
+
+    @property
+    def digest(self) -> str:
+        """Content digest: changes when any image, label or group changes, not when files move."""
+        lines = sorted(f"{e.sha256} {e.label} {e.group}" for e in self.entries)
+        return sha256_text("\n".join(lines))
+
+    def relative(self, path: str) -> str:
+        root = Path(self.root)
+        base = root.parent if root.is_file() else root
+        try:
+            return str(Path(path).relative_to(base))
+        except ValueError:
+            return path
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["path", "label", "group", "sha256", "width", "height", "mask"])
+        for e in self.entries:
+            writer.writerow([self.relative(e.path), e.label, e.group, e.sha256, e.width, e.height, e.mask or ""])
+        return out.getvalue()
+
+
+def build_manifest(
+    root: str | Path,
+    layout: str = "auto",
+    *,
+    masks: str | Path | None = None,
+    duplicates: str = "drop",
+    on_bad_image: str = "fail",
+    class_map: dict[str, str] | None = None,
+    max_pixels: int = MAX_PIXELS,
+    workers: int | None = None,
+) -> Manifest:
+    """Read a dataset, decode every image once to check it, hash it, and group duplicates."""
+    if duplicates not in DUPLICATE_POLICIES:
+        raise UserError(f"unknown duplicates policy {duplicates!r}. Expected one of: {', '.join(DUPLICATE_POLICIES)}")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise UserError(f"unknown --on-bad-image {on_bad_image!r}. Expected one of: {', '.join(BAD_IMAGE_POLICIES)}")
+    root = Path(root).resolve()
+    layout_name, records = read_layout(root, layout)
+    if masks is not None:
+        records = _attach_masks(records, root, Path(masks))
+    if class_map:
+        records = _map_classes(records, class_map)
+    checked, skipped = _check_all(records, on_bad_image, max_pixels, workers)
+    if not checked:
+        raise UserError(f"{root}: none of the {len(records)} images could be read (first: {skipped[0][1]})")
+    entries, duplicate_sets, dropped = _resolve_duplicates(checked, duplicates)
+    return Manifest(
+        root=str(root),
+        layout=layout_name,
+        entries=tuple(sorted(entries, key=lambda e: (e.label, e.path))),
+        duplicate_sets=duplicate_sets,
+        dropped_duplicates=tuple(dropped),
+        skipped=tuple(skipped),
+        class_counts=dict(sorted(Counter(e.label for e in entries).items())),
+    )
+
+
+def _attach_masks(records: list[Record], root: Path, mask_root: Path) -> list[Record]:
+    if not mask_root.is_dir():
+        raise UserError(f"mask folder not found: {mask_root}")
+    out = []
+    for record in records:
+        candidate = mask_root / record.path.relative_to(root)
+        out.append(Record(record.path, record.label, record.group, candidate if candidate.is_file() else None))
+    return out
+
+
+def _map_classes(records: list[Record], class_map: dict[str, str]) -> list[Record]:
+    unknown = sorted({r.label for r in records} - set(class_map))
+    if unknown:
+        raise UserError(f"class map has no entry for class(es) {', '.join(unknown)}. Received map: {class_map}")
+    return [Record(r.path, class_map[r.label], r.group, r.mask) for r in records]
+
+
+def _check_one(record: Record, max_pixels: int) -> tuple[Record, str, int, int]:
+    image = read_rgb(record.path, max_pixels)  # full decode: catches truncated files, not just bad headers
+    return record, sha256_file(record.path), image.shape[1], image.shape[0]
+
+
+def _check_all(records: list[Record], on_bad_image: str, max_pixels: int, workers: int | None):
+    checked, skipped = [], []
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+        futures = [pool.submit(_check_one, r, max_pixels) for r in records]
+        for future in futures:
+            try:
+                checked.append(future.result())
+            except BadImageError as exc:
+                if on_bad_image == "fail":
+                    raise BadImageError(exc.path, exc.reason + " (use --on-bad-image skip to leave it out)") from None
+                skipped.append((exc.path, exc.reason))
+    return checked, skipped
+
+
+def _resolve_duplicates(checked, policy: str):
+    by_hash: dict[str, list] = defaultdict(list)
+    for item in checked:
+        by_hash[item[1]].append(item)
+    entries, duplicate_sets, dropped = [], [], []
+    for sha, items in by_hash.items():
+        items.sort(key=lambda item: str(item[0].path))
+        if len(items) > 1:
+            duplicate_sets.append(tuple(str(i[0].path) for i in items))
+            labels = {i[0].label for i in items}
+            if len(labels) > 1:
+                raise UserError(
+                    f"identical files carry different labels ({', '.join(sorted(labels))}): "
+                    + ", ".join(str(i[0].path) for i in items)
+                )
+        # One group for all copies: a given patient id of the first copy, else the content hash.
+        group = items[0][0].group or (f"sha256:{sha[:16]}" if len(items) > 1 else None)
+        kept = items[:1] if policy == "drop" else items
+        dropped += [str(i[0].path) for i in items[len(kept):]]
+        for record, digest, width, height in kept:
+            entries.append(Entry(
+                path=str(record.path), label=record.label, sha256=digest,
+                group=group or record.group or f"file:{record.path.name}:{digest[:8]}",
+                width=width, height=height, mask=str(record.mask) if record.mask else None,
+            ))
+    return entries, tuple(sorted(duplicate_sets)), sorted(dropped)
