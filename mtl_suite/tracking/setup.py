@@ -16,6 +16,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 def use_tracking(uri: str | None, experiment: str) -> tuple[str, str]:
     """Point MLflow at the store and experiment; return (tracking URI, experiment id)."""
+    # Artifact download bars would interleave with our progress lines; a user can turn them back on.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     resolved = resolve_tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
     experiment_obj = mlflow.set_experiment(experiment)

@@ -1,0 +1,121 @@
+"""`mtl-suite stage1|stage2|stage3|classical`: one MLflow run per stage, nested runs per CV fold.
+
+The four commands share one option set; each option overrides the same key of the --config file."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mtl_suite.cli.common import Experiment, Layout, Quiet, TrackingUri, explicit_options, handle_user_errors, say
+from mtl_suite.config import DataConfig, TrainConfig, load_config
+
+_D, _T = DataConfig(), TrainConfig()
+
+# option name -> config key; only options the user typed override the config file
+OPTION_KEYS = {
+    "data": "data.path", "layout": "data.layout", "masks": "data.masks", "image_size": "data.image_size",
+    "folds": "data.folds", "test_fraction": "data.test_fraction", "data_seed": "data.seed",
+    "backbone": "train.backbone", "weights": "train.weights", "epochs": "train.warmup_epochs",
+    "finetune_epochs": "train.finetune_epochs", "unfreeze_layers": "train.unfreeze_layers",
+    "batch_size": "train.batch_size", "learning_rate": "train.learning_rate",
+    "finetune_learning_rate": "train.finetune_learning_rate", "decay_rate": "train.decay_rate",
+    "dense_units": "train.dense_units", "dropout": "train.dropout",
+    "early_stopping_patience": "train.early_stopping_patience", "augment": "train.augment", "seed": "train.seed",
+    "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
+}
+
+STAGE_HELP = {
+    "stage1": "Stage 1: ImageNet weights W0 -> W1 (GAP + softmax head; fine-tuned only if --source is given).",
+    "stage2": "Stage 2: W1 -> W2 on single cells, blast vs normal (crops of the smears' training images, or --cells).",
+    "stage3": "Stage 3: W2 -> W3 on multi-cell smears (--task binary|multiclass). Runs missing stages first.",
+    "classical": "Classical transfer learning baseline: ImageNet -> the stage-3 task directly, same head and budget.",
+}
+
+
+def stage_command(stage: str):
+    def command(
+        ctx: typer.Context,
+        config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML; options override it.",
+                                                       show_default=False)] = None,
+        data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset (folder per class, ALL-IDB, "
+                        "CSV). Default: the bundled sample.", show_default=False)] = None,
+        layout: Layout = _D.layout,
+        masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears (same relative "
+                         "names; 'segmented on black' or binary) used to crop single cells for stage 2. Default "
+                         "with the bundled sample: its segmented/ folder.", show_default=False)] = None,
+        cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset (ALL-IDB2, "
+                         "C-NMC, folder, CSV) instead of crops of the smears.", show_default=False)] = None,
+        source: Annotated[Optional[str], typer.Option("--source", help="Stage 1: a source dataset to fine-tune the "
+                          "ImageNet backbone on.", show_default=False)] = None,
+        backbone: Annotated[str, typer.Option("--backbone", "-b", help="inception_v3, xception, "
+                            "inception_resnet_v2, mobilenet_025, mobilenet_v2, efficientnet_b0, tiny.")] = _T.backbone,
+        task: Annotated[str, typer.Option("--task", help="binary (normal vs leukemia) or multiclass.")] = "multiclass",
+        normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="Class that is 'normal' for "
+                                "binary tasks. Default: a class named normal/benign/hem/healthy.",
+                                show_default=False)] = None,
+        image_size: Annotated[int, typer.Option("--image-size", help="Input size in pixels.")] = _D.image_size,
+        folds: Annotated[int, typer.Option("--folds", help="CV folds (paper: 10); 1 = one train/validation split.")] = _D.folds,
+        test_fraction: Annotated[float, typer.Option("--test-fraction", help="Outer held-out test part.")] = _D.test_fraction,
+        epochs: Annotated[int, typer.Option("--epochs", help="Head warm-up epochs, backbone frozen (paper: 160 "
+                          "in total).")] = _T.warmup_epochs,
+        finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Epochs with the top layers "
+                                   "unfrozen.")] = _T.finetune_epochs,
+        unfreeze_layers: Annotated[int, typer.Option("--unfreeze-layers", help="Top backbone layers to fine-tune.")] = _T.unfreeze_layers,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Paper: 48.")] = _T.batch_size,
+        learning_rate: Annotated[float, typer.Option("--learning-rate", help="Adam, paper: 1e-3.")] = _T.learning_rate,
+        finetune_learning_rate: Annotated[float, typer.Option("--finetune-learning-rate")] = _T.finetune_learning_rate,
+        decay_rate: Annotated[float, typer.Option("--decay-rate", help="Exponential decay per epoch.")] = _T.decay_rate,
+        dense_units: Annotated[str, typer.Option("--dense-units", help="Head dense layers, e.g. 256,64.")] = "128",
+        dropout: Annotated[float, typer.Option("--dropout")] = _T.dropout,
+        early_stopping_patience: Annotated[int, typer.Option("--early-stopping-patience", help="0 disables.")] = _T.early_stopping_patience,
+        augment: Annotated[str, typer.Option("--augment", help="Augmentation policy for training batches.")] = _T.augment,
+        weights: Annotated[str, typer.Option("--weights", help="imagenet, none, or a weights file.")] = _T.weights,
+        seed: Annotated[int, typer.Option("--seed", help="Training seed (weights init, shuffling).")] = _T.seed,
+        data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
+        parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run id of the previous stage. "
+                              "Default: its newest finished run with this backbone.", show_default=False)] = None,
+        tracking_uri: TrackingUri = None,
+        experiment: Experiment = "mtl-suite",
+        quiet: Quiet = False,
+    ) -> None:
+        from mtl_suite.tracking.stage_runs import StageRequest, run_stage  # heavy imports only when training
+
+        overrides = explicit_options(ctx, OPTION_KEYS)
+        if "train.dense_units" in overrides:
+            overrides["train.dense_units"] = parse_units(dense_units)
+        cfg = load_config(config, overrides)
+        _mark_runs_killed_on_sigterm()
+        run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells,
+                               source=source, parent_run=parent_run, quiet=quiet),
+                  say=lambda message: say(message, quiet))
+
+    command.__doc__ = STAGE_HELP[stage]
+    return handle_user_errors(command)
+
+
+def parse_units(text: str) -> list[int]:
+    from mtl_suite.errors import UserError
+
+    try:
+        units = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--dense-units: expected integers separated by commas, e.g. 256,64. Received: {text!r}") from None
+    return units
+
+
+def _mark_runs_killed_on_sigterm() -> None:
+    """`kill` (SIGTERM) unwinds like Ctrl-C, so open MLflow runs are closed as KILLED/FAILED, not left RUNNING."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def register(app: typer.Typer) -> None:
+    for stage, help_text in STAGE_HELP.items():
+        app.command(name=stage, help=help_text)(stage_command(stage))

@@ -1,0 +1,1 @@
+"""Backbones (registry), stage heads, ImageNet weights and weight transfer between stages."""

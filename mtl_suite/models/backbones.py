@@ -1,0 +1,156 @@
+"""Backbone registry. Every backbone takes raw RGB pixels in [0, 255] and normalises inside its own graph, so a
+saved or served model needs no preprocessing outside it (Keras applications disagree on input scaling:
+Inception/Xception/MobileNet want [-1, 1], EfficientNet rescales itself).
+
+A backbone model maps an image to a pooled feature vector; stage heads are added on top (models/heads.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+
+from mtl_suite.errors import UserError
+from mtl_suite.models.weights import WeightsChoice, keras_weights_argument, resolve_weights
+from mtl_suite.paths import MOBILENET_025_WEIGHTS
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    constructor: Callable[..., keras.Model]  # keras.applications-style: (input_shape=, weights=) -> base model
+    default_size: int
+    min_size: int
+    normalisation: Callable[[], keras.layers.Layer]  # raw [0, 255] -> what the base expects
+    imagenet_file: str | None = None  # file name in Keras's cache (~/.keras/models), for provenance
+    bundled_weights: tuple[str, str] | None = None  # (path, sha256) of ImageNet weights shipped in the package
+    description: str = ""
+
+
+def _to_minus_one_one() -> keras.layers.Layer:
+    return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")
+
+
+def _identity() -> keras.layers.Layer:
+    return keras.layers.Identity(name="normalise")  # EfficientNet rescales and normalises inside itself
+
+
+def _to_unit() -> keras.layers.Layer:
+    return keras.layers.Rescaling(1.0 / 255.0, name="normalise")
+
+
+def _tiny_cnn(input_shape: tuple[int, int, int], weights: str | None = None) -> keras.Model:
+    """About 10k parameters: lets the whole pipeline run end to end in seconds in tests."""
+    if weights is not None:
+        raise UserError("the tiny backbone has no pretrained weights: use --weights none")
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, filters in enumerate((8, 16, 32)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"tiny_conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"tiny_bn{i}")(x)
+        x = keras.layers.ReLU(name=f"tiny_relu{i}")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+def _no_top(application: Callable[..., keras.Model], **fixed) -> Callable[..., keras.Model]:
+    return functools.partial(application, include_top=False, **fixed)
+
+
+_mobilenet_025 = _no_top(keras.applications.MobileNet, alpha=0.25)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("inception_v3", _no_top(keras.applications.InceptionV3), 299, 75, _to_minus_one_one,
+                     imagenet_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     description="paper backbone, 21.8M parameters"),
+        BackboneSpec("xception", _no_top(keras.applications.Xception), 299, 71, _to_minus_one_one,
+                     imagenet_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     description="paper backbone, 20.9M parameters"),
+        BackboneSpec("inception_resnet_v2", _no_top(keras.applications.InceptionResNetV2), 299, 75, _to_minus_one_one,
+                     imagenet_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                     description="paper backbone, 54.3M parameters"),
+        BackboneSpec("mobilenet_025", _mobilenet_025, 224, 32, _to_minus_one_one,
+                     imagenet_file="mobilenet_2_5_224_tf_no_top.h5",
+                     bundled_weights=(str(MOBILENET_025_WEIGHTS),
+                                      "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"),
+                     description="MobileNet v1 alpha 0.25, 0.2M parameters; ImageNet weights bundled (offline default)"),
+        BackboneSpec("mobilenet_v2", _no_top(keras.applications.MobileNetV2), 224, 32, _to_minus_one_one,
+                     imagenet_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+                     description="MobileNet v2 alpha 1.0, 2.3M parameters"),
+        BackboneSpec("efficientnet_b0", _no_top(keras.applications.EfficientNetB0), 224, 32, _identity,
+                     imagenet_file="efficientnetb0_notop.h5", description="EfficientNet-B0, 4.0M parameters"),
+        BackboneSpec("tiny", _tiny_cnn, 64, 16, _to_unit, description="tiny CNN for tests (no pretrained weights)"),
+    ]
+}
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise UserError(f"unknown backbone {name!r}. Expected one of: {', '.join(BACKBONES)}") from None
+
+
+def check_image_size(spec: BackboneSpec, size: int) -> None:
+    if size < spec.min_size:
+        raise UserError(f"image size {size} is below {spec.name}'s minimum of {spec.min_size} px. Received: {size}")
+
+
+def build_backbone(name: str, image_size: int, weights: str = "none") -> tuple[keras.Model, WeightsChoice]:
+    """Raw image -> normalisation -> base network (batch norm kept in inference mode, the usual choice for
+    fine-tuning small medical datasets) -> global average pooling. Returns the model and where its weights
+    came from."""
+    spec = get_backbone_spec(name)
+    check_image_size(spec, image_size)
+    choice = resolve_weights(spec, weights)
+    input_shape = (image_size, image_size, 3)
+    base = _construct(spec, input_shape, choice)
+    base.name = "base"  # a fixed name: weight transfer and fine-tuning find it by this name
+    inputs = keras.Input(input_shape, name="image")
+    x = spec.normalisation()(inputs)
+    x = base(x, training=False)
+    outputs = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, outputs, name="backbone"), choice
+
+
+def _construct(spec: BackboneSpec, input_shape: tuple[int, int, int], choice: WeightsChoice) -> keras.Model:
+    try:
+        return spec.constructor(input_shape=input_shape, weights=keras_weights_argument(choice))
+    except UserError:
+        raise
+    except Exception as exc:  # Keras raises plain Exception/ValueError for download and shape problems
+        if choice.kind == "imagenet" and choice.path is None:
+            raise UserError(
+                f"ImageNet weights for {spec.name} could not be obtained ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}). Offline? Put {spec.imagenet_file} in ~/.keras/models/ "
+                f"or pass --weights /path/to/{spec.imagenet_file} (or --weights none for random init)"
+            ) from None
+        if choice.kind == "file":
+            raise UserError(
+                f"weights file {choice.path} does not fit backbone {spec.name} at {input_shape[0]} px: "
+                f"{str(exc).splitlines()[0][:300]}"
+            ) from None
+        raise
+
+
+def base_model(backbone: keras.Model) -> keras.Model:
+    return backbone.get_layer("base")
+
+
+def set_trainable_top(backbone: keras.Model, n_layers: int) -> int:
+    """Freeze the backbone except its top `n_layers` layers that hold weights; batch-norm layers stay frozen
+    (their statistics would be ruined by small batches). Returns how many layers were unfrozen."""
+    base = base_model(backbone)
+    backbone.trainable = True
+    for layer in base.layers:
+        layer.trainable = False
+    weighted = [l for l in base.layers if l.weights and not isinstance(l, keras.layers.BatchNormalization)]
+    chosen = weighted[-n_layers:] if n_layers > 0 else []
+    for layer in chosen:
+        layer.trainable = True
+    return len(chosen)

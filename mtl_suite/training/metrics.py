@@ -1,0 +1,94 @@
+"""The paper's metrics: accuracy, precision, recall, F1 (macro and weighted), per-class ROC AUC with micro and macro
+averages, confusion matrices. Keys use the house form ('f1_macro', 'auc/<class>'); callers add 'val/', 'cv/',
+'test/' prefixes."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+from sklearn.preprocessing import label_binarize
+
+
+def as_class_probabilities(raw: np.ndarray) -> np.ndarray:
+    """A single sigmoid column p becomes [1 - p, p], so binary and multiclass models are scored alike."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if raw.ndim == 1 or raw.shape[1] == 1:
+        p = raw.reshape(-1)
+        return np.stack([1.0 - p, p], axis=1)
+    return raw
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    proba = as_class_probabilities(proba)
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = proba.argmax(axis=1)
+    labels = list(range(len(class_names)))
+    out = {"accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average,
+                                                         zero_division=0)
+        out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    if len(class_names) == 2:  # the paper's binary table reports the positive (leukemia/blast) class
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=[1], average=None, zero_division=0)
+        out.update({"precision": float(p[0]), "recall": float(r[0]), "f1": float(f[0])})
+    out.update(auc_metrics(y_true, proba, class_names))
+    return out
+
+
+def auc_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """One-vs-rest AUC per class, micro (pooled) and macro (mean of classes). A class absent from y_true has no
+    AUC; it is left out rather than reported as a number it cannot have."""
+    onehot = label_binarize(y_true, classes=list(range(len(class_names))))
+    if len(class_names) == 2:
+        onehot = np.hstack([1 - onehot, onehot])
+    out, per_class = {}, []
+    for k, name in enumerate(class_names):
+        if 0 < onehot[:, k].sum() < len(onehot):
+            auc = float(skm.roc_auc_score(onehot[:, k], proba[:, k]))
+            out[f"auc/{name}"] = auc
+            per_class.append(auc)
+    if per_class:
+        out["auc_macro"] = float(np.mean(per_class))
+        out["auc_micro"] = float(skm.roc_auc_score(onehot.ravel(), proba.ravel()))
+    return out
+
+
+def confusion(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> np.ndarray:
+    y_pred = as_class_probabilities(proba).argmax(axis=1)
+    return skm.confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+
+
+def roc_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{class or 'micro'/'macro': (fpr, tpr)} for plotting."""
+    proba = as_class_probabilities(proba)
+    onehot = label_binarize(y_true, classes=list(range(len(class_names))))
+    if len(class_names) == 2:
+        onehot = np.hstack([1 - onehot, onehot])
+    curves = {}
+    for k, name in enumerate(class_names):
+        if 0 < onehot[:, k].sum() < len(onehot):
+            fpr, tpr, _ = skm.roc_curve(onehot[:, k], proba[:, k])
+            curves[name] = (fpr, tpr)
+    if curves:
+        grid = np.linspace(0, 1, 201)
+        macro = np.mean([np.interp(grid, f, t) for f, t in curves.values()], axis=0)
+        curves["micro"] = tuple(skm.roc_curve(onehot.ravel(), proba.ravel())[:2])
+        curves["macro"] = (grid, macro)
+    return curves
+
+
+def classification_report(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> str:
+    y_pred = as_class_probabilities(proba).argmax(axis=1)
+    return skm.classification_report(y_true, y_pred, labels=list(range(len(class_names))),
+                                     target_names=class_names, digits=4, zero_division=0)
+
+
+def summarise_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and standard deviation over folds of every metric that all folds have."""
+    keys = set.intersection(*(set(m) for m in fold_metrics)) if fold_metrics else set()
+    out = {}
+    for key in sorted(keys):
+        values = np.array([m[key] for m in fold_metrics], dtype=np.float64)
+        out[f"{key}_mean"] = float(values.mean())
+        out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
