@@ -7,6 +7,7 @@ user errors that name the key and the file, so a typo never silently falls back 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class DataConfig:
     layout: str = "auto"
     masks: str | None = None  # "segmented on black" folder or binary masks, same relative names as the images
     image_size: int = 128
+    cell_size: int = 64  # single-cell crops (stage 2): cells are ~40-60 px in a 224 px field
     duplicates: str = "drop"  # drop: keep one copy of identical files; group: keep all, in one group
     on_bad_image: str = "fail"
     test_fraction: float = 0.2
@@ -75,9 +77,34 @@ class ExperimentConfig:
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
     """Defaults, then the YAML file, then dotted overrides such as {"train.warmup_epochs": 5}."""
     config = ExperimentConfig()
+    file_data: dict[str, Any] = {}
     if path is not None:
-        config = from_mapping(ExperimentConfig, _read_yaml(Path(path)), source=str(path))
-    return apply_overrides(config, overrides or {})
+        file_data = _read_yaml(Path(path))
+        config = from_mapping(ExperimentConfig, file_data, source=str(path))
+    overrides = dict(overrides or {})
+    config = _replace_dotted(config, overrides, "command line")
+    try:
+        validate(config)
+    except UserError as exc:
+        # Name where the offending value was set: the command line wins over the file, the file over defaults.
+        keys = getattr(exc, "key", "").split(" + ")  # a combined check names several keys
+        if any(k in overrides for k in keys):
+            where = "command line"
+        elif path is not None and any(_has_dotted(file_data, k) for k in keys):
+            where = str(path)
+        else:
+            where = str(path) if path is not None else "command line"
+        raise UserError(f"{where}: {exc}") from None
+    return config
+
+
+def _has_dotted(data: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -85,6 +112,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file (expected a YAML config)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -102,7 +131,7 @@ def from_mapping(cls: type, data: Mapping[str, Any], source: str, prefix: str = 
         raise UserError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping. Received: {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in set(data) - names)
     if unknown:
         raise UserError(
             f"{source}: unknown key '{prefix}{unknown[0]}'. Expected one of: {', '.join(sorted(names))}"
@@ -112,7 +141,7 @@ def from_mapping(cls: type, data: Mapping[str, Any], source: str, prefix: str = 
         key_path = f"{prefix}{key}"
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            values[key] = from_mapping(tp, value or {}, source, f"{key_path}.")
+            values[key] = from_mapping(tp, {} if value is None else value, source, f"{key_path}.")
         else:
             values[key] = coerce(value, tp, key_path, source)
     return cls(**values)
@@ -146,6 +175,8 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; it is what the user meant
         raise _type_error(key, source, "a number", value)
     if tp is str:
         if isinstance(value, str):
@@ -154,22 +185,46 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug in this module, not user input
 
 
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _type_error(key: str, source: str, expected: str, value: Any) -> UserError:
     return UserError(f"{source}: '{key}' must be {expected}. Received: {value!r}")
 
 
 def apply_overrides(config: Any, overrides: Mapping[str, Any], source: str = "command line") -> Any:
     """Return a copy of `config` with dotted keys replaced, type-checked like file values."""
-    for dotted, value in overrides.items():
-        section_name, _, name = dotted.rpartition(".")
-        section = getattr(config, section_name) if section_name else config
-        hints = typing.get_type_hints(type(section))
-        if name not in hints:
-            raise UserError(f"{source}: unknown setting '{dotted}'")
-        new_section = dataclasses.replace(section, **{name: coerce(value, hints[name], dotted, source)})
-        config = dataclasses.replace(config, **{section_name: new_section}) if section_name else new_section
-    validate(config)
+    config = _replace_dotted(config, overrides, source)
+    try:
+        validate(config)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
     return config
+
+
+def _replace_dotted(config: Any, overrides: Mapping[str, Any], source: str) -> Any:
+    for dotted, value in overrides.items():
+        config = _replace_one(config, dotted.split("."), "", value, dotted, source)
+    return config
+
+
+def _replace_one(node: Any, parts: list[str], prefix: str, value: Any, dotted: str, source: str) -> Any:
+    """Replace the field at `parts` below dataclass `node` (whose own dotted path is `prefix`)."""
+    hints = typing.get_type_hints(type(node))
+    name, key = parts[0], f"{prefix}{parts[0]}"
+    if name not in hints:
+        raise UserError(f"{source}: unknown setting '{dotted}'. Expected one of: "
+                        + ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(node)))
+    current = getattr(node, name)
+    if dataclasses.is_dataclass(current):
+        if len(parts) == 1:
+            first = dataclasses.fields(current)[0].name
+            raise UserError(f"{source}: '{dotted}' is a section, not a setting; set one of its keys, "
+                            f"e.g. '{key}.{first}'")
+        return dataclasses.replace(node, **{name: _replace_one(current, parts[1:], f"{key}.", value, dotted, source)})
+    if len(parts) > 1:
+        raise UserError(f"{source}: unknown setting '{dotted}' ('{key}' is a value, not a section)")
+    return dataclasses.replace(node, **{name: coerce(value, hints[name], dotted, source)})
 
 
 def validate(config: Any) -> None:
@@ -179,13 +234,15 @@ def validate(config: Any) -> None:
     d, t = config.data, config.train
     checks = [
         (d.image_size >= 32, "data.image_size", "at least 32", d.image_size),
+        (d.cell_size >= 32, "data.cell_size", "at least 32", d.cell_size),
         (0.0 <= d.test_fraction < 1.0, "data.test_fraction", "in [0, 1)", d.test_fraction),
         (d.folds >= 1, "data.folds", "at least 1", d.folds),
         (d.duplicates in ("drop", "group"), "data.duplicates", "'drop' or 'group'", d.duplicates),
         (d.on_bad_image in ("skip", "fail"), "data.on_bad_image", "'skip' or 'fail'", d.on_bad_image),
         (t.warmup_epochs >= 0, "train.warmup_epochs", "0 or more", t.warmup_epochs),
         (t.finetune_epochs >= 0, "train.finetune_epochs", "0 or more", t.finetune_epochs),
-        (t.warmup_epochs + t.finetune_epochs >= 1, "train epochs", "at least 1 in total", t.warmup_epochs),
+        (t.warmup_epochs + t.finetune_epochs >= 1, "train.warmup_epochs + train.finetune_epochs", "at least 1",
+         f"{t.warmup_epochs} + {t.finetune_epochs}"),
         (t.batch_size >= 1, "train.batch_size", "at least 1", t.batch_size),
         (t.learning_rate > 0, "train.learning_rate", "positive", t.learning_rate),
         (t.finetune_learning_rate > 0, "train.finetune_learning_rate", "positive", t.finetune_learning_rate),
@@ -196,7 +253,9 @@ def validate(config: Any) -> None:
     ]
     for ok, key, expected, value in checks:
         if not ok:
-            raise UserError(f"'{key}' must be {expected}. Received: {value!r}")
+            error = UserError(f"'{key}' must be {expected}. Received: {value!r}")
+            error.key = key  # type: ignore[attr-defined]
+            raise error
 
 
 def to_flat_dict(config: Any, prefix: str = "") -> dict[str, Any]:

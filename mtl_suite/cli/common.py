@@ -30,11 +30,11 @@ def handle_user_errors(command: Callable) -> Callable:
 def explicit_options(ctx: typer.Context, mapping: dict[str, str]) -> dict[str, Any]:
     """Config overrides from the options the user actually typed (not their defaults), so an experiment file's
     values win over option defaults but lose to options given on the command line."""
-    from click.core import ParameterSource
-
+    # Compared by name: typer 0.29 vendors click (typer._click), whose ParameterSource is not click.core's.
     out = {}
     for param, key in mapping.items():
-        if ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None):
+        source = ctx.get_parameter_source(param)
+        if source is not None and source.name != "DEFAULT":
             value = ctx.params[param]
             out[key] = list(value) if isinstance(value, tuple) else value
     return out

@@ -32,6 +32,16 @@ def image_size(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int
         return image.size
 
 
+def image_header(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[str, str, int, int, bool]:
+    """(format, mode, width, height, has_transparency) from the header only; BadImageError as for read_rgb."""
+    with _open(Path(path), max_pixels) as image:
+        transparent = image.mode in _ALPHA_MODES or "transparency" in image.info
+        return image.format or "", image.mode, image.width, image.height, transparent
+
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
 def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a whole image to an (H, W, 3) uint8 array."""
     path = Path(path)
@@ -40,7 +50,10 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise BadImageError(path, f"truncated or corrupt image ({exc})") from None
-        return to_rgb_array(image)
+        try:
+            return to_rgb_array(image)
+        except (ValueError, OSError) as exc:
+            raise BadImageError(path, f"unsupported image mode {image.mode!r} ({exc})") from None
 
 
 def read_resized(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -50,10 +63,19 @@ def read_resized(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> n
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
+    """Area averaging on an axis that shrinks (no aliasing), bilinear on one that grows.
+
+    An image that shrinks on one axis and grows on the other (a wide cell crop) is resized one axis at a time, so
+    each axis gets its own method; `pipeline.file_dataset` does the same in TF ops and gets the same pixels.
+    """
+    height, width = image.shape[:2]
+    if height == size and width == size:
         return image
-    shrinking = image.shape[0] > size or image.shape[1] > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if (height >= size) == (width >= size):
+        method = cv2.INTER_AREA if height >= size else cv2.INTER_LINEAR
+        return cv2.resize(image, (size, size), interpolation=method)
+    image = cv2.resize(image, (size, height), interpolation=cv2.INTER_AREA if width > size else cv2.INTER_LINEAR)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if height > size else cv2.INTER_LINEAR)
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:

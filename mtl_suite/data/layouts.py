@@ -111,25 +111,38 @@ def _detect_csv(root: Path) -> bool:
 
 
 def read_csv_manifest(csv_path: Path, allow_outside_root: bool = False) -> list[Record]:
+    try:
+        return _read_csv_rows(csv_path, allow_outside_root)
+    except UnicodeDecodeError:
+        raise UserError(f"{csv_path}: not a UTF-8 text file (expected a CSV with columns path,label)") from None
+    except csv.Error as exc:
+        raise UserError(f"{csv_path}: not a readable CSV ({exc})") from None
+
+
+def _read_csv_rows(csv_path: Path, allow_outside_root: bool) -> list[Record]:
     base = csv_path.parent.resolve()
-    with csv_path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: spreadsheet programs start CSVs with a byte-order mark, which would otherwise hide the 'path' column.
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or [])
+        columns = {name.strip() for name in reader.fieldnames or []}
         missing = {"path", "label"} - columns
         if missing:
             raise UserError(
                 f"{csv_path}: missing column(s) {', '.join(sorted(missing))}. Expected columns: "
                 f"path, label, optional group, optional mask. Received: {', '.join(reader.fieldnames or [])}"
             )
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
         records, seen = [], set()
         for line, row in enumerate(reader, start=2):
-            path = _resolve_inside(base, row["path"], csv_path, line, allow_outside_root)
+            if not (row.get("path") or "").strip():
+                raise UserError(f"{csv_path}:{line}: empty path. Received row: {row}")
+            path = _resolve_inside(base, row["path"].strip(), csv_path, line, allow_outside_root)
             if path in seen:
                 raise UserError(f"{csv_path}:{line}: path {row['path']!r} is listed twice")
             seen.add(path)
             if not (row.get("label") or "").strip():
                 raise UserError(f"{csv_path}:{line}: empty label for {row['path']!r}")
-            mask = row.get("mask") or None
+            mask = (row.get("mask") or "").strip() or None
             records.append(Record(
                 path=path,
                 label=row["label"].strip(),
@@ -145,8 +158,8 @@ def _resolve_inside(base: Path, value: str, csv_path: Path, line: int, allow_out
     path = (base / value).resolve()
     if not allow_outside and not path.is_relative_to(base):
         raise UserError(
-            f"{csv_path}:{line}: path {value!r} is outside the manifest's folder {base} "
-            f"(use --allow-outside-root to permit it)"
+            f"{csv_path}:{line}: path {value!r} is outside the manifest's folder {base}. Expected a path inside "
+            f"that folder (relative to the CSV, or absolute)"
         )
     return path
 
@@ -174,16 +187,20 @@ def detect_layout(root: Path) -> Layout:
 
 def read_layout(root: str | Path, layout: str = "auto") -> tuple[str, list[Record]]:
     root = Path(root)
+    if layout != "auto" and layout not in LAYOUTS:
+        raise UserError(f"unknown layout. Expected one of: auto, {', '.join(LAYOUTS)}. Received: {layout!r}")
     if not root.exists():
         raise UserError(f"data path not found: {root}")
-    if layout == "auto":
-        chosen = detect_layout(root)
-    elif layout in LAYOUTS:
-        chosen = LAYOUTS[layout]
-    else:
-        raise UserError(f"unknown layout {layout!r}. Expected one of: auto, {', '.join(LAYOUTS)}")
     if root.is_dir() and not any(root.iterdir()):
         raise UserError(f"data folder is empty: {root}")
+    if layout == "auto":
+        chosen = detect_layout(root)
+    else:
+        chosen = LAYOUTS[layout]
+        wants_file = chosen.name == "csv"
+        if wants_file != root.is_file():
+            expected = "a .csv file" if wants_file else "a folder"
+            raise UserError(f"layout {chosen.name!r} reads {expected}. Received: {root}")
     records = chosen.read(root)
     if not records:
         raise UserError(f"{root}: no images found for layout {chosen.name!r} ({chosen.description})")

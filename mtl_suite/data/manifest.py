@@ -85,9 +85,11 @@ def build_manifest(
 ) -> Manifest:
     """Read a dataset, decode every image once to check it, hash it, and group duplicates."""
     if duplicates not in DUPLICATE_POLICIES:
-        raise UserError(f"unknown duplicates policy {duplicates!r}. Expected one of: {', '.join(DUPLICATE_POLICIES)}")
+        raise UserError(f"unknown --duplicates policy. Expected one of: {', '.join(DUPLICATE_POLICIES)}. "
+                        f"Received: {duplicates!r}")
     if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise UserError(f"unknown --on-bad-image {on_bad_image!r}. Expected one of: {', '.join(BAD_IMAGE_POLICIES)}")
+        raise UserError(f"unknown --on-bad-image policy. Expected one of: {', '.join(BAD_IMAGE_POLICIES)}. "
+                        f"Received: {on_bad_image!r}")
     root = Path(root).resolve()
     layout_name, records = read_layout(root, layout)
     if masks is not None:
@@ -112,9 +114,13 @@ def build_manifest(
 def _attach_masks(records: list[Record], root: Path, mask_root: Path) -> list[Record]:
     if not mask_root.is_dir():
         raise UserError(f"mask folder not found: {mask_root}")
+    base = root.parent if root.is_file() else root  # a CSV manifest's paths are relative to its folder
     out = []
     for record in records:
-        candidate = mask_root / record.path.relative_to(root)
+        try:
+            candidate = mask_root / record.path.relative_to(base)
+        except ValueError:
+            candidate = mask_root / record.path.name
         out.append(Record(record.path, record.label, record.group, candidate if candidate.is_file() else None))
     return out
 
@@ -140,18 +146,46 @@ def _check_all(records: list[Record], on_bad_image: str, max_pixels: int, worker
                 checked.append(future.result())
             except BadImageError as exc:
                 if on_bad_image == "fail":
+                    pool.shutdown(wait=True, cancel_futures=True)  # stop decoding the rest of a dataset we reject
                     raise BadImageError(exc.path, exc.reason + " (use --on-bad-image skip to leave it out)") from None
                 skipped.append((exc.path, exc.reason))
     return checked, skipped
 
 
 def _resolve_duplicates(checked, policy: str):
+    """Group byte-identical files; with 'drop' keep the first copy (by path) of each.
+
+    Groups are merged transitively (union-find): when copies of one image carry different patient groups, those
+    patients' images are joined into one group, since a split that separated them would put the same pixels on
+    both sides. A file without a given group is its own group, named by its content hash, so the manifest digest
+    does not change when files are renamed or moved.
+    """
     by_hash: dict[str, list] = defaultdict(list)
     for item in checked:
         by_hash[item[1]].append(item)
-    entries, duplicate_sets, dropped = [], [], []
+    parent: dict[str, str] = {}
+
+    def find(g: str) -> str:
+        parent.setdefault(g, g)
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the smaller name represents the set: independent of input order
+
+    def own_group(record: Record, sha: str) -> str:
+        return record.group or f"sha256:{sha[:16]}"
+
+    duplicate_sets, kept_items, dropped = [], [], []
     for sha, items in by_hash.items():
         items.sort(key=lambda item: str(item[0].path))
+        groups = [own_group(i[0], sha) for i in items]
+        for g in groups:
+            union(groups[0], g)
         if len(items) > 1:
             duplicate_sets.append(tuple(str(i[0].path) for i in items))
             labels = {i[0].label for i in items}
@@ -160,14 +194,12 @@ def _resolve_duplicates(checked, policy: str):
                     f"identical files carry different labels ({', '.join(sorted(labels))}): "
                     + ", ".join(str(i[0].path) for i in items)
                 )
-        # One group for all copies: a given patient id of the first copy, else the content hash.
-        group = items[0][0].group or (f"sha256:{sha[:16]}" if len(items) > 1 else None)
         kept = items[:1] if policy == "drop" else items
         dropped += [str(i[0].path) for i in items[len(kept):]]
-        for record, digest, width, height in kept:
-            entries.append(Entry(
-                path=str(record.path), label=record.label, sha256=digest,
-                group=group or record.group or f"file:{record.path.name}:{digest[:8]}",
-                width=width, height=height, mask=str(record.mask) if record.mask else None,
-            ))
+        kept_items += [(item, own_group(item[0], sha)) for item in kept]
+    entries = [
+        Entry(path=str(record.path), label=record.label, sha256=digest, group=find(group),
+              width=width, height=height, mask=str(record.mask) if record.mask else None)
+        for (record, digest, width, height), group in kept_items
+    ]
     return entries, tuple(sorted(duplicate_sets)), sorted(dropped)

@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mtl_suite.data.images import read_resized
+from mtl_suite.data.images import image_header, read_resized
 
-# TF decodes these natively (tf.io.decode_image); anything else (TIFF) goes through PIL in a py-function.
-TF_DECODABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+# TF decodes these natively; anything else (TIFF) goes through PIL in a py-function.
+TF_DECODABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
 BatchAugment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -92,18 +92,27 @@ def _wrap_augment(augment: BatchAugment, seed: int):
 
 
 def file_dataset(paths: Sequence[str], labels: Sequence[int], size: int, batch_size: int, *,
-                 shuffle: bool = False, seed: int = 0, masks: Sequence[str] | None = None,
+                 shuffle: bool = False, seed: int = 0, masks: Sequence[str | None] | None = None,
                  augment: BatchAugment | None = None):
-    """Streaming pipeline: parallel decode and resize in TF ops, deterministic order under a seed."""
+    """Streaming pipeline: parallel decode and resize in TF ops, deterministic order under a seed.
+
+    The image headers are read once here (no decoding; an unreadable file fails now, naming it, not mid-epoch)
+    to choose one decoder and one resampling for the whole list, so the usual per-image graph has no tf.cond
+    (conds per image cost CPU and made the loader benchmark's throughput erratic). Images that TF would decode
+    differently from `read_rgb` (transparency, 16-bit, CMYK, TIFF, mixed formats) and masked images go through
+    PIL. Either way the pixels are those of `load_image_array` (within 1 level where an image is enlarged).
+    """
     import tensorflow as tf
 
     paths = [str(p) for p in paths]
-    native = all(Path(p).suffix.lower() in TF_DECODABLE for p in paths) and masks is None
-    columns = (paths, np.asarray(labels)) if masks is None else (paths, np.asarray(labels), list(masks))
+    plan = _native_plan(paths, size) if masks is None else None
+    # An image without a mask (Entry.mask is None) travels as "": tf.data cannot hold None.
+    columns = (paths, np.asarray(labels)) if masks is None else (paths, np.asarray(labels),
+                                                                 [str(m) if m else "" for m in masks])
     ds = tf.data.Dataset.from_tensor_slices(columns)
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    loader = _tf_loader(size) if native else _py_loader(size, masks is not None)
+    loader = _tf_loader(size, *plan) if plan else _py_loader(size, masks is not None)
     options = tf.data.Options()
     options.deterministic = True
     ds = ds.with_options(options).map(loader, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
@@ -112,14 +121,96 @@ def file_dataset(paths: Sequence[str], labels: Sequence[int], size: int, batch_s
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _tf_loader(size: int):
+# PIL modes that TF's decoders turn into the same 8-bit RGB as images.to_rgb_array.
+_TF_SAME_MODES = frozenset({"RGB", "L", "P"})
+
+
+def _native_plan(paths: Sequence[str], size: int) -> tuple[str, str] | None:
+    """(decoder, resampling) for the TF path from the headers, or None when some image must go through PIL.
+
+    decoder: "jpeg" (tf.io.decode_jpeg with the accurate DCT, which also reads PNG) or "bmp".
+    resampling: "none" (all images already size x size), "area" (all shrink), "bilinear" (all grow), or
+    "per-image" (a mix: chosen per image with tf.cond, like images.resize).
+    """
+    if not paths or any(Path(p).suffix.lower() not in TF_DECODABLE for p in paths):
+        return None
+    with ThreadPoolExecutor(max_workers=default_workers()) as pool:
+        headers = list(pool.map(image_header, paths))
+    formats = {fmt for fmt, _, _, _, _ in headers}
+    if any(mode not in _TF_SAME_MODES or transparent for _, mode, _, _, transparent in headers):
+        return None
+    if formats <= {"JPEG", "PNG"}:
+        decoder = "jpeg"
+    elif formats == {"BMP"} and {mode for _, mode, _, _, _ in headers} == {"RGB"}:  # 24/32-bit, no palette
+        decoder = "bmp"
+    else:
+        return None
+    sizes = {(width, height) for _, _, width, height, _ in headers}
+    if sizes == {(size, size)}:
+        resampling = "none"
+    elif all(w >= size and h >= size for w, h in sizes):
+        resampling = "area"
+    elif all(w <= size and h <= size for w, h in sizes):
+        resampling = "bilinear"
+    else:
+        resampling = "per-image"
+    return decoder, resampling
+
+
+def _tf_loader(size: int, decoder: str = "jpeg", resampling: str = "per-image"):
+    """Decode and resize in TF ops with the same pixels as `read_resized` (images.resize): no resampling when the
+    image already has the size (the aria-all fields are 224x224), area averaging on an axis that shrinks (what
+    cv2.INTER_AREA does, for a fraction of the CPU of `tf.image.resize(..., antialias=True)`), bilinear on
+    one that grows, one axis at a time when they differ."""
     import tensorflow as tf
 
+    def to_uint8(image):
+        # Area and bilinear weights are convex, so values stay in [0, 255]: no clipping needed. tf.round rounds
+        # half to even, as OpenCV's saturate_cast does.
+        return tf.cast(tf.round(image), tf.uint8)
+
+    def area(image, height, width):
+        return to_uint8(tf.image.resize(image, (height, width), method="area"))
+
+    def bilinear(image, height, width):
+        return to_uint8(tf.image.resize(image, (height, width), method="bilinear"))
+
+    def resample(image, height, width, shrink):
+        return tf.cond(shrink, lambda: area(image, height, width), lambda: bilinear(image, height, width))
+
+    def per_image(image):
+        shape = tf.shape(image)
+        height, width = shape[0], shape[1]
+
+        def one_pass():
+            return resample(image, size, size, height >= size)
+
+        def two_passes():
+            narrowed = resample(image, height, size, width > size)
+            return resample(narrowed, size, size, height > size)
+
+        same = tf.logical_and(tf.equal(height, size), tf.equal(width, size))
+        return tf.cond(same, lambda: image,
+                       lambda: tf.cond(tf.equal(height >= size, width >= size), one_pass, two_passes))
+
+    resize = {
+        "none": lambda image: image,
+        "area": lambda image: area(image, size, size),
+        "bilinear": lambda image: bilinear(image, size, size),
+        "per-image": per_image,
+    }[resampling]
+
+    def decode(raw):
+        if decoder == "bmp":
+            return tf.io.decode_bmp(raw, channels=3)
+        # The accurate integer DCT gives PIL's pixels exactly; TF's default fast DCT (the Keras loader's) is off
+        # by about 1 level per pixel on average. decode_jpeg reads PNG as well.
+        return tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE")
+
     def load(path, label):
-        raw = tf.io.read_file(path)
-        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-        image = tf.image.resize(image, (size, size), antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+        image = resize(decode(tf.io.read_file(path)))
+        image.set_shape((size, size, 3))
+        return image, label
 
     return load
 

@@ -7,7 +7,9 @@ to the exact images it was computed on.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -89,46 +91,68 @@ def make_split(manifest: Manifest, folds: int = 10, test_fraction: float = 0.2, 
     entries = manifest.entries
     labels = np.asarray([e.label for e in entries])
     groups = np.asarray([e.group for e in entries])
+    if not 0.0 <= test_fraction < 1.0:
+        raise UserError(f"test fraction must be in [0, 1). Received: {test_fraction!r}")
+    if folds < 1:
+        raise UserError(f"folds must be at least 1. Received: {folds!r}")
     _check_classes(labels, groups, folds, test_fraction)
     roles = np.full(len(entries), TRAIN_ONLY, dtype=int)
     development = np.arange(len(entries))
     if test_fraction > 0:
-        test = _first_group_fold(labels, groups, round(1 / test_fraction), seed)
+        test = _held_out_groups(labels, groups, test_fraction, seed, "the test part")
         roles[test] = TEST
         development = np.flatnonzero(roles != TEST)
     if folds == 1:  # a single train/validation split: 20% of the development groups validate
-        val = development[_first_group_fold(labels[development], groups[development], 5, seed + 1)]
+        val = development[_held_out_groups(labels[development], groups[development], 0.2, seed + 1,
+                                           "the validation part")]
         roles[val] = 0
     else:
-        from sklearn.model_selection import StratifiedGroupKFold  # imported here: keeps `--help` fast
-
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + 1)
-        for fold, (_, val) in enumerate(splitter.split(development, labels[development], groups[development])):
+        for fold, val in enumerate(_group_folds(labels[development], groups[development], folds, seed + 1)):
             roles[development[val]] = fold
     return Split(entries, tuple(int(r) for r in roles), folds, test_fraction, seed, manifest.digest, manifest.root)
 
 
-def _first_group_fold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
-    from sklearn.model_selection import StratifiedGroupKFold
+def _held_out_groups(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int, what: str) -> np.ndarray:
+    """Indices of about `fraction` of the groups, stratified by class: the first m of k stratified group folds,
+    with m/k the closest fraction to `fraction` whose denominator is at most 20 (0.2 -> 1/5, 0.3 -> 3/10)."""
+    ratio = Fraction(fraction).limit_denominator(20)
+    if ratio.numerator == 0:
+        ratio = Fraction(1, 20)
+    k, m = max(2, ratio.denominator), max(1, ratio.numerator)
+    folds = _group_folds(labels, groups, k, seed, what)
+    return np.sort(np.concatenate(folds[:m]))
 
-    splitter = StratifiedGroupKFold(n_splits=max(2, n_splits), shuffle=True, random_state=seed)
-    _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
-    return held
+
+def _group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int,
+                 what: str = "the folds") -> list[np.ndarray]:
+    from sklearn.model_selection import StratifiedGroupKFold  # imported here: keeps `--help` fast
+
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise UserError(f"{what} needs {n_splits} independent image groups to split into {n_splits}; "
+                        f"only {n_groups} are left. Use fewer --folds, a smaller --test-fraction or more data. "
+                        f"Received: {n_groups} groups")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Rare classes may miss some folds; _check_classes already refused the cases where that is unavoidable.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return [held for _, held in splitter.split(np.zeros(len(labels)), labels, groups)]
 
 
 def _check_classes(labels: np.ndarray, groups: np.ndarray, folds: int, test_fraction: float) -> None:
     classes = np.unique(labels)
     if len(classes) < 2:
-        raise UserError(f"only one class found ({classes[0] if len(classes) else 'none'}); need at least 2 to split")
+        raise UserError(f"only one class found ({classes[0] if len(classes) else 'none'}); need at least 2 to split. "
+                        f"Received: {len(labels)} images of one class")
     # Every fold (and the test part) must be able to hold at least one group of every class.
     needed = max(folds, 2) + (1 if test_fraction > 0 else 0)
     for cls in classes:
         n_groups = len(np.unique(groups[labels == cls]))
         if n_groups < needed:
             raise UserError(
-                f"class {cls!r} has only {n_groups} independent image group(s); a {folds}-fold split"
+                f"class '{cls}' has only {n_groups} independent image group(s); a {folds}-fold split"
                 f"{' with a test part' if test_fraction > 0 else ''} needs at least {needed}. "
-                f"Use fewer --folds or more data"
+                f"Use fewer --folds or more data. Received: --folds {folds}"
             )
 
 
@@ -152,5 +176,7 @@ def load_split(path: str | Path) -> Split:
                      data.get("root", ""))
     except FileNotFoundError:
         raise UserError(f"split file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read split file {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path}: not a split file written by mtl-suite ({type(exc).__name__}: {exc})") from None
