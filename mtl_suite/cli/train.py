@@ -18,6 +18,7 @@ _D, _T = DataConfig(), TrainConfig()
 # option name -> config key; only options the user typed override the config file
 OPTION_KEYS = {
     "data": "data.path", "layout": "data.layout", "masks": "data.masks", "image_size": "data.image_size",
+    "cell_size": "data.cell_size",
     "folds": "data.folds", "test_fraction": "data.test_fraction", "data_seed": "data.seed",
     "backbone": "train.backbone", "weights": "train.weights", "epochs": "train.warmup_epochs",
     "finetune_epochs": "train.finetune_epochs", "unfreeze_layers": "train.unfreeze_layers",
@@ -58,6 +59,7 @@ def stage_command(stage: str):
                                 "binary tasks. Default: a class named normal/benign/hem/healthy.",
                                 show_default=False)] = None,
         image_size: Annotated[int, typer.Option("--image-size", help="Input size in pixels.")] = _D.image_size,
+        cell_size: Annotated[int, typer.Option("--cell-size", help="Stage 2: single-cell input size.")] = _D.cell_size,
         folds: Annotated[int, typer.Option("--folds", help="CV folds (paper: 10); 1 = one train/validation split.")] = _D.folds,
         test_fraction: Annotated[float, typer.Option("--test-fraction", help="Outer held-out test part.")] = _D.test_fraction,
         epochs: Annotated[int, typer.Option("--epochs", help="Head warm-up epochs, backbone frozen (paper: 160 "
@@ -78,6 +80,11 @@ def stage_command(stage: str):
         data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
         parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run id of the previous stage. "
                               "Default: its newest finished run with this backbone.", show_default=False)] = None,
+        params_from_study: Annotated[Optional[str], typer.Option("--params-from-study", help="Train with the best "
+                                     "trial of this Optuna study (`mtl-suite tune`); typed options still win.",
+                                     show_default=False)] = None,
+        storage: Annotated[Optional[str], typer.Option("--storage", envvar="MTL_SUITE_OPTUNA_STORAGE", help="Optuna "
+                           "storage of --params-from-study. Default: optuna-studies.log.", show_default=False)] = None,
         tracking_uri: TrackingUri = None,
         experiment: Experiment = "mtl-suite",
         quiet: Quiet = False,
@@ -87,11 +94,18 @@ def stage_command(stage: str):
         overrides = explicit_options(ctx, OPTION_KEYS)
         if "train.dense_units" in overrides:
             overrides["train.dense_units"] = parse_units(dense_units)
+        study_tags: tuple[tuple[str, str], ...] = ()
+        if params_from_study:
+            from mtl_suite.cli.tune import study_overrides
+
+            overrides, task, study_tags = study_overrides(ctx, stage, params_from_study, storage, overrides, task)
         cfg = load_config(config, overrides)
         _mark_runs_killed_on_sigterm()
-        run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells,
-                               source=source, parent_run=parent_run, quiet=quiet),
-                  say=lambda message: say(message, quiet))
+        outcome = run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells,
+                                         source=source, parent_run=parent_run, quiet=quiet, extra_tags=study_tags),
+                            say=lambda message: say(message, quiet))
+        # Always said, even with --quiet: where the results went.
+        typer.echo(f"{stage} run {outcome.run_id} (experiment {outcome.experiment_id}) in {outcome.tracking_uri}")
 
     command.__doc__ = STAGE_HELP[stage]
     return handle_user_errors(command)

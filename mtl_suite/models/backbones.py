@@ -8,6 +8,7 @@ A backbone model maps an image to a pooled feature vector; stage heads are added
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -120,7 +121,9 @@ def build_backbone(name: str, image_size: int, weights: str = "none") -> tuple[k
 
 def _construct(spec: BackboneSpec, input_shape: tuple[int, int, int], choice: WeightsChoice) -> keras.Model:
     try:
-        return spec.constructor(input_shape=input_shape, weights=keras_weights_argument(choice))
+        with warnings.catch_warnings():  # a mismatching file warns once per layer before it fails; we say it once
+            warnings.simplefilter("ignore", UserWarning)
+            return spec.constructor(input_shape=input_shape, weights=keras_weights_argument(choice))
     except UserError:
         raise
     except Exception as exc:  # Keras raises plain Exception/ValueError for download and shape problems

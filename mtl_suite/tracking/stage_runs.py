@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -114,13 +115,17 @@ def resolve_parent_run(plan: StagePlan, request: StageRequest, uri: str, experim
 
 
 def find_latest_run(experiment_id: str, stage: str, backbone: str) -> str | None:
+    """The newest finished stage run of this backbone that a user launched: the runs that `compare` makes are left
+    out (they belong to their comparison, and it may have trained them on other data)."""
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=f"tags.stage = '{stage}' AND tags.backbone = '{backbone}' AND attributes.status = 'FINISHED' "
                       f"AND tags.run_kind = 'stage'",
-        order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+        order_by=["attributes.start_time DESC"], max_results=200, output_format="list",
     )
-    return runs[0].info.run_id if runs else None
+    # MLflow's filter language has no "tag is absent", so the comparison runs are dropped here.
+    own = [run for run in runs if "comparison_run" not in run.data.tags]
+    return own[0].info.run_id if own else None
 
 
 def _check_parent(run_id: str, stage: str, backbone: str) -> str:
@@ -204,7 +209,8 @@ def _log_setup(plan: StagePlan, request: StageRequest, task_data: TaskData | Non
         "run_kind": "stage", "stage": plan.name, "backbone": config.train.backbone,
         "task": _task_name(plan, request),
         "seed": str(config.train.seed), "git_commit": git_commit(), "parent_stage_run": parent_id or "",
-        "image_size": str(config.data.image_size), **dict(request.extra_tags),
+        "image_size": str(task_data.image_size if task_data else config.data.image_size),
+        **dict(request.extra_tags),
     })
     params = {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in to_flat_dict(config).items()}
     mlflow.log_params({k: str(v)[:500] for k, v in params.items() if k != "tracking.tracking_uri"})
@@ -230,7 +236,7 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
         rewrite_metadata(initial, workdir / "backbone.npz", lineage)
         mlflow.log_artifact(str(workdir / "backbone.npz"), artifact_path="backbone")
         return {}
-    factory = model_factory(config.train.backbone, config.data.image_size, initial, plan.head,
+    factory = model_factory(config.train.backbone, task_data.image_size, initial, plan.head,
                             len(task_data.class_names), config.train)
     augment = _augment(config.train.augment)
     observer = MlflowFoldObserver(mlflow.active_run().info.run_id, plan.name, config.train.backbone,
@@ -331,9 +337,18 @@ def _log_backbone_and_model(final: TestResult, task_data: TaskData, config: Expe
     example = task_data.data.images[:2].astype("float32")
     signature = infer_signature(example, final.model.predict(example, verbose=0))
     # input_example is left out on purpose: mlflow 3.17.2's keras flavour fails on it (FileNotFoundError).
-    mlflow.keras.log_model(final.model, name="model", signature=signature)
-    mlflow.log_dict({"class_names": task_data.class_names, "image_size": config.data.image_size,
-                     "backbone": config.train.backbone, **lineage}, "model_info.json")
+    # Requirements are given, not inferred: inference reloads the model in a subprocess (most of a minute).
+    mlflow.keras.log_model(final.model, name="model", signature=signature, pip_requirements=model_requirements())
+    mlflow.log_dict({"class_names": task_data.class_names, "image_size": task_data.image_size,
+                     "backbone": config.train.backbone,
+                     # The model sees whole images (masks only cut stage 2's crops), so serving needs no masks.
+                     "input_masking": False, **lineage}, "model_info.json")
+
+
+def model_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("tensorflow", "keras", "numpy", "mlflow")]
 
 
 def _summary(metrics: dict[str, float]) -> str:
@@ -373,7 +388,8 @@ class MlflowFoldObserver:
     def fold_finished(self, fold: str, metrics: dict[str, float], history: dict[str, list[float]]) -> None:
         run_id = self.runs[fold]
         prefix = "test/" if fold == "final" else "fold/"
-        entities = [mlflow.entities.Metric(prefix + k, float(v), 0, 0) for k, v in metrics.items()]
+        now = int(time.time() * 1000)
+        entities = [mlflow.entities.Metric(prefix + k, float(v), now, 0) for k, v in metrics.items()]
         if entities:
             self.client.log_batch(run_id, metrics=entities)
         self.client.set_terminated(run_id, "FINISHED")

@@ -63,6 +63,7 @@ class TaskData:
     class_names: list[str]
     data: ArrayData
     description: str  # what the images are and where they came from, for the run's tags
+    image_size: int
 
 
 def class_map_for(task: str, classes: list[str], normal_class: str | None, positive: str) -> dict[str, str] | None:
@@ -101,7 +102,7 @@ def smear_task(data_cfg: DataConfig, task: str, normal_class: str | None,
                               on_bad_image=data_cfg.on_bad_image, class_map=data_cfg.class_map)
     task_map = class_map_for(task, manifest.classes, normal_class, POSITIVE_NAME["smears"])
     return _task_from_manifest(manifest, data_cfg, task, task_map, POSITIVE_NAME["smears"], f"smears:{root}",
-                               progress)
+                               data_cfg.image_size, progress)
 
 
 def cell_task(data_cfg: DataConfig, cells_path: str | None, normal_class: str | None, cache_root: Path,
@@ -112,11 +113,12 @@ def cell_task(data_cfg: DataConfig, cells_path: str | None, normal_class: str | 
     if cells_path:
         manifest = build_manifest(cells_path, "auto", on_bad_image=data_cfg.on_bad_image)
         task_map = class_map_for("binary", manifest.classes, normal_class, positive)
-        return _task_from_manifest(manifest, data_cfg, "binary", task_map, positive, f"cells:{cells_path}", progress)
+        return _task_from_manifest(manifest, data_cfg, "binary", task_map, positive, f"cells:{cells_path}",
+                                   data_cfg.cell_size, progress)
     csv_path = derive_cell_crops(data_cfg, normal_class, cache_root)
     manifest = build_manifest(csv_path, "csv", on_bad_image="fail")
     return _task_from_manifest(manifest, data_cfg, "binary", None, positive,
-                               f"crops-of-development-smears:{csv_path}", progress)
+                               f"crops-of-development-smears:{csv_path}", data_cfg.cell_size, progress)
 
 
 def derive_cell_crops(data_cfg: DataConfig, normal_class: str | None, cache_root: Path) -> Path:
@@ -137,18 +139,19 @@ def derive_cell_crops(data_cfg: DataConfig, normal_class: str | None, cache_root
     if not development:
         raise UserError(f"no masks found under {masks} for the images of {root} (expected the same relative names)")
     key = sha256_text(f"{manifest.digest}|{Path(masks).resolve()}|{data_cfg.seed}|{data_cfg.test_fraction}|"
-                      f"{data_cfg.image_size}|{sorted(class_map.items())}")[:16]
+                      f"{data_cfg.cell_size}|{sorted(class_map.items())}")[:16]
     out_dir = cache_root / "cells" / key
     csv_path = out_dir / "cells.csv"
     if not csv_path.is_file():
         write_cell_dataset([e.path for e in development], [e.mask for e in development],
                            [e.label for e in development], ["development"] * len(development), out_dir,
-                           size=data_cfg.image_size, label_policy=class_map.__getitem__)
+                           size=data_cfg.cell_size, label_policy=class_map.__getitem__)
     return csv_path
 
 
 def _task_from_manifest(manifest: Manifest, data_cfg: DataConfig, task: str, task_map: dict[str, str] | None,
-                        positive: str, description: str, progress: Callable[[int], None] | None) -> TaskData:
+                        positive: str, description: str, size: int,
+                        progress: Callable[[int], None] | None) -> TaskData:
     if len(manifest.classes) < 2:
         raise UserError(f"{description}: only one class ({', '.join(manifest.classes)}); need at least 2")
     class_names = ordered_classes(manifest, task, positive)
@@ -156,8 +159,8 @@ def _task_from_manifest(manifest: Manifest, data_cfg: DataConfig, task: str, tas
     index = {name: i for i, name in enumerate(class_names)}
     task_label = task_map.__getitem__ if task_map else (lambda label: label)
     labels = np.array([index[task_label(e.label)] for e in split.entries], dtype=np.int64)
-    images = load_image_array([e.path for e in split.entries], data_cfg.image_size, progress=progress)
-    return TaskData(manifest, split, class_names, ArrayData(images, labels), description)
+    images = load_image_array([e.path for e in split.entries], size, progress=progress)
+    return TaskData(manifest, split, class_names, ArrayData(images, labels), description, size)
 
 
 def default_cache_root() -> Path:

@@ -1,0 +1,153 @@
+"""Benchmark for issue 4: classical vs multistage transfer learning on the Aria ALL data, and the suite's training
+overhead against a bare `model.fit`.
+
+    python benchmarks/bench_stages.py --data ../shared/data/aria-all/original \
+        --masks ../shared/data/aria-all/segmented --sizes 128 --tasks binary multiclass --folds 5 --out /tmp/b.md
+
+Each arm runs as its own `mtl-suite` process (so its peak memory is its own) against a temporary MLflow store;
+figures are read back from MLflow. Prints a Markdown table; `--out` writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_arm(stage: str, args, size: int, task: str, uri: str, experiment: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one `mtl-suite <stage>` process."""
+    command = [sys.executable, "-m", "mtl_suite", stage, "--data", args.data, "--masks", args.masks,
+               "--backbone", args.backbone, "--task", task, "--image-size", str(size), "--folds", str(args.folds),
+               "--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs), "--quiet",
+               "--tracking-uri", uri, "--experiment", experiment]
+    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
+    return time.perf_counter() - start, peak
+
+
+def latest_metrics(uri: str, experiment: str, stage: str) -> dict[str, float]:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.stage = '{stage}' AND "
+                              "tags.run_kind = 'stage'", order_by=["attributes.start_time DESC"], max_results=1,
+                              output_format="list")
+    return runs[0].data.metrics
+
+
+def fit_overhead(size: int, epochs: int = 3, n: int = 480) -> tuple[float, float]:
+    """Images/s of a bare model.fit and of the suite's fit_classifier (with the MLflow epoch logger) on the same
+    model and arrays, measured in one process after a warm-up of each."""
+    import keras
+    import mlflow
+    import numpy as np
+
+    from mtl_suite.config import TrainConfig
+    from mtl_suite.models.backbones import build_backbone
+    from mtl_suite.models.heads import build_classifier
+    from mtl_suite.tracking.callbacks import MlflowEpochLogger
+    from mtl_suite.training.fit import ArrayData, compile_for, fit_classifier
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, n)
+    cfg = TrainConfig(warmup_epochs=epochs, finetune_epochs=0, batch_size=48, early_stopping_patience=0)
+
+    def model():
+        keras.utils.set_random_seed(0)
+        backbone, _ = build_backbone("mobilenet_025", size, "imagenet")
+        backbone.trainable = False
+        return build_classifier(backbone, "dense_dropout", 2), backbone
+
+    def bare() -> float:
+        classifier, _ = model()
+        compile_for(classifier, 2, 1e-3, 0.9, n // 48)
+        classifier.fit(images, labels.astype("float32"), batch_size=48, epochs=1, verbose=0)  # trace once
+        start = time.perf_counter()
+        classifier.fit(images, labels.astype("float32"), batch_size=48, epochs=epochs, verbose=0, shuffle=True)
+        return n * epochs / (time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/m.db")
+        run = mlflow.start_run()
+
+        def suite() -> float:
+            classifier, backbone = model()
+            warm = TrainConfig(warmup_epochs=1, finetune_epochs=0, batch_size=48, early_stopping_patience=0,
+                               class_weights=False)
+            fit_classifier(classifier, backbone, ArrayData(images, labels), None, warm, 2)
+            factory = lambda phase, first: [MlflowEpochLogger(run.info.run_id, step_offset=first)]  # noqa: E731
+            start = time.perf_counter()
+            fit_classifier(classifier, backbone, ArrayData(images, labels), None,
+                           TrainConfig(warmup_epochs=epochs, finetune_epochs=0, batch_size=48,
+                                       early_stopping_patience=0, class_weights=False), 2, factory)
+            return n * epochs / (time.perf_counter() - start)
+
+        results = (bare(), suite())
+        mlflow.end_run()
+    return results
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import keras
+    import tensorflow as tf
+
+    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM; tensorflow {tf.__version__}, keras {keras.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/aria-all/original")
+    parser.add_argument("--masks", default="../shared/data/aria-all/segmented")
+    parser.add_argument("--backbone", default="mobilenet_025")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128])
+    parser.add_argument("--tasks", nargs="+", default=["binary", "multiclass"])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--skip-arms", action="store_true", help="only the fit-overhead measurement")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    lines = [f"Machine: {machine()}", "", "Command: `python " + " ".join(sys.argv) + "`", ""]
+    lines += ["| size | bare model.fit img/s | suite fit img/s | overhead |", "|---|---|---|---|"]
+    for size in args.sizes:
+        bare, suite = fit_overhead(size)
+        lines.append(f"| {size} | {bare:.1f} | {suite:.1f} | {(bare / suite - 1) * 100:+.1f}% |")
+    if not args.skip_arms:
+        lines += ["", "| size | task | arm | CV accuracy | CV macro-F1 | test accuracy | test macro-F1 | wall s | "
+                  "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = f"sqlite:///{tmp}/mlflow.db"
+            os.environ["MTL_SUITE_CACHE"] = f"{tmp}/cache"
+            for size in args.sizes:
+                for task in args.tasks:
+                    experiment = f"bench-{size}-{task}"
+                    for stage, arm in (("classical", "CTL"), ("stage3", "MTL (stages 1-3)")):
+                        wall, peak = run_arm(stage, args, size, task, uri, experiment)
+                        m = latest_metrics(uri, experiment, stage)
+                        lines.append(
+                            f"| {size} | {task} | {arm} | {m['cv/accuracy_mean']:.4f} ± {m['cv/accuracy_std']:.4f} | "
+                            f"{m['cv/f1_macro_mean']:.4f} ± {m['cv/f1_macro_std']:.4f} | {m['test/accuracy']:.4f} | "
+                            f"{m['test/f1_macro']:.4f} | {wall:.0f} | {peak:.0f} |")
+                        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Stages 1-3 and the classical baseline end to end on the bundled sample with the tiny backbone, asserting what
+landed in a temporary MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mtl_suite.cli import app
+
+FAST = ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--folds", "2", "--epochs", "1",
+        "--finetune-epochs", "1", "--unfreeze-layers", "2", "--batch-size", "32", "--quiet"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    uri = f"sqlite:///{root}/mlflow.db"
+    os.environ["MTL_SUITE_CACHE"] = str(root / "cache")
+    result = invoke("stage3", *FAST[:-1], "--tracking-uri", uri, "--experiment", "t")  # not quiet: progress shown
+    assert result.exit_code == 0, result.output
+    classical = invoke("classical", *FAST, "--tracking-uri", uri, "--experiment", "t")
+    assert classical.exit_code == 0, classical.output
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("t")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return {"uri": uri, "client": client, "runs": runs, "output": result.output + classical.output}
+
+
+def stage_run(store, stage):
+    found = [r for r in store["runs"] if r.data.tags.get("run_kind") == "stage" and r.data.tags["stage"] == stage]
+    assert len(found) == 1, [r.info.run_name for r in store["runs"]]
+    return found[0]
+
+
+def children(store, run):
+    return [r for r in store["runs"] if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+
+
+def artifact_paths(client, run_id, path=""):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_stage3_runs_missing_stages_first_and_links_them(store):
+    s1, s2, s3 = (stage_run(store, s) for s in ("stage1", "stage2", "stage3"))
+    assert s2.data.tags["parent_stage_run"] == s1.info.run_id
+    assert s3.data.tags["parent_stage_run"] == s2.info.run_id
+    assert s3.data.tags["stage1_run"] == s1.info.run_id and s3.data.tags["stage2_run"] == s2.info.run_id
+    for run in (s1, s2, s3):
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["backbone"] == "tiny" and run.data.tags["seed"] == "42"
+        assert run.data.tags["git_commit"]
+    assert s2.data.tags["task"] == "binary" and s2.data.tags["classes"] == "normal,blast"
+    assert s3.data.tags["task"] == "multiclass" and s3.data.tags["classes"] == "Benign,Early,Pre,Pro"
+    assert "running stage2 first" in store["output"] and s3.info.run_id in store["output"]
+
+
+def test_each_fold_is_a_nested_run_with_epoch_curves(store):
+    s3 = stage_run(store, "stage3")
+    nested = children(store, s3)
+    assert sorted(r.data.tags["fold"] for r in nested) == ["final", "fold-0", "fold-1"]
+    client = store["client"]
+    for run in nested:
+        assert run.info.status == "FINISHED" and run.data.tags["stage"] == "stage3"
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in history] == [0, 1]  # warm-up epoch, then fine-tuning epoch continues the steps
+    fold0 = next(r for r in nested if r.data.tags["fold"] == "fold-0")
+    assert {"fold/accuracy", "fold/f1_macro", "fold/auc_macro"} <= set(fold0.data.metrics)
+    assert len(client.get_metric_history(fold0.info.run_id, "val/loss")) == 2
+
+
+def test_stage_run_holds_aggregates_test_metrics_and_artifacts(store):
+    s3 = stage_run(store, "stage3")
+    fold_f1 = [r.data.metrics["fold/f1_macro"] for r in children(store, s3) if r.data.tags["fold"] != "final"]
+    metrics = s3.data.metrics
+    assert metrics["cv/f1_macro_mean"] == pytest.approx(np.mean(fold_f1))
+    assert metrics["cv/f1_macro_std"] == pytest.approx(np.std(fold_f1, ddof=1))
+    for key in ("cv/accuracy_mean", "cv/precision_macro_mean", "cv/recall_macro_mean", "cv/auc_micro_mean",
+                "cv/auc_macro_mean", "cv/auc/Benign_mean", "test/accuracy", "test/f1_macro", "test/auc_macro"):
+        assert key in metrics, key
+    paths = set(artifact_paths(store["client"], s3.info.run_id))
+    for expected in ("cv/confusion_matrix.png", "cv/roc.png", "cv/curves.png", "cv/oof_predictions.csv",
+                     "cv/classification_report.txt", "test/confusion_matrix.png", "test/predictions.csv",
+                     "backbone/backbone.npz", "data/split.json", "config.yaml", "model_info.json"):
+        assert expected in paths, expected
+    run = mlflow.get_run(s3.info.run_id)
+    assert run.inputs.dataset_inputs and run.data.tags["split_digest"]
+    assert mlflow.search_logged_models(filter_string=f"source_run_id = '{s3.info.run_id}'", output_format="list")
+
+
+def test_stage3_starts_from_stage2_weights(store, tmp_path):
+    """Weight transfer really transfers: stage 3's initial backbone is stage 2's final one, which training
+    changed from stage 1's."""
+    from mtl_suite.models.backbones import build_backbone
+    from mtl_suite.models.transfer import backbone_state, load_backbone
+    from mtl_suite.training.stages import model_factory
+    from mtl_suite.config import TrainConfig
+
+    s1, s2 = stage_run(store, "stage1"), stage_run(store, "stage2")
+    w1 = mlflow.artifacts.download_artifacts(run_id=s1.info.run_id, artifact_path="backbone/backbone.npz",
+                                             dst_path=str(tmp_path / "1"))
+    w2 = mlflow.artifacts.download_artifacts(run_id=s2.info.run_id, artifact_path="backbone/backbone.npz",
+                                             dst_path=str(tmp_path / "2"))
+    _, stage3_backbone = model_factory("tiny", 48, w2, "dense_dropout", 4, TrainConfig())()
+    reference, _ = build_backbone("tiny", 48, "none")
+    load_backbone(reference, w2)
+    from_stage2, _ = backbone_state(reference)
+    initial, _ = backbone_state(stage3_backbone)
+    for key in from_stage2:
+        np.testing.assert_array_equal(initial[key], from_stage2[key])
+    load_backbone(reference, w1)
+    from_stage1, _ = backbone_state(reference)
+    assert any(not np.array_equal(from_stage1[k], from_stage2[k]) for k in from_stage1)
+
+
+def test_classical_baseline_starts_from_imagenet_without_parent(store):
+    run = stage_run(store, "classical")
+    assert run.data.tags["parent_stage_run"] == "" and run.data.tags["weights"] == "none"
+    assert run.data.tags["split_digest"] == stage_run(store, "stage3").data.tags["split_digest"]
+    assert "cv/f1_macro_mean" in run.data.metrics
+
+
+def test_explicit_parent_of_another_backbone_is_refused(store):
+    s2 = stage_run(store, "stage2")
+    result = invoke("stage3", *FAST[2:], "--backbone", "mobilenet_025", "--parent-run", s2.info.run_id,
+                    "--tracking-uri", store["uri"], "--experiment", "t")
+    assert result.exit_code == 2
+    assert "used backbone 'tiny'" in result.output and "Traceback" not in result.output
+
+
+def test_parent_of_the_wrong_stage_is_refused(store):
+    s1 = stage_run(store, "stage1")
+    result = invoke("stage3", *FAST, "--parent-run", s1.info.run_id, "--tracking-uri", store["uri"],
+                    "--experiment", "t")
+    assert result.exit_code == 2 and "is a stage1 run; expected a stage2 run" in result.output
+
+
+def test_failed_parent_is_refused(store):
+    client = store["client"]
+    experiment = client.get_experiment_by_name("t")
+    failed = client.create_run(experiment.experiment_id, tags={"stage": "stage2", "backbone": "tiny",
+                                                               "run_kind": "stage"})
+    client.set_terminated(failed.info.run_id, "FAILED")
+    result = invoke("stage3", *FAST, "--parent-run", failed.info.run_id, "--tracking-uri", store["uri"],
+                    "--experiment", "t")
+    assert result.exit_code == 2 and "did not finish (status FAILED)" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'. Expected one of: inception_v3"),
+    (["--backbone", "inception_v3", "--image-size", "64"], "below inception_v3's minimum of 75"),
+    (["--task", "ternary"], "unknown task 'ternary'"),
+    (["--epochs", "-1"], "'train.warmup_epochs' must be 0 or more"),
+])
+def test_bad_options_are_one_clear_line(tmp_path, args, message):
+    result = invoke("classical", *FAST, *args, "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_binary_task_without_a_normal_class_needs_a_mapping(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("A", "B", "C"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    result = invoke("classical", *FAST, "--task", "binary", "--data", str(tmp_path / "data"),
+                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert result.exit_code == 2 and "Pass --normal-class NAME" in result.output
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_stage_run_killed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MTL_SUITE_CACHE": str(tmp_path / "cache")}
+    process = subprocess.Popen([sys.executable, "-m", "mtl_suite", "classical", *FAST, "--epochs", "50",
+                                "--early-stopping-patience", "0", "--tracking-uri", uri, "--experiment", "k"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    deadline = time.time() + 120
+    fold_runs = []
+    while time.time() < deadline and not fold_runs:
+        time.sleep(1)
+        experiment = client.get_experiment_by_name("k")
+        if experiment:
+            fold_runs = client.search_runs([experiment.experiment_id], "tags.run_kind = 'fold'")
+    assert fold_runs, "training never started"
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    runs = client.search_runs([client.get_experiment_by_name("k").experiment_id])
+    statuses = {r.data.tags.get("run_kind"): r.info.status for r in runs}
+    assert statuses == {"stage": "KILLED", "fold": "KILLED"}
