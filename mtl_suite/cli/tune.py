@@ -1,0 +1,110 @@
+"""`mtl-suite tune`: sequential hyperparameter optimisation of one stage (Optuna, or keras-tuner), one MLflow
+parent run per study with a nested run per trial. Rerunning the same command resumes the study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mtl_suite.cli.common import Experiment, Layout, Quiet, TrackingUri, explicit_options, handle_user_errors, say
+from mtl_suite.cli.train import OPTION_KEYS, _mark_runs_killed_on_sigterm
+from mtl_suite.config import DataConfig, TrainConfig, load_config
+
+_D, _T = DataConfig(), TrainConfig()
+TUNE_KEYS = {k: v for k, v in OPTION_KEYS.items()
+             if k in ("data", "layout", "masks", "image_size", "cell_size", "test_fraction", "data_seed", "backbone", "weights",
+                      "tracking_uri", "experiment", "early_stopping_patience")}
+
+
+@handle_user_errors
+def tune(
+    ctx: typer.Context,
+    stage: Annotated[str, typer.Option("--stage", help="stage2, stage3 or classical.")] = "stage3",
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone to tune (see `mtl-suite stage3 "
+                        "--help`).")] = _T.backbone,
+    task: Annotated[str, typer.Option("--task", help="binary or multiclass (stage 2 is always binary).")] = "multiclass",
+    trials: Annotated[int, typer.Option("--trials", "-n", help="Finished (complete or pruned) trials the study "
+                      "should have; trials already in the study count.")] = 20,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Stop starting trials after this many "
+                       "seconds.", show_default=False)] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study-name", help="Default: <stage>-<backbone>-<task>.",
+                          show_default=False)] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", envvar="MTL_SUITE_OPTUNA_STORAGE",
+                       help="Optuna storage: a journal file path (default optuna-studies.log), sqlite:///file.db, "
+                            "or postgresql://user:pass@host/db for several workers. keras-tuner: its project "
+                            "folder (default keras-tuner/).", show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", help="optuna or keras-tuner (Bayesian optimisation).")] = "optuna",
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe, random, cmaes or gp (gp needs PyTorch).")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median, hyperband or none.")] = "median",
+    metric: Annotated[str, typer.Option("--metric", help="CV metric to optimise: f1_macro, accuracy, auc_macro, "
+                      "... (direction follows the metric).")] = "f1_macro",
+    folds: Annotated[int, typer.Option("--folds", help="CV folds per trial.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler and of training.")] = 42,
+    space: Annotated[Optional[Path], typer.Option("--space", help="Search space YAML. Default: studies/<stage>.yaml.",
+                     show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML: the fixed settings "
+                      "the space does not search.", show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset. Default: the bundled sample.",
+                    show_default=False)] = None,
+    layout: Layout = _D.layout,
+    masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears (stage 2 crops).",
+                     show_default=False)] = None,
+    cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset.",
+                     show_default=False)] = None,
+    normal_class: Annotated[Optional[str], typer.Option("--normal-class", show_default=False)] = None,
+    image_size: Annotated[int, typer.Option("--image-size")] = _D.image_size,
+    cell_size: Annotated[int, typer.Option("--cell-size", help="Stage 2: single-cell input size.")] = _D.cell_size,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Outer test part, never seen while "
+                             "tuning.")] = _D.test_fraction,
+    data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
+    weights: Annotated[str, typer.Option("--weights", help="imagenet, none or a file (stage 1 / classical).")] = _T.weights,
+    early_stopping_patience: Annotated[int, typer.Option("--early-stopping-patience")] = _T.early_stopping_patience,
+    parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run of the previous stage.",
+                          show_default=False)] = None,
+    heartbeat_interval: Annotated[int, typer.Option("--heartbeat-interval", help="RDB storages: seconds between "
+                                  "a worker's heartbeats.")] = 10,
+    grace_period: Annotated[Optional[int], typer.Option("--grace-period", help="RDB storages: a trial without "
+                            "heartbeat for this long is failed. Default: 3 heartbeats.", show_default=False)] = None,
+    max_retry: Annotated[int, typer.Option("--max-retry", help="Retries of a trial whose worker died.")] = 1,
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = "mtl-suite",
+    quiet: Quiet = False,
+) -> None:
+    """Tune a stage's hyperparameters: mean CV macro-F1 over --folds, pruning, resumable and shareable studies."""
+    from mtl_suite.tuning.api import TuneRequest, tune as run_tune
+
+    cfg = load_config(config, explicit_options(ctx, TUNE_KEYS))
+    _mark_runs_killed_on_sigterm()
+    outcome = run_tune(TuneRequest(
+        stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells, parent_run=parent_run,
+        trials=trials, timeout=timeout, study_name=study_name, storage=storage, engine=engine, sampler=sampler,
+        pruner=pruner, metric=metric, folds=folds, seed=seed, space=str(space) if space else None,
+        heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry, quiet=quiet),
+        say=lambda message: say(message, quiet))
+    best = "none" if outcome.best_value is None else f"{outcome.best_value:.4f} (trial {outcome.best_trial})"
+    use = (f"train with: mtl-suite {stage} --params-from-study {outcome.study_name}"
+           + (f" --storage {outcome.storage}" if storage else "") if engine == "optuna"
+           else "best parameters: study/best_params.yaml on that run")
+    typer.echo(f"study {outcome.study_name}: MLflow run {outcome.study_run_id}; best {best}; {use}")
+
+
+def study_overrides(ctx: typer.Context, stage: str, name: str, storage: str | None, overrides: dict[str, Any],
+                    task: str) -> tuple[dict[str, Any], str, tuple[tuple[str, str], ...]]:
+    """For the stage commands' --params-from-study: the study's best parameters under the options the user typed
+    (typed options win). Returns (overrides, task, tags naming the study and trial)."""
+    from mtl_suite.errors import UserError
+    from mtl_suite.tuning.api import study_choice
+
+    choice = study_choice(name, storage, stage)
+    source = ctx.get_parameter_source("task")
+    typed_task = source is not None and source.name != "DEFAULT"
+    if typed_task and task != choice.task and stage != "stage2":
+        raise UserError(f"--params-from-study {name}: the study tuned the {choice.task} task; this run asks for "
+                        f"--task {task}")
+    typed_backbone = overrides.get("train.backbone")
+    if typed_backbone and typed_backbone != choice.overrides["train.backbone"]:
+        raise UserError(f"--params-from-study {name}: the study tuned backbone {choice.overrides['train.backbone']}; "
+                        f"this run asks for --backbone {typed_backbone}")
+    return {**choice.overrides, **overrides}, choice.task, choice.tags

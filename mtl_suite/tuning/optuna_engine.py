@@ -1,0 +1,311 @@
+"""The Optuna engine: storage (a local journal file by default, any RDB URL; PostgreSQL for several workers with
+heartbeats, stale-trial failing and one retry), explicitly seeded samplers, pruners, the objective, our MLflow
+callback and the study's artifacts."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mtl_suite.errors import UserError
+from mtl_suite.tuning.api import StudyRuns, TuneOutcome, TuneRequest, study_tags, work_dir
+from mtl_suite.tuning.artifacts import write_study_artifacts
+from mtl_suite.tuning.objective import TuningContext, evaluate, trial_config
+from mtl_suite.tuning.tracker import StudyTracker, mask_password
+
+STORAGE_ENV = "MTL_SUITE_OPTUNA_STORAGE"
+DEFAULT_STORAGE = "optuna-studies.log"  # Optuna's JournalFileBackend: survives interruption, safe for local workers
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Attributes a resumed study must share with the command that resumes it (else its values are not comparable).
+IDENTITY = ("stage", "backbone", "task", "metric", "folds", "image_size", "data")
+
+
+def _sampler_tpe(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _sampler_random(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _sampler_cmaes(seed: int) -> optuna.samplers.BaseSampler:
+    _require("cmaes", "--sampler cmaes needs the 'cmaes' package (pip install cmaes)")
+    # Categorical parameters fall back to the independent sampler; say so once, not per trial.
+    return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                        independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+
+
+def _sampler_gp(seed: int) -> optuna.samplers.BaseSampler:
+    _require("torch", "--sampler gp needs PyTorch (pip install torch); tpe, random and cmaes need nothing more")
+    return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+
+
+SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "tpe": _sampler_tpe, "random": _sampler_random, "cmaes": _sampler_cmaes, "gp": _sampler_gp}
+
+
+def make_pruner(name: str, max_steps: int) -> optuna.pruners.BasePruner:
+    """median: stop a trial whose report is below the median of earlier trials at the same step (after 5 finished
+    trials); hyperband: successive halving over the steps (epochs of fold 0, then folds)."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_steps), reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"--pruner {name!r}: expected one of: median, hyperband, none")
+
+
+def _require(module: str, message: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise UserError(message)
+
+
+# --- storage ----------------------------------------------------------------------------------------------------
+
+def resolve_storage(url: str | None) -> str:
+    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | None = None,
+                 stale_trial_callback: Callable | None = None) -> optuna.storages.BaseStorage:
+    """A URL (sqlite:///, postgresql://, mysql://) is an RDB storage with heartbeats, so a killed worker's trial is
+    failed by the others; anything else is a journal file path."""
+    if "://" not in url:
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend)
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):  # SQLAlchemy 2.1's default driver: psycopg 3
+        _require("psycopg", "a postgresql:// storage needs the psycopg driver (pip install 'psycopg[binary]')")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                heartbeat_interval=heartbeat_interval, grace_period=grace_period or 3 * heartbeat_interval,
+                heartbeat_stale_trial_callback=stale_trial_callback)
+        except Exception as exc:  # SQLAlchemy reports an unreachable server with several exception types
+            if "sqlalchemy" not in type(exc).__module__:
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot open Optuna storage {mask_password(url)}: {reason}") from None
+
+
+class StaleTrialHandler:
+    """Called by the RDB storage for a trial whose worker stopped sending heartbeats: mark its MLflow run FAILED,
+    then retry it with the same parameters (RetryHeartbeatStaleTrialCallback, Optuna's successor of
+    RetryFailedTrialCallback since 4.9)."""
+
+    def __init__(self, max_retry: int):
+        self.retry = None
+        if max_retry > 0:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            StudyTracker.close_run(run_id, "FAIL", "worker stopped sending heartbeats (killed or lost)")
+        if self.retry:
+            self.retry(study, trial)
+
+
+# --- the engine -------------------------------------------------------------------------------------------------
+
+class OptunaSuggest:
+    """The only calls of trial.suggest_* in the code base."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def float(self, name, low, high, log, step):
+        return self.trial.suggest_float(name, low, high, log=log, step=step)
+
+    def int(self, name, low, high, log, step):
+        return self.trial.suggest_int(name, low, high, step=step, log=log)
+
+    def categorical(self, name, choices):
+        return self.trial.suggest_categorical(name, list(choices))
+
+
+class OptunaReporter:
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def report(self, step: int, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4f})")
+
+
+def make_objective(ctx: TuningContext, tracker: StudyTracker) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        run_id = tracker.start_trial(trial.number)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            params = ctx.space.sample(OptunaSuggest(trial), ctx.base.train)
+            _, strength, overrides = trial_config(ctx, params)
+            trial.set_user_attr("params", params)  # fixed ones too: trial.params has only the searched
+            trial.set_user_attr("config_overrides", overrides)
+            trial.set_user_attr("augment_strength", strength)
+            tracker.log_params(run_id, params)
+            return evaluate(ctx, params, OptunaReporter(trial), tracker, run_id, f"trial {trial.number}:")
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            tracker.mark_trial(run_id, "KILLED", "interrupted")
+            raise
+        except Exception as exc:
+            tracker.mark_trial(run_id, "FAIL", f"{type(exc).__name__}: {exc}")
+            raise
+
+    return objective
+
+
+class MlflowTrialCallback:
+    """Our Optuna callback (optuna_integration.MLflowCallback is deprecated and flattens nesting): after every trial
+    this process ran, record params, value and state on the trial's nested run and the study's progress on the
+    parent run."""
+
+    def __init__(self, tracker: StudyTracker, metric: str, say: Callable[[str], None]):
+        self.tracker, self.metric, self.say = tracker, metric, say
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id") or self.tracker.start_trial(trial.number)
+        params = {**trial.user_attrs.get("params", {}), **trial.params}
+        state = trial.state.name
+        note = ""
+        if trial.state == TrialState.PRUNED:
+            note = f"pruned at step {trial.last_step}"
+            self.tracker.log_metrics(run_id, {"pruned_at_step": trial.last_step or 0})
+        value = trial.value if trial.state == TrialState.COMPLETE else None
+        self.tracker.finish_trial(run_id, state, value, params, self.metric, note)
+        counts, best = study_progress(study)
+        self.tracker.log_study_progress(counts, best.value if best else None, best.number if best else None)
+        shown = f"{self.metric} {value:.4f}" if value is not None else note or state.lower()
+        best_text = f"; best {best.value:.4f} (trial {best.number})" if best else ""
+        self.say(f"trial {trial.number} {state.lower()}: {shown}{best_text}")
+
+
+def study_progress(study: optuna.Study) -> tuple[dict[str, int], FrozenTrial | None]:
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name: sum(t.state == state for t in trials)
+              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = None
+    if complete:
+        best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(
+            complete, key=lambda t: t.value)
+    return counts, best
+
+
+def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: Callable[[str], None]) -> TuneOutcome:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = resolve_storage(request.storage)
+    if request.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {request.sampler!r}: expected one of: {', '.join(SAMPLERS)}")
+    SAMPLERS[request.sampler](request.seed)  # fail on a missing package before any work
+    pruner = request.pruner if not isinstance(request.pruner, str) else make_pruner(request.pruner, ctx.max_steps)
+    pruner_name = request.pruner if isinstance(request.pruner, str) else type(request.pruner).__name__
+    storage = open_storage(url, request.heartbeat_interval, request.grace_period, StaleTrialHandler(request.max_retry))
+    name = request.name
+    study = optuna.create_study(study_name=name, storage=storage, direction=ctx.direction, load_if_exists=True,
+                                pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=request.seed))
+    identity = _check_identity(study, request, ctx, url)
+    # Seeded explicitly; offset by the trials already in the study, so a resumed study (or a second worker)
+    # does not repeat the first draws of the first run.
+    study.sampler = SAMPLERS[request.sampler](request.seed + len(study.get_trials(deepcopy=False)))
+    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    remaining = request.trials - finished
+    say(f"study {name!r} in {mask_password(url)}: {finished} finished trial(s), "
+        f"{max(0, remaining)} to run (target {request.trials})")
+
+    tags = study_tags(request, ctx, url, request.sampler, pruner_name)
+    existing = study.user_attrs.get("mlflow_run_id")
+    if existing and not StudyTracker.run_exists(existing):  # the study was tracked in another MLflow store
+        existing = None
+    existing = existing or StudyTracker.find_study_run(runs.experiment_id, name, "optuna")
+    error: BaseException | None = None
+    with work_dir() as tmp:
+        tracker = runs.open(existing, name, tags, ctx, Path(tmp))
+        if study.user_attrs.get("mlflow_run_id") != tracker.study_run_id:
+            study.set_user_attr("mlflow_run_id", tracker.study_run_id)
+        try:
+            if remaining > 0:
+                callbacks = [MlflowTrialCallback(tracker, ctx.metric, say),
+                             optuna.study.MaxTrialsCallback(request.trials, states=FINISHED)]
+                study.optimize(make_objective(ctx, tracker), n_trials=remaining, timeout=request.timeout,
+                               callbacks=callbacks, gc_after_trial=True)
+                _fail_stale(study, storage)
+            write_study_artifacts(study, tracker, Path(tmp) / "study", ctx, identity, url)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            StudyRuns.close(error)
+    counts, best = study_progress(study)
+    say(f"study {name!r}: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed; "
+        + (f"best {ctx.metric} {best.value:.4f} (trial {best.number})" if best else "no complete trial"))
+    return TuneOutcome(name, mask_password(url), tracker.study_run_id, best.value if best else None,
+                       dict(best.user_attrs.get("params", best.params)) if best else {},
+                       best.number if best else None, counts, runs.uri)
+
+
+def _fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+    """Optuna fails stale trials when a trial starts; check once more at the end, so a worker that died during this
+    worker's last trial is not left RUNNING."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if is_heartbeat_enabled(storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def _check_identity(study: optuna.Study, request: TuneRequest, ctx: TuningContext, url: str) -> dict[str, Any]:
+    identity = {"stage": request.stage, "backbone": ctx.base.train.backbone, "task": ctx.task,
+                "metric": ctx.metric, "folds": request.folds, "image_size": ctx.base.data.image_size,
+                "data": ctx.task_data.description, "weights": ctx.base.train.weights, "engine": "optuna"}
+    old = study.user_attrs
+    for key in IDENTITY:
+        if key in old and old[key] != identity[key]:
+            raise UserError(f"study {request.name!r} in {mask_password(url)} was made with {key} {old[key]!r}; this "
+                            f"command has {identity[key]!r}. Use the same settings to resume, or another --study-name")
+    for key, value in identity.items():
+        if old.get(key) != value:
+            study.set_user_attr(key, value)
+    if old.get("space_digest") not in (None, ctx.space.digest):
+        ctx.say(f"note: the search space changed since this study started ({ctx.space.path}); earlier trials keep "
+                "their values")
+    study.set_user_attr("space_digest", ctx.space.digest)
+    return identity
+
+
+def best_trial_of(name: str, storage: str | None) -> tuple[FrozenTrial, dict[str, Any], str]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = resolve_storage(storage)
+    if "://" not in url and not Path(url.removeprefix("journal:")).is_file():
+        raise UserError(f"--params-from-study {name}: Optuna storage not found: {url} (pass --storage)")
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError:
+        known = optuna.get_all_study_names(open_storage(url))
+        raise UserError(f"--params-from-study {name}: no such study in {mask_password(url)}. "
+                        f"Expected one of: {', '.join(known) or '(none)'}") from None
+    _, best = study_progress(study)
+    if best is None:
+        raise UserError(f"--params-from-study {name}: the study has no complete trial yet")
+    return best, dict(study.user_attrs), url

@@ -1,0 +1,296 @@
+"""`mtl-suite tune` end to end on the bundled sample with the tiny backbone (64 px, 1 epoch, 2 folds), a tmp MLflow
+store and a tmp Optuna journal; asserts what landed in MLflow and in the study. The PostgreSQL test needs a server
+(`export MTL_SUITE_TEST_POSTGRES_URL=$(.ci/start-postgres.sh)`): it fails without one under CI=true and skips
+otherwise."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mtl_suite.cli import app
+from mtl_suite.config import load_config
+from mtl_suite.tuning.api import TuneRequest, tune
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+EXPERIMENT = "tune-test"
+TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "64", "--folds", "2", "--quiet"]
+POSTGRES_ENV = "MTL_SUITE_TEST_POSTGRES_URL"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    uri = f"sqlite:///{root}/mlflow.db"
+    # artifacts under tmp too (a sqlite store otherwise puts them in ./mlruns of the working directory)
+    mlflow.MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
+    return {"root": root, "mlflow": uri, "optuna": str(root / "optuna-studies.log")}
+
+
+def runs_of(store, study):
+    mlflow.set_tracking_uri(store["mlflow"])
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=f"tags.study = '{study}'",
+                              output_format="list")
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    trials = sorted((r for r in runs if r.data.tags.get("run_kind") == "trial"), key=lambda r: int(r.data.tags["trial"]))
+    return parents, trials
+
+
+def tune_cli(store, study, *extra):
+    return invoke("tune", "--stage", "stage3", *TINY, "--study-name", study, "--storage", store["optuna"],
+                  "--tracking-uri", store["mlflow"], "--experiment", EXPERIMENT, *extra)
+
+
+@pytest.fixture(scope="module")
+def three_trials(store):
+    """A 3-trial TPE study (stage 1 and 2 are made first, once, for the module)."""
+    result = tune_cli(store, "three", "--trials", "3", "--pruner", "none")
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_three_trials_are_nested_runs_with_params_values_and_fold_metrics(store, three_trials):
+    parents, trials = runs_of(store, "three")
+    assert len(parents) == 1 and len(trials) == 3
+    parent = parents[0]
+    tags = parent.data.tags
+    assert (tags["sampler"], tags["stage"], tags["backbone"], tags["storage"]) == ("tpe", "stage3", "tiny",
+                                                                                   store["optuna"])
+    study = optuna.load_study(study_name="three", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(store["optuna"])))
+    values = {t.number: t.value for t in study.trials}
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    client = mlflow.MlflowClient()
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["state"] == "COMPLETE" and run.info.status == "FINISHED"
+        assert {"learning_rate", "batch_size", "dropout", "dense_units"} <= set(run.data.params)
+        number = int(run.data.tags["trial"])
+        assert run.data.metrics["value"] == pytest.approx(values[number])
+        assert float(run.data.params["learning_rate"]) == pytest.approx(study.trials[number].params["learning_rate"])
+        folds = client.get_metric_history(run.info.run_id, "fold/f1_macro")
+        assert sorted(m.step for m in folds) == [0, 1]
+        assert sum(m.value for m in folds) / 2 == pytest.approx(values[number])  # value = mean CV macro-F1
+        assert client.get_metric_history(run.info.run_id, "fold0/val/f1_macro")  # per-epoch report of fold 0
+    assert parent.data.metrics["best_value"] == pytest.approx(max(values.values()))
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "study/plots")}
+    assert {f"study/plots/{n}.png" for n in ("optimization_history", "param_importances", "parallel_coordinate",
+                                             "slice")} <= names
+    best = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(
+        run_id=parent.info.run_id, artifact_path="study/best_params.yaml", dst_path=str(store["root"] / "dl"))
+    ).read_text())
+    assert best["trial"] == study.best_trial.number and best["value"] == pytest.approx(study.best_value)
+    assert best["params"]["learning_rate"] == pytest.approx(study.best_params["learning_rate"])
+
+
+def test_best_params_round_trip_into_stage3(store, three_trials):
+    study = optuna.load_study(study_name="three", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(store["optuna"])))
+    best = study.best_trial
+    result = invoke("stage3", "--params-from-study", "three", "--storage", store["optuna"], "--folds", "2",
+                    "--dropout", "0.05", "--tracking-uri", store["mlflow"], "--experiment", EXPERIMENT, "--quiet")
+    assert result.exit_code == 0, result.output
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list",
+                              filter_string="tags.run_kind = 'stage' AND tags.study = 'three'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["trial"] == str(best.number) and run.data.tags["stage"] == "stage3"
+    params = run.data.params
+    assert float(params["train.learning_rate"]) == pytest.approx(best.params["learning_rate"])
+    assert int(params["train.batch_size"]) == best.params["batch_size"]
+    units = best.params["dense_units"]
+    expected = ",".join(str(max(8, units // 2 ** i)) for i in range(best.params["dense_layers"]))
+    assert params["train.dense_units"] == expected
+    assert (params["train.backbone"], params["data.image_size"], params["train.warmup_epochs"]) == ("tiny", "64", "1")
+    assert params["train.dropout"] == "0.05"  # a typed option wins over the study
+    wrong = invoke("classical", "--params-from-study", "three", "--storage", store["optuna"])
+    assert wrong.exit_code == 2 and "the study tuned stage3, not classical" in wrong.output
+    missing = invoke("stage3", "--params-from-study", "nope", "--storage", store["optuna"])
+    assert missing.exit_code == 2 and "no such study" in missing.output and "three" in missing.output
+
+
+def test_a_pruned_trial_is_recorded_as_pruned(store, three_trials):
+    """A pruner that stops every trial at its first report (fold 0, epoch 0): the trial is PRUNED in Optuna and
+    in MLflow, and never reaches a fold result."""
+    config = load_config(None, {"train.backbone": "tiny", "train.weights": "none", "data.image_size": 64,
+                                "tracking.tracking_uri": store["mlflow"], "tracking.experiment": EXPERIMENT})
+    outcome = tune(TuneRequest(stage="stage3", config=config, trials=1, folds=2, study_name="pruned",
+                               storage=store["optuna"], pruner=optuna.pruners.ThresholdPruner(lower=2.0),
+                               quiet=True), say=lambda message: None)
+    assert outcome.counts == {"COMPLETE": 0, "PRUNED": 1, "FAIL": 0}
+    _, trials = runs_of(store, "pruned")
+    assert len(trials) == 1
+    run = trials[0]
+    assert run.data.tags["state"] == "PRUNED" and run.info.status == "FINISHED"
+    assert run.data.metrics["pruned_at_step"] == 0 and "value" not in run.data.metrics
+    assert "fold/f1_macro" not in run.data.metrics and "fold0/val/f1_macro" in run.data.metrics
+
+
+def test_interrupted_study_resumes_without_repeating_finished_trials(store, three_trials):
+    """Ctrl-C during the second trial, then the same command: one more trial, numbered after the interrupted one;
+    the finished trial is neither rerun nor relogged."""
+    journal = str(store["root"] / "interrupt.log")
+    command = [sys.executable, "-m", "mtl_suite", "tune", "--stage", "stage3", *TINY, "--study-name", "resume",
+               "--storage", journal, "--tracking-uri", store["mlflow"], "--experiment", EXPERIMENT,
+               "--pruner", "none", "--trials", "2"]
+    worker = subprocess.Popen(command, cwd=store["root"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = lambda: optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))  # noqa
+    try:
+        wait_for(lambda: _states(storage, "resume")[:2] == ["COMPLETE", "RUNNING"], worker, 300)
+        worker.send_signal(signal.SIGINT)
+        worker.wait(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode != 0
+    assert _states(storage, "resume") == ["COMPLETE", "FAIL"]
+    first_run = runs_of(store, "resume")[1][0].info.run_id
+
+    result = invoke(*command[3:])
+    assert result.exit_code == 0, result.output
+    assert _states(storage, "resume") == ["COMPLETE", "FAIL", "COMPLETE"]
+    parents, trials = runs_of(store, "resume")
+    assert len(parents) == 1  # the same study run, resumed
+    assert [(r.data.tags["trial"], r.data.tags["state"]) for r in trials] == [("0", "COMPLETE"), ("1", "KILLED"),
+                                                                              ("2", "COMPLETE")]
+    assert trials[0].info.run_id == first_run and trials[1].info.status == "KILLED"
+    again = invoke(*command[3:])  # target reached: nothing runs
+    assert again.exit_code == 0 and _states(storage, "resume") == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
+def test_keras_tuner_engine_runs_two_trials(store, three_trials):
+    result = invoke("tune", "--engine", "keras-tuner", "--stage", "stage3", *TINY, "--trials", "2",
+                    "--study-name", "kt", "--storage", store["root"] / "keras-tuner",
+                    "--tracking-uri", store["mlflow"], "--experiment", EXPERIMENT)
+    assert result.exit_code == 0, result.output
+    parents, trials = runs_of(store, "kt")
+    assert len(parents) == 1 and parents[0].data.tags["engine"] == "keras-tuner"
+    assert [r.data.tags["state"] for r in trials] == ["COMPLETE", "COMPLETE"]
+    for run in trials:
+        assert run.data.tags["engine"] == "keras-tuner" and "learning_rate" in run.data.params
+        assert 0 <= run.data.metrics["value"] <= 1
+    client = mlflow.MlflowClient()
+    names = {a.path for a in client.list_artifacts(parents[0].info.run_id, "study")}
+    assert "study/best_params.yaml" in names
+    assert parents[0].data.metrics["best_value"] == pytest.approx(max(r.data.metrics["value"] for r in trials))
+
+
+def test_bad_options_are_one_line_errors(store, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  dropout: {type: float, low: 0.6, high: 0.2}\n")
+    result = tune_cli(store, "bad", "--space", bad)
+    assert result.exit_code == 2 and f"{bad}: 'params.dropout': low (0.6) is greater than high (0.2)" in result.output
+    result = tune_cli(store, "bad", "--sampler", "annealing")
+    assert result.exit_code == 2 and "--sampler 'annealing'" in result.output
+    result = tune_cli(store, "bad", "--metric", "f1")
+    assert result.exit_code == 2 and "binary task" in result.output
+
+
+# --- several workers on PostgreSQL ------------------------------------------------------------------------------
+
+@pytest.fixture
+def postgres_url():
+    url = os.environ.get(POSTGRES_ENV)
+    problem = None
+    if not url:
+        problem = f"{POSTGRES_ENV} is not set (start a server with: export {POSTGRES_ENV}=$(.ci/start-postgres.sh))"
+    else:
+        try:
+            import sqlalchemy
+
+            with sqlalchemy.create_engine(url).connect():
+                pass
+        except Exception as exc:  # any driver or connection error
+            problem = f"cannot reach PostgreSQL at {POSTGRES_ENV}: {type(exc).__name__}: {exc}"
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return url
+
+
+def test_two_postgres_workers_survive_one_killed_mid_trial(store, three_trials, postgres_url):
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "mtl_suite", "tune", "--stage", "stage3", *TINY, "--study-name", study,
+               "--storage", postgres_url, "--tracking-uri", store["mlflow"], "--experiment", EXPERIMENT,
+               "--pruner", "none", "--trials", "3", "--heartbeat-interval", "1", "--grace-period", "4"]
+    logs = store["root"]
+    storage = lambda: optuna.storages.RDBStorage(postgres_url)  # noqa: E731
+    first = subprocess.Popen(command, cwd=logs, stdout=subprocess.DEVNULL, stderr=open(logs / f"{study}-a.err", "w"))
+    second = None
+    try:
+        wait_for(lambda: _has_parent_run(storage, study), first, 300)
+        second = subprocess.Popen(command, cwd=logs, stdout=subprocess.DEVNULL,
+                                  stderr=open(logs / f"{study}-b.err", "w"))
+        # mid-trial: the first worker's trial has reported at least one epoch
+        wait_for(lambda: _running_trial_of(storage, study, first.pid) is not None, first, 300)
+        killed = _running_trial_of(storage, study, first.pid)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        second.wait(timeout=540)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert second.returncode == 0, (logs / f"{study}-b.err").read_text()[-3000:]
+    result = optuna.load_study(study_name=study, storage=storage())
+    states = {t.number: t.state.name for t in result.trials}
+    assert states[killed] == "FAIL"
+    finished = sum(s in ("COMPLETE", "PRUNED") for s in states.values())
+    assert 3 <= finished <= 4, states  # the target; a second worker may finish one trial it had already begun
+    retried = [t for t in result.trials
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    assert len(retried) == 1 and retried[0].params == result.trials[killed].params
+    parents, trials = runs_of(store, study)
+    assert len(parents) == 1
+    by_number = {int(r.data.tags["trial"]): r for r in trials}
+    assert by_number[killed].info.status == "FAILED" and by_number[killed].data.tags["state"] == "FAIL"
+    assert "heartbeat" in by_number[killed].data.tags["state_reason"]
+    assert sum(r.data.tags["state"] == "COMPLETE" for r in trials) == finished
+
+
+def wait_for(condition, process, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if condition():
+                return
+        except (KeyError, ValueError):  # the study does not exist yet
+            pass
+        if process.poll() is not None:
+            stderr = process.stderr.read().decode()[-3000:] if process.stderr and hasattr(process.stderr, "read") \
+                else ""
+            raise AssertionError(f"worker exited with {process.returncode} before the condition held: {stderr}")
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting for the worker")
+
+
+def _states(storage, study):
+    return [t.state.name for t in optuna.load_study(study_name=study, storage=storage()).trials]
+
+
+def _has_parent_run(storage, study):
+    return "mlflow_run_id" in optuna.load_study(study_name=study, storage=storage()).user_attrs
+
+
+def _running_trial_of(storage, study, pid):
+    for trial in optuna.load_study(study_name=study, storage=storage()).trials:
+        if trial.state.name == "RUNNING" and trial.user_attrs.get("worker", "").endswith(f":{pid}") \
+                and trial.intermediate_values:
+            return trial.number
+    return None
