@@ -1,0 +1,266 @@
+"""`mtl-suite promote`, `mtl-suite predict`, `mtl-suite serve`: the model registry and serving.
+
+promote registers the best finished stage run as a raw-image pyfunc with alias `champion`; predict and serve load
+`models:/<name>@champion` (or any model URI) and take image files, folders, or base64 bytes over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mtl_suite.cli.common import Experiment, Quiet, TrackingUri, handle_user_errors, progress_printer, say
+from mtl_suite.errors import UserError
+
+DEFAULT_NAME = "mtl-all-classifier"
+DEFAULT_MODEL = f"models:/{DEFAULT_NAME}@champion"
+FORMATS = ("table", "csv", "json")
+
+ModelUri = Annotated[str, typer.Option("--model", "-m", help="Model URI: models:/<name>@<alias>, models:/<name>/<version>, "
+                                       "runs:/... or a local folder.")]
+
+
+@handle_user_errors
+def promote(
+    stage: Annotated[str, typer.Option("--stage", help="Stage whose runs compete (stage3 or classical).")] = "stage3",
+    task: Annotated[Optional[str], typer.Option("--task", help="Only runs of this task (binary or multiclass).",
+                                                show_default=False)] = None,
+    metric: Annotated[str, typer.Option("--metric", help="Run metric that decides, e.g. cv/accuracy_mean, "
+                                        "test/f1_macro.")] = "cv/f1_macro_mean",
+    lower_is_better: Annotated[bool, typer.Option("--lower-is-better", help="The metric is a loss.")] = False,
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = DEFAULT_NAME,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Promote this stage run instead of the best one.",
+                                                  show_default=False)] = None,
+    all_experiments: Annotated[bool, typer.Option("--all-experiments", help="Search every experiment, not only "
+                                                  "--experiment.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if worse than the current champion.")] = False,
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = "mtl-suite",
+    quiet: Quiet = False,
+) -> None:
+    """Register the best finished stage-3 run's model (as a pyfunc taking raw images) with alias 'champion'."""
+    from mtl_suite.tracking.registry import PromoteRequest, promote as run_promote
+
+    experiment_ids = _experiment_ids(tracking_uri, experiment, all_experiments)
+    outcome = run_promote(PromoteRequest(experiment_ids=experiment_ids, stage=stage, task=task, metric=metric,
+                                         greater_is_better=not lower_is_better, name=name, run_id=run_id,
+                                         dry_run=dry_run, force=force), say=lambda m: say(m, quiet))
+    if dry_run and not quiet:
+        typer.echo(outcome.plan.ranking.head(10).to_string(index=False), err=True)
+    if outcome.version is not None:
+        typer.echo(f"models:/{name}/{outcome.version.version}")
+
+
+def _experiment_ids(tracking_uri: str | None, experiment: str, all_experiments: bool) -> list[str]:
+    import mlflow
+
+    from mtl_suite.tracking.setup import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if all_experiments:
+        return [e.experiment_id for e in mlflow.search_experiments()]
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in mlflow.search_experiments()]
+        raise UserError(f"no experiment named {experiment!r} in {resolve_tracking_uri(tracking_uri)}. "
+                        f"Experiments: {', '.join(names) or 'none'}")
+    return [found.experiment_id]
+
+
+@handle_user_errors
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).",
+                                                 show_default=False)],
+    model: ModelUri = DEFAULT_MODEL,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 32,
+    tracking_uri: TrackingUri = None,
+    quiet: Quiet = False,
+) -> None:
+    """Classify images with a registered model (default: the champion). Unusable images get an error row; the
+    exit code is 2 only if no image could be classified."""
+    if output_format not in FORMATS:
+        raise UserError(f"--format: expected one of {', '.join(FORMATS)}. Received: {output_format!r}")
+    files = collect_images(images)
+    pyfunc = load_pyfunc(model, tracking_uri, quiet)
+    frame = predict_files(pyfunc, files, batch_size, quiet)
+    failed = int(frame["error"].notna().sum())
+    typer.echo(render(frame, output_format))
+    if failed:
+        say(f"{failed} of {len(frame)} image(s) could not be classified (see the error column)", quiet)
+    if failed == len(frame):
+        raise typer.Exit(code=2)
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files as given (a bad one gets an error row), folders expanded to their image files, sorted."""
+    from mtl_suite.data.images import is_image_file
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if is_image_file(p))
+            if not found:
+                raise UserError(f"{item}: folder has no image files (.jpg, .jpeg, .png, .bmp, .tif, .tiff)")
+            files.extend(found)
+        elif item.exists():
+            files.append(item)
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    return files
+
+
+def load_pyfunc(model_uri: str, tracking_uri: str | None, quiet: bool = True):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mtl_suite.tracking.setup import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    say(f"loading {model_uri}", quiet)
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        hint = " (run `mtl-suite promote` first)" if model_uri.startswith("models:/") else ""
+        raise UserError(f"cannot load model {model_uri}{hint}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def predict_files(pyfunc, files: list[Path], batch_size: int = 32, quiet: bool = True):
+    """Predict in batches (progress on stderr); a batch in which no image is usable still gives error rows."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from mtl_suite.serving.pyfunc import ImageError, to_image
+
+    report = progress_printer(len(files), "predicting", quiet or len(files) <= batch_size)
+    parts = []
+    for start in range(0, len(files), batch_size):
+        chunk = [str(p) for p in files[start:start + batch_size]]
+        try:
+            part = pyfunc.predict(pd.DataFrame({"image": chunk}))
+        except MlflowException:  # every image of this batch is unusable: name each one's reason
+            part = pd.DataFrame([{"label": None, "probabilities": None, "class_names": None,
+                                  "error": _reason(p, to_image, ImageError)} for p in chunk])
+        part.insert(0, "file", chunk)
+        parts.append(part)
+        if report:
+            report(min(start + batch_size, len(files)))
+    frame = pd.concat(parts, ignore_index=True)
+    # the row's position within its batch means nothing here: the file column names the image
+    frame["error"] = pd.Series([re.sub(r"^image \d+: ", "", e) if isinstance(e, str) else None
+                                for e in frame["error"]], dtype=object)
+    return frame
+
+
+def _reason(path: str, to_image, image_error) -> str:
+    try:
+        to_image(path)
+    except image_error as exc:
+        return str(exc)
+    return "could not be classified"
+
+
+def render(frame, output_format: str) -> str:
+    """One row per image: file, predicted label, one p_<class> column per class, error."""
+    import pandas as pd
+
+    names = next((c for c in frame["class_names"] if _is_list(c)), [])
+    names = [str(n) for n in names]
+    flat = pd.DataFrame({"file": frame["file"], "label": frame["label"]})
+    for k, name in enumerate(names):
+        flat[f"p_{name}"] = [float(p[k]) if _is_list(p) else None for p in frame["probabilities"]]
+    flat["error"] = frame["error"]
+    if output_format == "json":
+        records = []
+        for file, label, proba, error in zip(frame["file"], frame["label"], frame["probabilities"], frame["error"]):
+            ok = isinstance(error, float) or error is None
+            records.append({"file": file, "label": label if ok else None, "class_names": names,
+                            "probabilities": [float(v) for v in proba] if ok else None,
+                            "error": None if ok else error})
+        return json.dumps(records, indent=2)
+    if output_format == "csv":
+        return flat.to_csv(index=False, float_format="%.6f").rstrip("\n")
+    shown = flat.copy()
+    shown["error"] = shown["error"].fillna("")
+    shown["label"] = shown["label"].fillna("-")
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) == 1
+
+
+@handle_user_errors
+def serve(
+    model: ModelUri = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option("--host", "-h", help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port.")] = 5001,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Server worker processes.")] = 1,
+    allow_paths: Annotated[bool, typer.Option("--allow-paths", help="Let requests name image files on this "
+                                              "machine (off: requests carry base64 bytes or arrays).")] = False,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Serve a registered model over HTTP (wraps `mlflow models serve --env-manager local`). POST JSON to
+    /invocations: {"dataframe_records": [{"image": "<base64 of the file>"}]}."""
+    command, env = serve_command(model, host, port, workers, allow_paths, tracking_uri)
+    say(f"serving {model} on http://{host}:{port}/invocations (Ctrl-C stops)")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)  # the server replaces this process, so signals reach it directly
+
+
+def serve_command(model: str, host: str, port: int, workers: int, allow_paths: bool,
+                  tracking_uri: str | None) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow models serve` call and its environment: our bin/ first on PATH (it starts uvicorn by name)."""
+    from mtl_suite.tracking.setup import resolve_tracking_uri
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port: expected 1..65535. Received: {port}")
+    uri = resolve_tracking_uri(tracking_uri)
+    check_model_uri(model, uri)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           "MTL_SUITE_ALLOW_PATHS": "1" if allow_paths else "0"}
+    mlflow_exe = shutil.which("mlflow", path=env["PATH"])
+    if mlflow_exe is None:
+        raise UserError(f"the `mlflow` command is not on PATH ({bin_dir} first); reinstall mtl-suite's environment")
+    command = [mlflow_exe, "models", "serve", "-m", model, "--env-manager", "local", "-h", host, "-p", str(port),
+               "-w", str(workers)]
+    return command, env
+
+
+def check_model_uri(model: str, tracking_uri: str) -> None:
+    """Fail before starting a server when `models:/name@alias` or `models:/name/version` does not exist."""
+    if not model.startswith("models:/"):
+        return
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    ref = model[len("models:/"):]
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            client.get_model_version_by_alias(name, alias)
+        elif "/" in ref:
+            name, version = ref.split("/", 1)
+            client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise UserError(f"{model} not found in {tracking_uri} (run `mtl-suite promote` first): "
+                        f"{str(exc).splitlines()[0][:200]}") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("promote")(promote)
+    app.command("predict")(predict)
+    app.command("serve")(serve)

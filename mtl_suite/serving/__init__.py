@@ -1,0 +1,1 @@
+"""Serving: the registered pyfunc that takes raw images."""

@@ -1,0 +1,233 @@
+"""The registered model: an MLflow pyfunc that takes what a user has (image files, base64 image bytes, uint8 arrays
+of any size) and returns, per image, class probabilities, the predicted label and the class names.
+
+Input (one image per row; the column is called `image`):
+  - a pandas DataFrame with a column `image`, or a list, or a single value; each value is one of
+    * a path to an image file (read on the machine that runs the model; `mtl-suite serve` turns this off unless
+      --allow-paths is given, see PATHS_ENV),
+    * a base64 string of the encoded file bytes (JPEG, PNG, BMP, TIFF; an optional `data:image/...;base64,`
+      prefix is dropped), or raw `bytes`,
+    * an (H, W, 3) RGB array: a numpy uint8 array in-process, or nested lists of integers 0..255 (JSON).
+  Over HTTP: {"dataframe_records": [{"image": "<base64>"}, ...]} or {"inputs": {"image": ["<base64>", ...]}}.
+
+Output: a DataFrame, one row per input row, in order, with columns
+  `label` (predicted class name), `probabilities` (one float per class, in `class_names` order), `class_names`,
+  `error` (null, or why this image could not be used; then `label` and `probabilities` are null).
+A request with no images, or one in which no image can be used, raises MlflowException(INVALID_PARAMETER_VALUE):
+the scoring server answers HTTP 400 with the message and keeps serving.
+
+Preprocessing is exactly training's: decode with `data.images.read_rgb` (same checks and limits), resize with
+`data.images.resize` to the model's size; normalisation is inside the Keras graph.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+from mtl_suite.data.images import MAX_PIXELS, read_rgb, resize
+from mtl_suite.errors import BadImageError, UserError
+
+COLUMN = "image"
+KERAS_ARTIFACT = "keras_model"
+INFO_ARTIFACT = "model_info"
+PATHS_ENV = "MTL_SUITE_ALLOW_PATHS"  # "0": strings are only base64 (a served model must not read server files)
+BATCH = 32
+OUTPUT_COLUMNS = ["label", "probabilities", "class_names", "error"]
+_DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+_SHOWN = 60
+
+
+class ImageError(ValueError):
+    """One unusable image in a batch; becomes that row's `error`."""
+
+
+class MtlImageClassifier(PythonModel):
+    """Raw images in, class probabilities out, for a stage-3 (or classical) Keras model of mtl-suite."""
+
+    # The input is validated by the model's signature and the checks below, not by predict()'s type hints
+    # (MLflow would otherwise warn at class creation that there are none).
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        import mlflow.keras
+
+        self.info = json.loads(Path(context.artifacts[INFO_ARTIFACT]).read_text())
+        self.class_names = [str(c) for c in self.info["class_names"]]
+        self.image_size = int(self.info["image_size"])
+        self.model = mlflow.keras.load_model(context.artifacts[KERAS_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
+        items = input_items(model_input)
+        if not items:
+            raise MlflowException("empty payload: expected at least one image in the column 'image' "
+                                  "(a path, a base64 string of the file bytes, or an (H, W, 3) uint8 array)",
+                                  INVALID_PARAMETER_VALUE)
+        allow_paths = os.environ.get(PATHS_ENV, "1") != "0"
+        images: list[np.ndarray | None] = []
+        errors: list[str | None] = []
+        for index, item in enumerate(items):
+            try:
+                images.append(resize(to_image(item, allow_paths), self.image_size))
+                errors.append(None)
+            except ImageError as exc:
+                images.append(None)
+                errors.append(f"image {index}: {exc}")
+        good = [i for i, image in enumerate(images) if image is not None]
+        if not good:
+            shown = "; ".join(e for e in errors[:5] if e) + ("; ..." if len(errors) > 5 else "")
+            raise MlflowException(f"no usable image in the request: {shown}", INVALID_PARAMETER_VALUE)
+        proba = self.probabilities(np.stack([images[i] for i in good]))
+        rows = [{"label": None, "probabilities": None, "class_names": self.class_names, "error": error}
+                for error in errors]
+        for i, p in zip(good, proba):
+            rows[i]["label"] = self.class_names[int(np.argmax(p))]
+            rows[i]["probabilities"] = [float(v) for v in p]
+        # object columns keep None as None (pandas 3 string columns would turn it into NaN, which is not JSON)
+        return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS})
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, classes); a single sigmoid column becomes [1 - p, p] as in training."""
+        from mtl_suite.training.metrics import as_class_probabilities
+
+        chunks = [np.asarray(self.model.predict_on_batch(batch[i:i + BATCH].astype("float32")))
+                  for i in range(0, len(batch), BATCH)]
+        return as_class_probabilities(np.concatenate(chunks))
+
+
+def input_items(model_input: Any) -> list[Any]:
+    """The images of a request as a flat list, whatever container MLflow or the caller used."""
+    if isinstance(model_input, pd.DataFrame):
+        if COLUMN in model_input.columns:
+            return _expand_string_lists(list(model_input[COLUMN]))
+        if len(model_input.columns) == 1 and model_input.columns[0] in (0, "0"):
+            return _expand_string_lists(list(model_input.iloc[:, 0]))
+        raise MlflowException(f"expected a column named 'image'. Received columns: {list(model_input.columns)}",
+                              INVALID_PARAMETER_VALUE)
+    if isinstance(model_input, dict):
+        if COLUMN not in model_input:
+            raise MlflowException(f"expected a key 'image'. Received keys: {list(model_input)}",
+                                  INVALID_PARAMETER_VALUE)
+        return _as_items(model_input[COLUMN])
+    return _as_items(model_input)
+
+
+def _expand_string_lists(items: list[Any]) -> list[Any]:
+    """MLflow turns {"inputs": {"image": ["b64", "b64"]}} into ONE row holding the list: a cell that is a flat
+    list of strings (never an image) stands for that many images."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, (list, tuple, np.ndarray)) and np.ndim(item) == 1 and len(item) and \
+                all(isinstance(v, (str, bytes)) for v in item):
+            out.extend(item)
+        else:
+            out.append(item)
+    return out
+
+
+def _as_items(value: Any) -> list[Any]:
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        if value.ndim == 4:
+            return list(value)  # a stack of same-size images
+        if value.ndim == 3:
+            return [value]  # one image
+    if isinstance(value, (list, tuple, pd.Series, np.ndarray)):
+        return list(value)
+    return [value]
+
+
+def to_image(item: Any, allow_paths: bool = True) -> np.ndarray:
+    """One input value as an (H, W, 3) uint8 RGB array, or ImageError saying what was wrong with it."""
+    if item is None or (isinstance(item, float) and np.isnan(item)):
+        raise ImageError("empty entry; expected a path, a base64 string or an (H, W, 3) uint8 array")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode_bytes(bytes(item), "bytes")
+    if isinstance(item, (str, os.PathLike)):
+        return _from_string(os.fspath(item), allow_paths)
+    if isinstance(item, (np.ndarray, list, tuple)):
+        return check_array(item)
+    raise ImageError(f"unsupported value of type {type(item).__name__}; expected a path, a base64 string or an "
+                     f"(H, W, 3) uint8 array")
+
+
+def _from_string(text: str, allow_paths: bool) -> np.ndarray:
+    text = text.strip()
+    if not text:
+        raise ImageError("empty string; expected a path or base64 image bytes")
+    if allow_paths and len(text) < 4096 and Path(text).is_file():
+        try:
+            return read_rgb(text)
+        except BadImageError as exc:
+            raise ImageError(str(exc)) from None
+    payload = _DATA_URL.sub("", text, count=1)
+    try:
+        raw = base64.b64decode(re.sub(r"\s+", "", payload), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        shown = text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+        what = "not an existing image file and not" if allow_paths else "not"
+        hint = "" if allow_paths or not _looks_like_path(text) else \
+            " (file paths are turned off here: send the file's bytes as base64)"
+        raise ImageError(f"{what} valid base64 ({exc}){hint}. Received: {shown!r}") from None
+    return decode_bytes(raw, "base64")
+
+
+def _looks_like_path(text: str) -> bool:
+    return len(text) < 4096 and ("\\" in text or "." in Path(text).name or text.startswith(("/", "~", "./")))
+
+
+def decode_bytes(raw: bytes, what: str) -> np.ndarray:
+    """Decode through the same reader as training (a temporary file), so limits and messages match."""
+    if not raw:
+        raise ImageError(f"empty {what} payload (0 bytes)")
+    with tempfile.TemporaryDirectory(prefix="mtl-serve-") as tmp:
+        path = Path(tmp) / "image"
+        path.write_bytes(raw)
+        try:
+            return read_rgb(path)
+        except BadImageError as exc:
+            raise ImageError(f"{what} payload ({len(raw)} bytes): {exc.reason}") from None
+        except UserError as exc:
+            raise ImageError(f"{what} payload: {exc}") from None
+
+
+def check_array(value: Any) -> np.ndarray:
+    """uint8 (H, W, 3); nested integer lists 0..255 (JSON cannot say uint8) are accepted too."""
+    from_json = not isinstance(value, np.ndarray)
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise ImageError("ragged nested lists; expected an (H, W, 3) array") from None
+    if array.dtype == object:
+        raise ImageError("ragged or mixed nested lists; expected an (H, W, 3) array of integers 0..255")
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ImageError(f"expected an RGB array of shape (H, W, 3). Received shape {array.shape}")
+    height, width = array.shape[:2]
+    if height < 1 or width < 1:
+        raise ImageError(f"array has no pixels ({width}x{height})")
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"image too large: {width}x{height} pixels, limit {MAX_PIXELS}")
+    if array.dtype == np.uint8:
+        return array
+    if from_json and np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() <= 255:
+        return array.astype(np.uint8)
+    expected = "integers 0..255" if from_json else "dtype uint8"
+    raise ImageError(f"expected {expected} (raw RGB pixels). Received dtype {array.dtype}"
+                     + (f" with values {array.min()}..{array.max()}" if array.size and array.dtype.kind in "iuf"
+                        else ""))
+
+
+def encode_file(path: str | Path) -> str:
+    """A file's bytes as base64 text, the form a JSON request carries."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")

@@ -1,0 +1,221 @@
+"""`mtl-suite promote` and the registered raw-image pyfunc, end to end on two real stage-3 runs (tiny backbone)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mtl_suite.cli import app
+from mtl_suite.data.images import read_resized, read_rgb, resize
+from mtl_suite.training.metrics import as_class_probabilities
+from registry_store import IMAGE_SIZE, SAMPLES, trained_store
+
+pytestmark = pytest.mark.slow
+NAME = "mtl-all-classifier"
+
+
+@pytest.fixture(scope="module")
+def store():
+    return trained_store()
+
+
+@pytest.fixture(scope="module")
+def client(store):
+    mlflow.set_tracking_uri(store.uri)
+    return mlflow.MlflowClient(tracking_uri=store.uri)
+
+
+def promote(store, *args: str):
+    result = CliRunner().invoke(app, ["promote", "--tracking-uri", store.uri, "--experiment", store.experiment,
+                                      *args])
+    return result
+
+
+def champion(client, name=NAME):
+    return client.get_model_version_by_alias(name, "champion")
+
+
+def aliases(client, name=NAME) -> dict[str, str]:
+    return dict(client.get_registered_model(name).aliases)
+
+
+def expected_best(client, store, metric: str) -> str:
+    """Best by the metric, ties to the newer run: computed here from what the runs logged."""
+    runs = [client.get_run(r) for r in store.runs]
+    return max(runs, key=lambda r: (r.data.metrics[metric], r.info.start_time)).info.run_id
+
+
+def test_dry_run_changes_nothing(store, client):
+    logged_before = len(mlflow.search_logged_models(experiment_ids=[_experiment_id(store)], output_format="list"))
+    result = promote(store, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "dry run: would register run" in result.output
+    assert client.search_registered_models() == []
+    after = mlflow.search_logged_models(experiment_ids=[_experiment_id(store)], output_format="list")
+    assert len(after) == logged_before
+
+
+def test_promote_picks_best_and_moves_aliases(store, client):
+    best = expected_best(client, store, "cv/f1_macro_mean")
+    result = promote(store)
+    assert result.exit_code == 0, result.output
+    first = champion(client)
+    assert first.run_id == best
+    assert aliases(client) == {"champion": first.version}
+    stage_run = client.get_run(best)
+    for text in ("cv/f1_macro_mean", stage_run.data.tags["stage2_run"], stage_run.data.tags["stage1_run"],
+                 stage_run.data.tags["dataset_digest"], stage_run.data.tags["split_digest"]):
+        assert text in first.description
+    assert first.tags["dataset_digest"] == stage_run.data.tags["dataset_digest"]
+
+    # Promoting the same run again does nothing.
+    again = promote(store)
+    assert again.exit_code == 0 and "already champion" in again.output
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 1
+
+    # A metric on which the other run is better: it becomes champion, the old one 'previous'.
+    other = next(r for r in store.runs if r != best)
+    client.log_metric(other, "select/score", 0.9)
+    client.log_metric(best, "select/score", 0.5)
+    result = promote(store, "--metric", "select/score")
+    assert result.exit_code == 0, result.output
+    second = champion(client)
+    assert second.run_id == other and second.version != first.version
+    assert aliases(client) == {"champion": second.version, "previous": first.version}
+
+    # Going back to the worse run is refused without --force and leaves the aliases alone.
+    refused = promote(store, "--metric", "select/score", "--run-id", best)
+    assert refused.exit_code == 2
+    assert "worse than the champion" in refused.output and "--force" in refused.output
+    assert aliases(client) == {"champion": second.version, "previous": first.version}
+    forced = promote(store, "--metric", "select/score", "--run-id", best, "--force")
+    assert forced.exit_code == 0, forced.output
+    third = champion(client)
+    assert third.run_id == best
+    assert aliases(client) == {"champion": third.version, "previous": second.version}
+
+
+def test_promote_ties_go_to_the_newer_run(store, client):
+    for run in store.runs:
+        client.log_metric(run, "select/tie", 0.5)
+    result = promote(store, "--metric", "select/tie", "--name", "tie-test")
+    assert result.exit_code == 0, result.output
+    newer = max((client.get_run(r) for r in store.runs), key=lambda r: r.info.start_time).info.run_id
+    assert champion(client, "tie-test").run_id == newer
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "cv/no_such_metric"], "no candidate run has the metric 'cv/no_such_metric'"),
+    (["--stage", "classical"], "no finished classical run"),
+    (["--task", "binary"], "no finished stage3 run"),
+    (["--experiment", "missing-experiment"], "no experiment named 'missing-experiment'"),
+])
+def test_promote_bad_input(store, args, message):
+    result = CliRunner().invoke(app, ["promote", "--tracking-uri", store.uri, "--experiment", store.experiment,
+                                      "--name", "bad-input", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_promote_refuses_a_model_that_does_not_load(store, client):
+    with mlflow.start_run(experiment_id=_experiment_id(store)) as run:
+        mlflow.set_tags({"run_kind": "stage", "stage": "stage3", "task": "multiclass"})
+        mlflow.log_metric("cv/f1_macro_mean", 0.99)
+        mlflow.log_text("this is not an MLmodel file: [", "model/MLmodel")
+        mlflow.log_dict({"class_names": ["a", "b"], "image_size": 64}, "model_info.json")
+    try:
+        result = promote(store, "--name", "broken")
+        assert result.exit_code == 2
+        assert f"run {run.info.run_id}" in result.output and ("fails to load" in result.output
+                                                               or "no usable logged model" in result.output)
+        assert client.search_registered_models(f"name = 'broken'") == []
+    finally:
+        client.delete_run(run.info.run_id)
+
+
+def test_champion_pyfunc_matches_keras_from_paths_base64_and_arrays(store, client):
+    mlflow.set_tracking_uri(store.uri)
+    if not client.search_registered_models(f"name = '{NAME}'"):
+        assert promote(store).exit_code == 0
+    version = champion(client)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    keras_model = mlflow.keras.load_model(f"runs:/{version.run_id}/model")
+    info = json.loads(mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_info.json"))
+
+    crops = [read_rgb(SAMPLES[0])[:200, :301], read_rgb(SAMPLES[1])]  # arbitrary sizes
+    batch = np.stack([read_resized(p, IMAGE_SIZE) for p in SAMPLES] + [resize(c, IMAGE_SIZE) for c in crops])
+    expected = as_class_probabilities(keras_model.predict(batch.astype("float32"), verbose=0))
+
+    paths = pyfunc.predict(pd.DataFrame({"image": [str(p) for p in SAMPLES]}))
+    encoded = pyfunc.predict(pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in SAMPLES]}))
+    arrays = pyfunc.predict(pd.DataFrame({"image": pd.Series([read_rgb(p) for p in SAMPLES] + crops, dtype=object)}))
+    for frame, want in ((paths, expected[:3]), (encoded, expected[:3]), (arrays, expected)):
+        assert frame["error"].isna().all(), frame["error"].tolist()
+        got = np.array(frame["probabilities"].tolist())
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert list(frame["label"]) == [info["class_names"][k] for k in want.argmax(axis=1)]
+        assert all(list(names) == info["class_names"] for names in frame["class_names"])
+
+
+def test_pyfunc_bad_image_in_a_batch_gets_an_error_row(store, client, tmp_path):
+    mlflow.set_tracking_uri(store.uri)
+    if not client.search_registered_models(f"name = '{NAME}'"):
+        assert promote(store).exit_code == 0
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (7000, 7000, 3))  # 49 MP, no memory used
+    inputs = [str(SAMPLES[0]), base64.b64encode(b"plain text, not an image").decode(), "@@not base64@@",
+              read_rgb(SAMPLES[1]).astype(np.float32), np.zeros((10, 10, 4), np.uint8), huge, str(SAMPLES[2])]
+    out = pyfunc.predict(pd.DataFrame({"image": pd.Series(inputs, dtype=object)}))
+    errors = out["error"].tolist()
+    assert errors[0] is None and errors[-1] is None
+    for i, fragment in [(1, "not an image"), (2, "not valid base64"), (3, "uint8"), (4, "(10, 10, 4)"),
+                        (5, "too large")]:
+        assert fragment in errors[i], errors[i]
+        assert out["probabilities"][i] is None and out["label"][i] is None
+    alone = pyfunc.predict(pd.DataFrame({"image": [str(SAMPLES[0]), str(SAMPLES[2])]}))
+    np.testing.assert_allclose(np.array(out["probabilities"][[0, 6]].tolist()),
+                               np.array(alone["probabilities"].tolist()), atol=1e-6)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="empty payload"):
+        pyfunc.predict(pd.DataFrame({"image": pd.Series([], dtype=object)}))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="no usable image"):
+        pyfunc.predict(pd.DataFrame({"image": ["@@"]}))
+
+
+def test_predict_cli_on_a_folder(store, client, tmp_path):
+    if not client.search_registered_models(f"name = '{NAME}'"):
+        assert promote(store).exit_code == 0
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in SAMPLES:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(folder), "--format", "json", "--tracking-uri", store.uri, "-q"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["file"].rsplit("/", 1)[1] for r in records] == sorted(["broken.png"] + [p.name for p in SAMPLES])
+    broken = next(r for r in records if r["file"].endswith("broken.png"))
+    assert broken["error"] and broken["probabilities"] is None
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    direct = pyfunc.predict(pd.DataFrame({"image": [r["file"] for r in records if not r["error"]]}))
+    np.testing.assert_allclose([r["probabilities"] for r in records if not r["error"]],
+                               np.array(direct["probabilities"].tolist()), atol=1e-6)
+
+    csv = runner.invoke(app, ["predict", str(SAMPLES[0]), "--format", "csv", "--tracking-uri", store.uri, "-q"])
+    assert csv.exit_code == 0 and csv.stdout.splitlines()[0].startswith("file,label,p_")
+    only_bad = runner.invoke(app, ["predict", str(folder / "broken.png"), "--tracking-uri", store.uri, "-q"])
+    assert only_bad.exit_code == 2
+    missing = runner.invoke(app, ["predict", str(SAMPLES[0]), "--model", "models:/nope@champion",
+                                  "--tracking-uri", store.uri, "-q"])
+    assert missing.exit_code == 2 and "cannot load model models:/nope@champion" in missing.output
+
+
+def _experiment_id(store) -> str:
+    return mlflow.MlflowClient(tracking_uri=store.uri).get_experiment_by_name(store.experiment).experiment_id
