@@ -1,0 +1,1 @@
+"""Statistics, tables and figures built from finished runs (compare, report)."""

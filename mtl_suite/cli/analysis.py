@@ -1,0 +1,123 @@
+"""`mtl-suite compare` (classical vs multistage over paired runs, with statistics) and `mtl-suite report`
+(the paper's tables and figures from what is in MLflow)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mtl_suite.cli.common import Experiment, Quiet, TrackingUri, explicit_options, handle_user_errors, say
+from mtl_suite.config import DataConfig, TrainConfig, load_config
+from mtl_suite.errors import UserError
+
+_D, _T = DataConfig(), TrainConfig()
+
+COMPARE_OPTION_KEYS = {
+    "data": "data.path", "masks": "data.masks", "image_size": "data.image_size", "folds": "data.folds",
+    "test_fraction": "data.test_fraction", "data_seed": "data.seed", "backbone": "train.backbone",
+    "weights": "train.weights", "epochs": "train.warmup_epochs", "finetune_epochs": "train.finetune_epochs",
+    "batch_size": "train.batch_size", "learning_rate": "train.learning_rate", "augment": "train.augment",
+    "seed": "train.seed", "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
+}
+
+
+@handle_user_errors
+def compare(
+    ctx: typer.Context,
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone of both arms.")] = _T.backbone,
+    task: Annotated[str, typer.Option("--task", help="binary or multiclass.")] = "multiclass",
+    runs: Annotated[int, typer.Option("--runs", "-n", help="Paired runs per arm (paper: 10); at least 2.")] = 10,
+    folds: Annotated[int, typer.Option("--folds", help="CV folds inside every run.")] = _D.folds,
+    params_from_study: Annotated[Optional[str], typer.Option("--params-from-study", help="Train both arms with the "
+                                 "best trial of this stage-3 Optuna study (`mtl-suite tune`).", show_default=False)] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", envvar="MTL_SUITE_OPTUNA_STORAGE", help="Optuna "
+                       "storage of --params-from-study. Default: optuna-studies.log.", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML; options override it.",
+                                                   show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset. Default: the bundled sample.",
+                                                show_default=False)] = None,
+    masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears for stage 2's "
+                                                 "cell crops.", show_default=False)] = None,
+    cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset instead of crops.",
+                                                 show_default=False)] = None,
+    normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="The normal class for binary tasks.",
+                                                        show_default=False)] = None,
+    image_size: Annotated[int, typer.Option("--image-size")] = _D.image_size,
+    test_fraction: Annotated[float, typer.Option("--test-fraction")] = _D.test_fraction,
+    epochs: Annotated[int, typer.Option("--epochs", help="Head warm-up epochs (each stage, each arm).")] = _T.warmup_epochs,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = _T.finetune_epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = _T.batch_size,
+    learning_rate: Annotated[float, typer.Option("--learning-rate")] = _T.learning_rate,
+    augment: Annotated[str, typer.Option("--augment")] = _T.augment,
+    weights: Annotated[str, typer.Option("--weights", help="imagenet, none, or a weights file.")] = _T.weights,
+    seed: Annotated[int, typer.Option("--seed", help="Base training seed; pair i uses seed + i.")] = _T.seed,
+    data_seed: Annotated[int, typer.Option("--data-seed", help="Base split seed; pair i uses it + i.")] = _D.seed,
+    report_dir: Annotated[Path, typer.Option("--report-dir", help="Where compare-<backbone>-<task>-<date>.md "
+                                             "and its plot go.")] = Path("reports"),
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = "mtl-suite",
+    quiet: Quiet = False,
+) -> None:
+    """Classical TL vs multistage TL: N paired runs each (same seed and split per pair), then paired, Welch and
+    Nadeau-Bengio corrected t-tests, a Table V, a plot and a report under reports/. Rerun to resume."""
+    if runs < 2:
+        raise UserError(f"--runs must be at least 2: a t-test needs two or more paired runs. Received: {runs}")
+    overrides = explicit_options(ctx, COMPARE_OPTION_KEYS)
+    if params_from_study:  # a stage-3 study's best trial; both arms train with it (typed options still win)
+        from mtl_suite.cli.tune import study_overrides
+
+        overrides, task, _ = study_overrides(ctx, "stage3", params_from_study, storage, overrides, task)
+    cfg = load_config(config, overrides)
+    from mtl_suite.cli.train import _mark_runs_killed_on_sigterm
+    from mtl_suite.tracking.comparison import CompareRequest, run_comparison
+
+    _mark_runs_killed_on_sigterm()
+    command = command_line(ctx)
+    run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,
+                                  report_dir=report_dir, command=command, study=params_from_study, quiet=quiet),
+                   say=lambda message: say(message, quiet))
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as typed (options the user gave, defaults left out), rebuilt from click's parse so it is right
+    in-process too."""
+    from click.core import ParameterSource
+
+    parts = ["mtl-suite", ctx.info_name or "compare"]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None) or not param.opts:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(value, bool):
+            if value:
+                parts.append(param.opts[0])
+            continue
+        parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+@handle_user_errors
+def report(
+    experiment: Experiment = "mtl-suite",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. Default: reports/<experiment>-<date>.",
+                                                show_default=False)] = None,
+    gradcam_per_class: Annotated[int, typer.Option("--gradcam-per-class", help="Correct and wrong test images "
+                                                   "per class with Grad-CAM overlays (0: none).")] = 2,
+    tracking_uri: TrackingUri = None,
+    quiet: Quiet = False,
+) -> None:
+    """The paper's tables and figures (Tables II-IV, Figs. 9-11) plus calibration, a colour-histogram shortcut check
+    and Grad-CAM overlays, built from the runs in MLflow: report.md and a self-contained report.html."""
+    from mtl_suite.tracking.report_data import build_report
+
+    paths = build_report(experiment, tracking_uri, out, gradcam_per_class=gradcam_per_class,
+                         say=lambda message: say(message, quiet))
+    typer.echo(f"{paths[0]}\n{paths[1]}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
+    app.command("report")(report)

@@ -1,0 +1,104 @@
+"""CTL vs MTL statistics against values computed by hand (see the comments) on fixed inputs."""
+
+import math
+
+import pytest
+from scipy import stats as sps
+
+from mtl_suite.analysis import compare as c
+
+CTL = [0.80, 0.82, 0.78, 0.85, 0.80]
+MTL = [0.83, 0.84, 0.80, 0.86, 0.84]
+# d = MTL - CTL = [0.03, 0.02, 0.02, 0.01, 0.04]: mean 0.024, squared deviations sum 520e-6, var 130e-6
+MEAN_D, VAR_D = 0.024, 130e-6
+
+
+def test_paired_t_by_hand():
+    t = MEAN_D / math.sqrt(VAR_D / 5)  # 4.70679
+    res = c.paired_t_test(CTL, MTL)
+    assert res.statistic == pytest.approx(4.706787, rel=1e-5)
+    assert res.statistic == pytest.approx(t)
+    assert res.df == 4
+    assert res.p_value == pytest.approx(2 * sps.t.sf(t, 4))
+    assert 0.005 < res.p_value < 0.01
+
+
+def test_nadeau_bengio_corrected_t_by_hand():
+    # n_test / n_train = 0.25: t = 0.024 / sqrt((1/5 + 0.25) * 130e-6) = 0.024 / sqrt(58.5e-6) = 3.13788
+    res = c.corrected_resampled_t_test(CTL, MTL, 0.25)
+    assert res.statistic == pytest.approx(3.137858, rel=1e-5)
+    assert res.df == 4
+    assert res.p_value == pytest.approx(2 * sps.t.sf(3.137858, 4), rel=1e-4)
+    # the correction always shrinks t relative to the plain paired test
+    assert res.statistic < c.paired_t_test(CTL, MTL).statistic
+    # ratio 0 gives back the plain paired t-test
+    assert c.corrected_resampled_t_test(CTL, MTL, 0.0).statistic == pytest.approx(4.706787, rel=1e-5)
+
+
+def test_welch_by_hand():
+    # var(CTL) = 28e-4 / 4 = 7e-4, var(MTL) = 1920e-6 / 4 = 4.8e-4; se^2 = (7e-4 + 4.8e-4) / 5 = 2.36e-4
+    # t = 0.024 / sqrt(2.36e-4) = 1.562268; df = (2.36e-4)^2 / (((1.4e-4)^2 + (0.96e-4)^2) / 4) = 7.73126
+    res = c.welch_t_test(CTL, MTL)
+    assert res.statistic == pytest.approx(1.562268, rel=1e-5)
+    assert res.df == pytest.approx(7.731263, rel=1e-5)
+
+
+def test_effect_size_and_intervals_by_hand():
+    result = c.compare_arms(CTL, MTL, 0.25, "accuracy")
+    assert result.cohens_d == pytest.approx(MEAN_D / math.sqrt(VAR_D))  # 2.10494
+    assert result.cohens_d == pytest.approx(2.104940, rel=1e-5)
+    t_crit = 2.7764451  # t(0.975, 4)
+    half = t_crit * math.sqrt(VAR_D / 5)  # 0.0141572
+    assert result.ci95 == pytest.approx((MEAN_D - half, MEAN_D + half), rel=1e-5)
+    half_c = t_crit * math.sqrt(0.45 * VAR_D)  # 0.0212356
+    assert result.ci95_corrected == pytest.approx((MEAN_D - half_c, MEAN_D + half_c), rel=1e-5)
+    assert result.ctl.mean == pytest.approx(0.81) and result.mtl.mean == pytest.approx(0.834)
+    assert result.ctl.std == pytest.approx(math.sqrt(7e-4)) and result.mtl.std == pytest.approx(math.sqrt(4.8e-4))
+    assert result.mean_difference == pytest.approx(MEAN_D)
+    assert result.n_pairs == 5
+
+
+def test_verdict_says_beat_only_when_corrected_test_is_significant():
+    beat = c.compare_arms(CTL, MTL, 0.25)
+    assert beat.corrected.p_value < 0.05
+    assert beat.verdict.startswith("MTL beat CTL")
+    # a larger ratio makes the same differences non-significant: the verdict must say MTL did not beat CTL
+    weak = c.compare_arms(CTL, MTL, 2.0)
+    assert weak.corrected.p_value >= 0.05 and weak.paired.p_value < 0.05
+    assert weak.verdict.startswith("MTL did not beat CTL") and "significantly" in weak.verdict
+    worse = c.compare_arms(MTL, CTL, 0.25)  # arms swapped: MTL is worse
+    assert worse.mean_difference < 0
+    assert worse.verdict.startswith("MTL did not beat CTL") and "CTL was better" in worse.verdict
+    tie = c.compare_arms([0.8, 0.9], [0.8, 0.9], 0.25)
+    assert tie.verdict.startswith("MTL did not beat CTL")
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="at least 2"):
+        c.compare_arms([0.8], [0.9], 0.25)
+    with pytest.raises(ValueError, match="equally long"):
+        c.compare_arms([0.8, 0.9], [0.9], 0.25)
+
+
+def test_as_dict_is_json_ready():
+    import json
+
+    json.dumps(c.compare_arms(CTL, MTL, 0.25).as_dict())
+
+
+def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
+    """A failed pair appears in Table V and under 'Failed or excluded pairs'; the statistics use the others."""
+    from mtl_suite.config import load_config
+    from mtl_suite.tracking.comparison import CompareRequest, Pair, render_report, table_v
+
+    pairs = [Pair(i, 42 + i, 42 + i) for i in range(3)]
+    for p, (a, b) in zip(pairs[:2], [(0.80, 0.83), (0.82, 0.84)]):
+        p.metrics = {"ctl": {"accuracy": a, "f1_macro": a}, "mtl": {"accuracy": b, "f1_macro": b}}
+    pairs[2].excluded = "MTL stage3 failed: RuntimeError: boom"
+    comparisons = {m: c.compare_arms([0.80, 0.82], [0.83, 0.84], 0.25, m) for m in ("accuracy", "f1_macro")}
+    request = CompareRequest(config=load_config(None, {}), task="binary", runs=3, command="mtl-suite compare x")
+    text = render_report(request, pairs, comparisons, 0.25, table_v(pairs), "plot.png", "run1", "sqlite://", "1")
+    assert "- run 3 (seed 44): MTL stage3 failed: RuntimeError: boom" in text
+    assert "| 3 | 44 | n/a | n/a | n/a | n/a | n/a | excluded: MTL stage3 failed" in text
+    assert comparisons["accuracy"].verdict in text and "n = 2 pairs" in text
+    assert "mtl-suite compare x" in text
