@@ -52,7 +52,8 @@ for _ in $(seq 1 30); do
 done
 pg_isready -h 127.0.0.1 -p "${PORT}" >&2 || { log "server did not become ready on 127.0.0.1:${PORT}"; exit 1; }
 
-as_postgres() { runuser -u postgres -- "$@"; }
+# From /: the postgres user may not enter the working directory (a private temp clone in CI).
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
 as_postgres psql -q -p "${PORT}" -v ON_ERROR_STOP=1 -d postgres >&2 <<SQL
 DO \$\$
 BEGIN

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,10 +27,12 @@ def run_arm(stage: str, args, size: int, task: str, uri: str, experiment: str) -
                "--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs), "--quiet",
                "--tracking-uri", uri, "--experiment", experiment]
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
-    return time.perf_counter() - start, peak
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the maximum over every arm so far).
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {os.waitstatus_to_exitcode(status)}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
 
 
 def latest_metrics(uri: str, experiment: str, stage: str) -> dict[str, float]:
