@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mtl_suite.training.plots import save_figure  # noqa: E402
+
 
 def paired_box_strip_png(values: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
                          title: str, labels: tuple[str, str] = ("CTL", "MTL")) -> Path:
@@ -29,7 +31,7 @@ def paired_box_strip_png(values: dict[str, tuple[Sequence[float], Sequence[float
         ax.set_ylabel(f"test {metric}")
         ax.set_title(metric)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def convergence_png(series: dict[str, dict[str, np.ndarray]], path: str | Path, title: str) -> Path:
@@ -43,7 +45,7 @@ def convergence_png(series: dict[str, dict[str, np.ndarray]], path: str | Path, 
         ax.set_title(group)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def reliability_png(bin_confidence: np.ndarray, bin_accuracy: np.ndarray, bin_count: np.ndarray, ece: float,
@@ -63,7 +65,7 @@ def reliability_png(bin_confidence: np.ndarray, bin_accuracy: np.ndarray, bin_co
     ax_hist.bar(centres, bin_count, width=edges[1] - edges[0], color="grey", edgecolor="black")
     ax_hist.set_xlabel("confidence (top-class probability)")
     ax_hist.set_ylabel("images")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def overlay_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]], path: str | Path,
@@ -86,13 +88,4 @@ def overlay_grid_png(rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray, st
         axes[r][0].text(-0.08, 0.5, label, transform=axes[r][0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=9)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import typer
+import logging
+import os
 
-from mtl_suite.cli import analysis, data, registry, train, tune
-from mtl_suite.cli import augment as augment_cli
-from mtl_suite.cli import preprocess as preprocess_cli
-from mtl_suite.cli import segment as segment_cli
+# TensorFlow's start-up INFO lines (CPU features, no CUDA) say nothing a user can act on; warnings and errors stay.
+# Set before any command imports TensorFlow; a value the user exported wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import typer  # noqa: E402
+
+from mtl_suite.cli import analysis, data, registry, train, tune  # noqa: E402
+from mtl_suite.cli import augment as augment_cli  # noqa: E402
+from mtl_suite.cli import preprocess as preprocess_cli  # noqa: E402
+from mtl_suite.cli import segment as segment_cli  # noqa: E402
 
 app = typer.Typer(
     name="mtl-suite",
@@ -29,4 +36,6 @@ registry.register(app)  # promote, predict, serve
 
 
 def main() -> None:
+    # Every fold builds fresh models, so tf.function retraces by design: its "excessive retracing" warnings are noise.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     app()

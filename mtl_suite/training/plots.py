@@ -28,7 +28,7 @@ def confusion_matrix_png(matrix: np.ndarray, class_names: list[str], path: str |
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="row %")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, float], path: str | Path,
@@ -44,7 +44,7 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, fl
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def curves_png(histories: list[dict[str, list[float]]], path: str | Path, title: str) -> Path:
@@ -66,13 +66,14 @@ def curves_png(histories: list[dict[str, list[float]]], path: str | Path, title:
         ax.set_ylabel(metric)
         ax.legend()
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write and close a figure (parent folders made); shared with the report's figures."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -75,16 +75,10 @@ def _tuner(request: TuneRequest, ctx: TuningContext, tracker: StudyTracker, dire
         def run_trial(self, trial, *args, **kwargs):
             number = int(trial.trial_id)
             run_id = tracker.start_trial(number)
-            try:
+            with tracker.closing_on_failure(run_id):
                 params = ctx.space.sample(KerasTunerSuggest(trial.hyperparameters), ctx.base.train, everything=True)
                 tracker.log_params(run_id, params)
                 value = evaluate(ctx, params, NoPruning(), tracker, run_id, f"trial {number}:")
-            except KeyboardInterrupt:
-                tracker.mark_trial(run_id, "KILLED", "interrupted")
-                raise
-            except Exception as exc:
-                tracker.mark_trial(run_id, "FAIL", f"{type(exc).__name__}: {exc}")
-                raise
             tracker.finish_trial(run_id, "COMPLETE", value, params, ctx.metric)
             ctx.say(f"trial {number} complete: {ctx.metric} {value:.4f}")
             return {ctx.metric: value}

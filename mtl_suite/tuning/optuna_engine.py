@@ -155,7 +155,7 @@ def make_objective(ctx: TuningContext, tracker: StudyTracker) -> Callable[[optun
         run_id = tracker.start_trial(trial.number)
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        try:
+        with tracker.closing_on_failure(run_id):
             params = ctx.space.sample(OptunaSuggest(trial), ctx.base.train)
             _, strength, overrides = trial_config(ctx, params)
             trial.set_user_attr("params", params)  # fixed ones too: trial.params has only the searched
@@ -163,14 +163,6 @@ def make_objective(ctx: TuningContext, tracker: StudyTracker) -> Callable[[optun
             trial.set_user_attr("augment_strength", strength)
             tracker.log_params(run_id, params)
             return evaluate(ctx, params, OptunaReporter(trial), tracker, run_id, f"trial {trial.number}:")
-        except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:
-            tracker.mark_trial(run_id, "KILLED", "interrupted")
-            raise
-        except Exception as exc:
-            tracker.mark_trial(run_id, "FAIL", f"{type(exc).__name__}: {exc}")
-            raise
 
     return objective
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import mlflow
+import optuna
 from mlflow.entities import Metric, Param, RunTag
 
 # Optuna-style trial states, shared by both engines, and the MLflow run status each ends with. A pruned trial
@@ -73,6 +75,21 @@ class StudyTracker:
         tags = [RunTag("state", state)] + ([RunTag("state_reason", note[:500])] if note else [])
         self.client.log_batch(run_id, tags=tags, synchronous=True)
         self.client.set_terminated(run_id, RUN_STATUS.get(state, "FAILED"))
+
+    @contextmanager
+    def closing_on_failure(self, run_id: str) -> Iterator[None]:
+        """Whatever stops a trial's evaluation closes its run as KILLED (Ctrl-C, SIGTERM) or FAIL (an error), then
+        goes on up; a pruned trial is left for the engine's own bookkeeping."""
+        try:
+            yield
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            self.mark_trial(run_id, "KILLED", "interrupted")
+            raise
+        except Exception as exc:
+            self.mark_trial(run_id, "FAIL", f"{type(exc).__name__}: {exc}")
+            raise
 
     @staticmethod
     def close_run(run_id: str, state: str, note: str = "") -> None:
