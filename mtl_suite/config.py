@@ -19,6 +19,7 @@ import yaml
 from mtl_suite.errors import UserError
 
 DEFAULT_EXPERIMENT = "mtl-suite"
+PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")  # train.precision; see models/precision.py
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -59,6 +60,10 @@ class TrainConfig:
     class_weights: bool = True
     augment: str = "none"
     seed: int = 42
+    # Speed (issue 9); none of these changes the results beyond float rounding.
+    feature_cache: bool = True  # warm-up without augmentation: backbone features once, then the head alone
+    precision: str = "float32"  # float32 | mixed (float16 on GPU, bfloat16 elsewhere) | mixed_float16 | mixed_bfloat16
+    jit_compile: bool = False  # XLA; off by default: on 2 CPU cores compiling costs more than it gains
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,7 @@ def validate(config: Any) -> None:
         (0 <= t.dropout < 1, "train.dropout", "in [0, 1)", t.dropout),
         (t.unfreeze_layers >= 0, "train.unfreeze_layers", "0 or more", t.unfreeze_layers),
         (all(u >= 1 for u in t.dense_units), "train.dense_units", "positive integers", t.dense_units),
+        (t.precision in PRECISIONS, "train.precision", f"one of {', '.join(PRECISIONS)}", t.precision),
     ]
     for ok, key, expected, value in checks:
         if not ok:

@@ -19,6 +19,20 @@ SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 ARIA_ORIGINAL = SHARED_DATA / "aria-all" / "original"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every test (and every CLI process it starts) caches under a tmp dir, never in ~/.cache/mtl-suite."""
+    import os
+
+    previous = os.environ.get("MTL_SUITE_CACHE")
+    os.environ["MTL_SUITE_CACHE"] = str(tmp_path_factory.mktemp("mtl-suite-cache"))
+    yield Path(os.environ["MTL_SUITE_CACHE"])
+    if previous is None:
+        os.environ.pop("MTL_SUITE_CACHE", None)
+    else:
+        os.environ["MTL_SUITE_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or a skip that says why (tests must pass on a fresh clone without it)."""

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import typer  # noqa: E402
 
-from mtl_suite.cli import analysis, data, registry, train, tune  # noqa: E402
+from mtl_suite.cli import analysis, cache, data, registry, train, tune  # noqa: E402
 from mtl_suite.cli import augment as augment_cli  # noqa: E402
 from mtl_suite.cli import preprocess as preprocess_cli  # noqa: E402
 from mtl_suite.cli import segment as segment_cli  # noqa: E402
@@ -33,6 +33,7 @@ train.register(app)
 app.command("tune")(tune.tune)
 analysis.register(app)  # compare, report
 registry.register(app)  # promote, predict, serve
+app.add_typer(cache.app, name="cache", help="The on-disk cache (backbone features, cell crops, policies): info, clear.")
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ OPTION_KEYS = {
     "finetune_learning_rate": "train.finetune_learning_rate", "decay_rate": "train.decay_rate",
     "dense_units": "train.dense_units", "dropout": "train.dropout",
     "early_stopping_patience": "train.early_stopping_patience", "augment": "train.augment", "seed": "train.seed",
+    "feature_cache": "train.feature_cache", "precision": "train.precision", "jit_compile": "train.jit_compile",
     "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
 }
 
@@ -77,6 +78,13 @@ def stage_command(stage: str):
         augment: Annotated[str, typer.Option("--augment", help="Augmentation policy for training batches.")] = _T.augment,
         weights: Annotated[str, typer.Option("--weights", help="imagenet, none, or a weights file.")] = _T.weights,
         seed: Annotated[int, typer.Option("--seed", help="Training seed (weights init, shuffling).")] = _T.seed,
+        feature_cache: Annotated[bool, typer.Option("--feature-cache/--no-feature-cache", help="Warm-up without "
+                                 "augmentation: compute backbone features once (cached on disk under "
+                                 "$MTL_SUITE_CACHE) and train the head on them; same results, less time.")] = _T.feature_cache,
+        precision: Annotated[str, typer.Option("--precision", help="float32, or mixed (float16 on a GPU, bfloat16 "
+                             "elsewhere; float32 output), mixed_float16, mixed_bfloat16.")] = _T.precision,
+        jit_compile: Annotated[bool, typer.Option("--jit-compile/--no-jit-compile", help="XLA-compile training "
+                               "steps (worth it on a GPU; off by default).")] = _T.jit_compile,
         data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
         parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run id of the previous stage. "
                               "Default: its newest finished run with this backbone.", show_default=False)] = None,

@@ -15,6 +15,7 @@ from typing import Callable
 import keras
 
 from mtl_suite.errors import UserError
+from mtl_suite.models.precision import precision_scope
 from mtl_suite.models.weights import WeightsChoice, keras_weights_argument, resolve_weights
 from mtl_suite.paths import MOBILENET_025_WEIGHTS
 
@@ -102,21 +103,23 @@ def check_image_size(spec: BackboneSpec, size: int) -> None:
         raise UserError(f"image size {size} is below {spec.name}'s minimum of {spec.min_size} px. Received: {size}")
 
 
-def build_backbone(name: str, image_size: int, weights: str = "none") -> tuple[keras.Model, WeightsChoice]:
+def build_backbone(name: str, image_size: int, weights: str = "none",
+                   precision: str = "float32") -> tuple[keras.Model, WeightsChoice]:
     """Raw image -> normalisation -> base network (batch norm kept in inference mode, the usual choice for
     fine-tuning small medical datasets) -> global average pooling. Returns the model and where its weights
-    came from."""
+    came from. `precision` (models/precision.py) sets the dtype policy of every layer; weights stay float32."""
     spec = get_backbone_spec(name)
     check_image_size(spec, image_size)
     choice = resolve_weights(spec, weights)
     input_shape = (image_size, image_size, 3)
-    base = _construct(spec, input_shape, choice)
-    base.name = "base"  # a fixed name: weight transfer and fine-tuning find it by this name
-    inputs = keras.Input(input_shape, name="image")
-    x = spec.normalisation()(inputs)
-    x = base(x, training=False)
-    outputs = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inputs, outputs, name="backbone"), choice
+    with precision_scope(precision):
+        base = _construct(spec, input_shape, choice)
+        base.name = "base"  # a fixed name: weight transfer and fine-tuning find it by this name
+        inputs = keras.Input(input_shape, name="image")
+        x = spec.normalisation()(inputs)
+        x = base(x, training=False)
+        outputs = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        return keras.Model(inputs, outputs, name="backbone"), choice
 
 
 def _construct(spec: BackboneSpec, input_shape: tuple[int, int, int], choice: WeightsChoice) -> keras.Model:

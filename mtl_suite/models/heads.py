@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import keras
 
+from mtl_suite.models.precision import dtype_policy_scope, precision_scope
+
 
 def _output(x, n_classes: int, force_softmax: bool = False):
     # float32 output keeps probabilities exact under a mixed-precision policy.
@@ -36,10 +38,27 @@ HEADS: dict[str, Callable] = {"gap_softmax": gap_softmax_head, "dense_dropout": 
 
 
 def build_classifier(backbone: keras.Model, head: str, n_classes: int, dense_units: Sequence[int] = (128,),
-                     dropout: float = 0.3) -> keras.Model:
-    inputs = keras.Input(backbone.input_shape[1:], name="image", dtype="float32")
-    outputs = HEADS[head](backbone(inputs), n_classes, dense_units, dropout)
-    return keras.Model(inputs, outputs, name="classifier")
+                     dropout: float = 0.3, precision: str = "float32") -> keras.Model:
+    """Backbone + head. With a mixed `precision` the head computes in 16 bits (build the backbone with the same
+    precision) and the model's policy makes compile() add loss scaling for float16; the output stays float32."""
+    with precision_scope(precision):
+        inputs = keras.Input(backbone.input_shape[1:], name="image", dtype="float32")
+        outputs = HEADS[head](backbone(inputs), n_classes, dense_units, dropout)
+        return keras.Model(inputs, outputs, name="classifier")
+
+
+def head_on_features(classifier: keras.Model, backbone: keras.Model) -> keras.Model:
+    """The classifier's layers after `backbone`, applied to a feature-vector input. The layers are the classifier's
+    own objects (weights, dropout random state), so training this model trains the classifier's head: nothing to
+    copy back, nothing to drift apart. Heads are chains of single-input layers; a branching head fails here."""
+    layers = classifier.layers
+    if backbone not in layers:
+        raise ValueError(f"backbone {backbone.name!r} is not a layer of classifier {classifier.name!r}")
+    with dtype_policy_scope(classifier.dtype_policy.name):  # same policy, so compile() scales the loss the same way
+        x = inputs = keras.Input(backbone.output_shape[1:], name="features", dtype="float32")
+        for layer in layers[layers.index(backbone) + 1:]:
+            x = layer(x)
+        return keras.Model(inputs, x, name="head")
 
 
 def is_single_sigmoid(model: keras.Model) -> bool:

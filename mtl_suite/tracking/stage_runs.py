@@ -19,6 +19,7 @@ import yaml
 from mlflow.entities import RunStatus
 from mlflow.models import infer_signature
 
+from mtl_suite.cache import default_cache_root
 from mtl_suite.config import ExperimentConfig, to_flat_dict
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
@@ -29,7 +30,7 @@ from mtl_suite.training import metrics as m
 from mtl_suite.training import plots
 from mtl_suite.training.cv import CVResult, TestResult, cross_validate, refit_and_test
 from mtl_suite.training.stages import (
-    STAGES, StagePlan, TaskData, cell_task, default_cache_root, get_stage, imagenet_backbone_file, model_factory,
+    STAGES, StagePlan, TaskData, cell_task, get_stage, imagenet_backbone_file, model_factory,
     smear_task,
 )
 

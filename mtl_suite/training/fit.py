@@ -1,6 +1,11 @@
 """Plain-Keras fitting of one classifier: head warm-up with the backbone frozen, then fine-tuning of the top
 layers at a lower learning rate (paper Table I: Adam, lr 1e-3 with exponential decay, batch 48, shuffled each
-epoch). Tracking enters only as injected Keras callbacks."""
+epoch). Tracking enters only as injected Keras callbacks.
+
+The warm-up trains on cached backbone features when nothing makes them vary (no augmentation; `feature_cache`):
+the same layers, optimiser, shuffling, dropout draws, class weights and early stopping as a fit of the whole
+classifier, so the result is the same (see tests/unit/test_feature_cache.py), without running the backbone every
+epoch."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from mtl_suite.config import TrainConfig
 from mtl_suite.data.pipeline import BatchAugment, array_dataset
 from mtl_suite.models.backbones import set_trainable_top
+from mtl_suite.models.heads import head_on_features
+from mtl_suite.training.features import FeatureStore, backbone_features
 from mtl_suite.training.metrics import as_class_probabilities
 
 # (phase name, first epoch number of the phase) -> callbacks for that phase, e.g. an MLflow epoch logger.
@@ -23,7 +30,7 @@ CallbackFactory = Callable[[str, int], list[keras.callbacks.Callback]]
 
 @dataclass
 class ArrayData:
-    images: np.ndarray  # (N, H, W, 3) uint8, raw pixels: the model normalises inside
+    images: np.ndarray  # (N, H, W, 3) uint8, raw pixels: the model normalises inside (a head-only fit: features)
     labels: np.ndarray  # (N,) int class indices
 
     def __len__(self) -> int:
@@ -31,7 +38,7 @@ class ArrayData:
 
 
 def compile_for(model: keras.Model, n_classes: int, learning_rate: float, decay_rate: float,
-                steps_per_epoch: int) -> None:
+                steps_per_epoch: int, jit_compile: bool = False) -> None:
     schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, decay_steps=max(1, steps_per_epoch),
                                                            decay_rate=decay_rate)
     if model.output_shape[-1] == 1:
@@ -39,9 +46,10 @@ def compile_for(model: keras.Model, n_classes: int, learning_rate: float, decay_
     else:
         loss, accuracy = keras.losses.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalAccuracy(
             name="accuracy")
-    # XLA off: Keras's "auto" compiles with XLA even on CPU, where compiling MobileNet's training step costs
-    # tens of seconds per fold and per phase and gains nothing measurable on 2 cores.
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[accuracy], jit_compile=False)
+    # XLA off unless asked (train.jit_compile): Keras's "auto" compiles with XLA even on CPU, where compiling
+    # MobileNet's training step costs tens of seconds per fold and per phase and gains nothing measurable on 2 cores.
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[accuracy],
+                  jit_compile=jit_compile)
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -62,8 +70,10 @@ def fit_classifier(
     callbacks: CallbackFactory | None = None,
     augment: BatchAugment | None = None,
     verbose: int = 0,
+    feature_store: FeatureStore | None = None,
 ) -> dict[str, list[float]]:
-    """Train in two phases and return the merged per-epoch history (one list per Keras metric)."""
+    """Train in two phases and return the merged per-epoch history (one list per Keras metric).
+    `feature_store`: where warm-up features are kept between runs (default: FeatureStore.default())."""
     history: dict[str, list[float]] = {}
     phases = [("warmup", cfg.warmup_epochs, 0, cfg.learning_rate),
               ("finetune", cfg.finetune_epochs, cfg.unfreeze_layers, cfg.finetune_learning_rate)]
@@ -72,17 +82,85 @@ def fit_classifier(
         if epochs <= 0 or (phase == "finetune" and unfreeze <= 0):
             continue
         set_trainable_top(backbone, unfreeze)
-        steps = math.ceil(len(train) / cfg.batch_size)
-        compile_for(model, n_classes, learning_rate, cfg.decay_rate, steps)
         phase_callbacks = list(callbacks(phase, epoch) if callbacks else [])
-        if val is not None and cfg.early_stopping_patience > 0:
-            phase_callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True))
-        result = _fit(model, train, val, cfg, n_classes, epochs, phase_callbacks, augment, verbose)
+        if unfreeze == 0 and augment is None and cfg.feature_cache:
+            store = feature_store if feature_store is not None else FeatureStore.default()
+            result = _fit_head_on_features(model, backbone, train, val, cfg, n_classes, learning_rate, epochs,
+                                           phase_callbacks, verbose, store)
+        else:
+            compile_for(model, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile)
+            result = _fit(model, train, val, cfg, n_classes, epochs, phase_callbacks + _early_stopping(val, cfg),
+                          augment, verbose)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         epoch += len(result.history.get("loss", []))
     return history
+
+
+def _steps(train: ArrayData, cfg: TrainConfig) -> int:
+    return math.ceil(len(train) / cfg.batch_size)
+
+
+def _early_stopping(val: ArrayData | None, cfg: TrainConfig) -> list[keras.callbacks.Callback]:
+    if val is None or cfg.early_stopping_patience <= 0:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience,
+                                          restore_best_weights=True)]
+
+
+def _fit_head_on_features(model, backbone, train, val, cfg, n_classes, learning_rate, epochs, callbacks, verbose,
+                          store):
+    """The frozen warm-up as a fit of the head layers on backbone features. The head model shares the classifier's
+    layer objects, so the classifier holds the trained (or early-stopping-restored) weights afterwards."""
+    head = head_on_features(model, backbone)
+    compile_for(head, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile)
+    features = ArrayData(backbone_features(backbone, train.images, store, cfg.batch_size), train.labels)
+    val_features = None
+    if val is not None:
+        val_features = ArrayData(backbone_features(backbone, val.images, store, cfg.batch_size), val.labels)
+    shown = [ShowClassifier(callback, model) for callback in callbacks]
+    return _fit(head, features, val_features, cfg, n_classes, epochs, shown + _early_stopping(val, cfg), None,
+                verbose)
+
+
+class ShowClassifier(keras.callbacks.Callback):
+    """Runs an injected callback during a head-on-features fit as if the whole classifier were training: its
+    `self.model` is the classifier (raw images in, as on the uncached path), and a stop it asks for
+    (`model.stop_training = True`) reaches the loop that is actually running. Only the hooks the callback
+    overrides are forwarded, so Keras keeps dispatching batches asynchronously when it can."""
+
+    HOOKS = ("on_batch_begin", "on_batch_end", "on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
+             "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end", "on_predict_batch_begin",
+             "on_predict_batch_end", "on_train_end", "on_test_begin", "on_test_end", "on_predict_begin",
+             "on_predict_end")
+
+    def __init__(self, inner: keras.callbacks.Callback, classifier: keras.Model):
+        super().__init__()
+        self.inner, self.classifier = inner, classifier
+        for name in self.HOOKS:
+            if getattr(type(inner), name) is not getattr(keras.callbacks.Callback, name):
+                setattr(self, name, self._forwarder(name))
+
+    def _forwarder(self, name: str):
+        def hook(*args, **kwargs):
+            getattr(self.inner, name)(*args, **kwargs)
+            if getattr(self.classifier, "stop_training", False):
+                self.model.stop_training = True
+        return hook
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.inner.set_params(params)
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.inner.set_model(self.classifier)
+
+    def on_train_begin(self, logs=None):
+        self.classifier.stop_training = False  # a stale request from an earlier phase must not end this one
+        self.inner.on_train_begin(logs)
+        if self.classifier.stop_training:
+            self.model.stop_training = True
 
 
 def _fit(model, train, val, cfg, n_classes, epochs, callbacks, augment, verbose):

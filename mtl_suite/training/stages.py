@@ -9,7 +9,6 @@ task data, initial backbone weights, and the per-fold model factory.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -163,10 +162,6 @@ def _task_from_manifest(manifest: Manifest, data_cfg: DataConfig, task: str, tas
     return TaskData(manifest, split, class_names, ArrayData(images, labels), description, size)
 
 
-def default_cache_root() -> Path:
-    return Path(os.environ.get("MTL_SUITE_CACHE", Path.home() / ".cache" / "mtl-suite"))
-
-
 def model_factory(backbone_name: str, image_size: int, initial_weights: Path, head: str, n_classes: int,
                   cfg: TrainConfig):
     """A factory that builds the classifier with the stage's initial backbone weights (W_{k-1}), the same for
@@ -176,9 +171,9 @@ def model_factory(backbone_name: str, image_size: int, initial_weights: Path, he
     from mtl_suite.models.transfer import load_backbone
 
     def build():
-        backbone, _ = build_backbone(backbone_name, image_size, "none")
+        backbone, _ = build_backbone(backbone_name, image_size, "none", cfg.precision)
         load_backbone(backbone, initial_weights)
-        return build_classifier(backbone, head, n_classes, cfg.dense_units, cfg.dropout), backbone
+        return build_classifier(backbone, head, n_classes, cfg.dense_units, cfg.dropout, cfg.precision), backbone
 
     return build
 

@@ -199,7 +199,7 @@ def materialise_policy(policy: str, strength: float) -> Path:
     import albumentations as A
 
     from mtl_suite.imaging.augment import build_transform
-    from mtl_suite.training.stages import default_cache_root
+    from mtl_suite.cache import default_cache_root
 
     path = default_cache_root() / "policies" / f"{policy.replace('+', '_')}-{strength:.4f}.yaml"
     if not path.is_file():

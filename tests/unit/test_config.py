@@ -150,11 +150,26 @@ def test_zero_epochs_in_total_is_an_error():
         ("train.batch_size.x", 1, "is a value, not a section"),
         ("train.batch_size", "many", "must be an integer"),
         ("data.duplicates", "keep", "'drop' or 'group'"),
+        ("train.precision", "half", "'train.precision' must be one of float32, mixed, mixed_float16"),
+        ("train.feature_cache", "yes", "'train.feature_cache' must be true or false"),
+        ("train.jit_compile", 1, "'train.jit_compile' must be true or false"),
     ],
 )
 def test_bad_overrides_are_user_errors(key, value, words):
     with pytest.raises(UserError, match=words):
         apply_overrides(ExperimentConfig(), {key: value})
+
+
+def test_speed_settings_default_to_the_cpu_choices_and_are_read_from_yaml(tmp_path):
+    assert (ExperimentConfig().train.feature_cache, ExperimentConfig().train.precision,
+            ExperimentConfig().train.jit_compile) == (True, "float32", False)
+    path = write_yaml(tmp_path, "train:\n  feature_cache: false\n  precision: mixed\n  jit_compile: true\n")
+    train = load_config(path).train
+    assert (train.feature_cache, train.precision, train.jit_compile) == (False, "mixed", True)
+    bad = write_yaml(tmp_path, "train:\n  precision: fp8\n", "bad.yaml")
+    with pytest.raises(UserError) as info:
+        load_config(bad)
+    assert str(info.value).startswith(f"{bad}: 'train.precision' must be one of") and "'fp8'" in str(info.value)
 
 
 def test_flat_dict_for_mlflow_params():

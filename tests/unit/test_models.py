@@ -137,3 +137,26 @@ def test_heads_give_sigmoid_for_binary_and_softmax_for_multiclass(n_classes, uni
     assert out.shape == (3, units)
     if units > 1:
         np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_mixed_precision_computes_in_16_bits_with_a_float32_output_layer():
+    from mtl_suite.models.precision import policy_name
+
+    backbone, _ = build_backbone("tiny", 32, "none", precision="mixed")
+    model = build_classifier(backbone, "dense_dropout", 3, (8,), 0.1, precision="mixed")
+    sixteen = policy_name("mixed").split("_")[1]  # float16 on a GPU, bfloat16 on this CPU
+    assert model.get_layer("head_dense0").compute_dtype == sixteen
+    assert backbone.get_layer("base").get_layer("tiny_conv0").compute_dtype == sixteen
+    assert model.get_layer("head_dense0").kernel.dtype == "float32"  # master weights stay float32
+    output = model.get_layer("head_output")
+    assert output.dtype_policy.name == "float32" and output.compute_dtype == "float32"
+    proba = model.predict(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32"), verbose=0)
+    assert proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert keras.config.dtype_policy().name == "float32"  # the policy was set only while building
+    assert build_classifier(backbone, "dense_dropout", 3).get_layer("head_dense0").compute_dtype == "float32"
+
+
+def test_unknown_precision_is_a_user_error():
+    with pytest.raises(UserError, match="unknown precision 'half'. Expected one of: float32, mixed"):
+        build_backbone("tiny", 32, "none", precision="half")

@@ -1,0 +1,155 @@
+"""Backbone features of a frozen phase, computed once and kept on disk.
+
+While the backbone is frozen and the images are not augmented, its output for an image is the same in every epoch,
+fold refit and tuning trial; only the head learns. So the features are computed once and the head trains on them.
+
+An entry is keyed by the content of everything the features depend on: the backbone's architecture and dtype policy,
+every weight value (batch-norm statistics included), the image array (bytes, shape, dtype, hence the image size) and
+the Keras version. Any change gives another key, so a stale entry is never read; old entries age out under the size
+limit (least recently used first). Entries are written under a temporary name and renamed, so concurrent tuning
+workers and crashes never leave half a file under a real key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mtl_suite.cache import default_cache_root, feature_cache_limit_bytes
+from mtl_suite.io_utils import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "features-v1"  # bump when the meaning of a stored array changes
+
+
+class FeatureStore:
+    """Arrays in `root` as `<key>.npy`, at most `max_bytes` in all; 0 bytes: never written, always a miss."""
+
+    def __init__(self, root: str | Path, max_bytes: int):
+        self.root = Path(root)
+        self.max_bytes = int(max_bytes)
+
+    @classmethod
+    def default(cls) -> FeatureStore:
+        """$MTL_SUITE_CACHE/features (else ~/.cache/mtl-suite/features), limit $MTL_SUITE_FEATURE_CACHE_MB."""
+        return cls(default_cache_root() / "features", feature_cache_limit_bytes())
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.npy"
+
+    def load(self, key: str) -> np.ndarray | None:
+        path = self.path(key)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError, EOFError):  # unreadable (disk trouble, foreign file): recompute it
+            logger.warning("feature cache entry %s is unreadable; recomputing it", path)
+            path.unlink(missing_ok=True)
+            return None
+        _touch(path)  # eviction goes by last use
+        return array
+
+    def save(self, key: str, array: np.ndarray) -> None:
+        if array.nbytes > self.max_bytes:
+            return  # would evict everything and still not fit
+        with atomic_path(self.path(key)) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+        self.evict(keep=self.path(key))
+
+    def entries(self) -> list[tuple[Path, int, float]]:
+        """(path, bytes, last use) of every entry, least recently used first."""
+        out = []
+        for path in self.root.glob("*.npy") if self.root.is_dir() else []:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # evicted by another process meanwhile
+                continue
+            out.append((path, stat.st_size, stat.st_mtime))
+        return sorted(out, key=lambda entry: entry[2])
+
+    def evict(self, keep: Path | None = None) -> int:
+        """Remove least recently used entries until the total fits the limit; returns how many went."""
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        removed = 0
+        for path, size, _ in entries:
+            if total <= self.max_bytes:
+                break
+            if path == keep:
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+        return removed
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path, (time.time(), time.time()))
+    except OSError:  # read-only cache or removed meanwhile: the entry just ages as if unused
+        pass
+
+
+def array_digest(array: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
+    digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()
+
+
+def backbone_digest(backbone: keras.Model) -> str:
+    """Architecture (layer classes and configs without names, which Keras numbers per process) and every weight
+    value, in order."""
+    digest = hashlib.sha256()
+    for layer in _leaf_layers(backbone):
+        config = {k: v for k, v in layer.get_config().items() if k not in ("name", "trainable")}
+        digest.update(f"{type(layer).__name__}|{json.dumps(config, sort_keys=True, default=str)}\n".encode())
+    for variable in backbone.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+        digest.update(f"{value.dtype.str}|{value.shape}|".encode())
+        digest.update(memoryview(value).cast("B"))
+    return digest.hexdigest()
+
+
+def _leaf_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def feature_key(backbone: keras.Model, images: np.ndarray) -> str:
+    parts = [FORMAT, keras.__version__, keras.backend.backend(), backbone.dtype_policy.name,
+             str(images.shape[1:3]), backbone_digest(backbone), array_digest(images)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def backbone_features(backbone: keras.Model, images: np.ndarray, store: FeatureStore | None = None,
+                      batch_size: int = 48) -> np.ndarray:
+    """(N, feature_dim) float32 features of `images` (raw pixels), from `store` when it has them. float32 holds a
+    mixed-precision backbone's float16/bfloat16 output exactly, so the head sees the same numbers either way."""
+    if store is None or store.max_bytes <= 0:
+        return _compute(backbone, images, batch_size)
+    key = feature_key(backbone, images)
+    cached = store.load(key)
+    if cached is not None and cached.shape[0] == len(images):
+        return cached
+    features = _compute(backbone, images, batch_size)
+    store.save(key, features)
+    return features
+
+
+def _compute(backbone: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    if len(images) == 0:
+        return np.zeros((0, backbone.output_shape[-1]), "float32")
+    return np.asarray(backbone.predict(images, batch_size=batch_size, verbose=0), dtype="float32")

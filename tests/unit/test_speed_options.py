@@ -1,0 +1,39 @@
+"""The stage commands' speed options (--feature-cache, --precision, --jit-compile) reach TrainConfig; a bad value
+is a one-line user error naming the key."""
+
+from __future__ import annotations
+
+import typer
+
+from mtl_suite.cli import train as train_cli
+
+
+def stage_app() -> typer.Typer:
+    app = typer.Typer()
+    train_cli.register(app)
+    return app
+
+
+def test_speed_options_override_the_train_config(runner, monkeypatch):
+    from mtl_suite.tracking import stage_runs
+
+    seen = []
+
+    def fake_run_stage(request, say):
+        seen.append(request.config.train)
+        return stage_runs.StageOutcome("run", request.stage, {}, "sqlite:///x.db", "0")
+
+    monkeypatch.setattr(stage_runs, "run_stage", fake_run_stage)
+    monkeypatch.setattr(train_cli, "_mark_runs_killed_on_sigterm", lambda: None)
+    result = runner.invoke(stage_app(), ["stage3", "--no-feature-cache", "--precision", "mixed", "--jit-compile"])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].feature_cache, seen[0].precision, seen[0].jit_compile) == (False, "mixed", True)
+    result = runner.invoke(stage_app(), ["stage3"])
+    assert (seen[1].feature_cache, seen[1].precision, seen[1].jit_compile) == (True, "float32", False)
+
+
+def test_unknown_precision_names_the_key(runner, monkeypatch):
+    monkeypatch.setattr(train_cli, "_mark_runs_killed_on_sigterm", lambda: None)
+    result = runner.invoke(stage_app(), ["stage3", "--precision", "half"])
+    assert result.exit_code == 2
+    assert "command line: 'train.precision' must be one of float32, mixed, mixed_float16, mixed_bfloat16" in result.output
