@@ -29,6 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "aria-all" / "original"
 
+from benchlib import SAMPLE, add_quick, emit, quick_defaults  # noqa: E402
+
 
 def machine() -> dict[str, str]:
     cpu = platform.processor() or "unknown"
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
-    args = parser.parse_args(argv)
+    add_quick(parser)
+    args = quick_defaults(parser, parser.parse_args(argv), data=SAMPLE / "original", sizes=[64], repeats=1)
     if not args.data.is_dir():
         print(f"data folder not found: {args.data}", file=sys.stderr)
         return 2
@@ -159,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = "\n".join(lines)
     print(table)
+    short = {"keras.utils.image_dataset_from_directory": "keras", "mtl_suite file_dataset (tf.data)": "file_dataset",
+             "mtl_suite load_image_array (threads)": "load_image_array"}
+    emit({f"{short[name]} {size}px/{what}": value for name, size, _, median, _, _, _, cpu, _, _ in rows
+          for what, value in (("images_per_s", median), ("cpu_us_per_image", cpu))})
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n", encoding="utf-8")

@@ -29,9 +29,11 @@ from mtl_suite.imaging.unet import build_unet, compile_unet, fit_unet, predict_p
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+from benchlib import SAMPLE, add_quick, emit, quick_defaults  # noqa: E402
 
-def throughput(shape: tuple[int, int], seconds: float = 3.0) -> float:
-    image = read_rgb(next((SHARED / "bccd" / "JPEGImages").glob("*.jpg")))
+
+def throughput(shape: tuple[int, int], seconds: float = 3.0, source: Path | None = None) -> float:
+    image = read_rgb(source or next((SHARED / "bccd" / "JPEGImages").glob("*.jpg")))
     import cv2
 
     image = cv2.resize(image, shape[::-1])
@@ -52,15 +54,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--min-area-fraction", type=float, default=0.002)
-    args = parser.parse_args()
+    add_quick(parser)  # the bundled sample (its segmented/ masks) instead of aria-all; no BCCD part
+    args = quick_defaults(parser, parser.parse_args(), train_images=16, val_images=8, size=32, depth=2, width=4,
+                          epochs=1)
     out = {"args": vars(args), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"}
+    aria = SAMPLE if args.quick else SHARED / "aria-all"
+    probe = next((SAMPLE / "original").rglob("*.jpg")) if args.quick else None
+    seconds = 0.5 if args.quick else 3.0
+    out["roi_images_per_s"] = {"224x224": throughput((224, 224), seconds, probe),
+                               "640x480": throughput((480, 640), seconds, probe)}
 
-    out["roi_images_per_s"] = {"224x224": throughput((224, 224)), "640x480": throughput((480, 640))}
-
-    manifest = build_manifest(SHARED / "aria-all" / "original", duplicates="drop")
+    manifest = build_manifest(aria / "original", duplicates="drop")
     split = make_split(manifest, folds=1, test_fraction=0.2, seed=args.seed)
     start = time.perf_counter()
-    data = split_pairs(split, args.size, "segmented", SHARED / "aria-all" / "segmented")
+    data = split_pairs(split, args.size, "segmented", aria / "segmented")
     out["left_out"] = data.problems.lines()
     rng = np.random.default_rng(args.seed)
     pick = rng.choice(len(data.train.paths), min(args.train_images, len(data.train.paths)), replace=False)
@@ -80,6 +87,10 @@ def main() -> None:
     out["aria_test_roi_method"] = {"dice_mean": float(roi_scores[:, 0].mean()),
                                    "iou_mean": float(roi_scores[:, 1].mean())}
 
+    if args.quick:
+        print(json.dumps(out, indent=2))
+        emit(_figures(out))
+        return
     pairs = voc_pairs(SHARED / "bccd")
     paths, boxes = [p for p, _ in pairs], [b for _, b in pairs]
     for name, fn in {
@@ -91,6 +102,11 @@ def main() -> None:
         out[f"bccd_{name}"] = summarise_matches(box_recall(paths, boxes, fn, args.min_area_fraction))
         out[f"bccd_{name}"]["seconds"] = time.perf_counter() - t0
     print(json.dumps(out, indent=2))
+    emit(_figures(out))
+
+
+def _figures(out: dict) -> dict:
+    return {k: v for k, v in out.items() if k not in ("args", "machine", "left_out")}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -25,6 +26,8 @@ import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+
+from benchlib import add_quick, emit, quick_defaults  # noqa: E402
 SAMPLE = Path(__file__).resolve().parents[1] / "mtl_suite" / "assets" / "sample" / "original"
 NAME = "bench-serving"
 
@@ -66,7 +69,9 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=50, help="single-image requests")
     parser.add_argument("--batches", type=int, default=10, help="requests of 32 images")
     parser.add_argument("--store", type=Path, help="reuse a store made by an earlier run of this script")
-    args = parser.parse_args()
+    add_quick(parser)  # the tiny backbone at 32 px, a few requests: the whole path, not its speed
+    args = quick_defaults(parser, parser.parse_args(), image_size=32, single=5, batches=2)
+    backbone = ["--backbone", "tiny", "--weights", "none"] if args.quick else ["--backbone", "mobilenet_025"]
 
     root = args.store or Path(tempfile.mkdtemp(prefix="bench-serving-"))
     uri = f"sqlite:///{root}/mlflow.db"
@@ -75,7 +80,7 @@ def main() -> None:
     times: dict[str, float] = {}
     if not (root / "mlflow.db").exists():
         start = time.perf_counter()
-        sh([cli, "classical", "--backbone", "mobilenet_025", "--image-size", str(args.image_size), "--folds", "1",
+        sh([cli, "classical", *backbone, "--image-size", str(args.image_size), "--folds", "1",
             "--epochs", "1", "--finetune-epochs", "0", "--experiment", "bench", "-q"], env)
         times["train_s"] = time.perf_counter() - start
         start = time.perf_counter()
@@ -122,7 +127,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores, Python "
                    f"{platform.python_version()}, load average at end {os.getloadavg()[0]:.1f}",
-        "model": f"mobilenet_025 at {args.image_size} px (classical run, promoted as {NAME})",
+        "model": f"{backbone[1]} at {args.image_size} px (classical run, promoted as {NAME})",
         "images": f"{len(files)} bundled sample smears, {', '.join(sorted(sizes))} JPEG, sent as base64",
         "single_p50_ms": 1000 * statistics.median(single), "single_p95_ms": 1000 * percentile(single, 0.95),
         "single_images_per_s": len(single) / sum(single),
@@ -133,6 +138,9 @@ def main() -> None:
         "store": str(root),
     }
     print(json.dumps(result, indent=2))
+    emit({k: v for k, v in result.items() if isinstance(v, (int, float)) or k == "requests"})
+    if args.quick and not args.store:
+        shutil.rmtree(root, ignore_errors=True)  # a smoke run's store is not worth keeping
 
 
 def Image_size(path: Path) -> str:  # noqa: N802

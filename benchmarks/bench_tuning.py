@@ -19,6 +19,8 @@ import json
 import os
 import platform
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +28,8 @@ from pathlib import Path
 ARIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aria-all"
 STUDIES = [("tpe", "hyperband"), ("tpe", "none"), ("random", "none")]
 SPACE = Path(__file__).resolve().parent / "tuning_space.yaml"
+
+from benchlib import SAMPLE, add_quick, emit, quick_defaults  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +45,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--studies", default=",".join(f"{s}-{p}" for s, p in STUDIES))
     parser.add_argument("--out", default="benchmarks/out/tuning")
+    add_quick(parser)  # 6 sample smears per class at 64 px, 2 trials of one study: the whole path, in about a minute
     args = parser.parse_args()
+    temporary_out = args.quick and args.out == parser.get_default("out")
+    args = quick_defaults(parser, args, data=str(SAMPLE / "original"),
+                          masks=str(SAMPLE / "segmented"), per_class=6, image_size=64, trials=2,
+                          studies="tpe-none", space=str(SPACE.with_name("tuning_space_quick.yaml")),
+                          **({"out": tempfile.mkdtemp(prefix="bench-tuning-quick-")} if temporary_out else {}))
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +73,7 @@ def main() -> None:
         client.create_experiment("bench-tuning", artifact_location=(out / "artifacts").as_uri())
     started = time.time()
     stage2_cfg = replace(base, data=replace(base.data, folds=1),
-                         train=replace(base.train, warmup_epochs=2, finetune_epochs=0))
+                         train=replace(base.train, warmup_epochs=1 if args.quick else 2, finetune_epochs=0))
     stage2 = run_stage(StageRequest(stage="stage2", config=stage2_cfg, quiet=True), say=lambda m: None)
     stage2_seconds = time.time() - started
     print(f"stage 2 parent run {stage2.run_id}: {stage2_seconds:.0f} s", flush=True)
@@ -86,6 +96,11 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "tpe_vs_random.png")
     print(f"wrote {out / 'results.json'} and {out / 'tpe_vs_random.png'}")
+    emit({"stage2_seconds": stage2_seconds,
+          **{f"{label}/{key}": study[key] for label, study in results["studies"].items()
+             for key in ("seconds", "best")}})
+    if temporary_out:
+        shutil.rmtree(out, ignore_errors=True)  # a smoke run's store is not worth keeping
 
 
 def subset(data: Path, masks: Path, per_class: int, seed: int, target: Path) -> tuple[Path, Path]:
