@@ -38,6 +38,7 @@ class DataConfig:
     folds: int = 10
     seed: int = 42
     class_map: dict[str, str] | None = None  # e.g. {Benign: normal, Early: leukemia, ...}
+    allow_outside_root: bool = False  # a CSV manifest may list files outside its folder (--allow-outside-root)
 
 
 @dataclass(frozen=True)
@@ -120,14 +121,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file (expected a YAML config)") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}") from None
+        raise UserError(f"{path}: not valid YAML{yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level. Received: {type(data).__name__}")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """' (line N: what the parser expected)' for a parse error; tags such as !!python/object are refused by
+    safe_load as a constructor error, which says so."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or "").split())
+    if mark is None and not problem:
+        return ""
+    where = f"line {mark.line + 1}" if mark is not None else ""
+    return f" ({where}{': ' if where and problem else ''}{problem})"
 
 
 def from_mapping(cls: type, data: Mapping[str, Any], source: str, prefix: str = "") -> Any:

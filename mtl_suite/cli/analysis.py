@@ -9,14 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import Experiment, Quiet, TrackingUri, explicit_options, handle_user_errors, say
+from mtl_suite.cli.common import (
+    AllowOutsideRoot, Experiment, Quiet, TrackingUri, explicit_options, handle_user_errors, say,
+)
 from mtl_suite.config import DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
 
 _D, _T = DataConfig(), TrainConfig()
 
 COMPARE_OPTION_KEYS = {
-    "data": "data.path", "masks": "data.masks", "image_size": "data.image_size", "folds": "data.folds",
+    "data": "data.path", "allow_outside_root": "data.allow_outside_root", "masks": "data.masks",
+    "image_size": "data.image_size", "folds": "data.folds",
     "test_fraction": "data.test_fraction", "data_seed": "data.seed", "backbone": "train.backbone",
     "weights": "train.weights", "epochs": "train.warmup_epochs", "finetune_epochs": "train.finetune_epochs",
     "batch_size": "train.batch_size", "learning_rate": "train.learning_rate", "augment": "train.augment",
@@ -39,6 +42,7 @@ def compare(
                                                    show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset. Default: the bundled sample.",
                                                 show_default=False)] = None,
+    allow_outside_root: AllowOutsideRoot = _D.allow_outside_root,
     masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears for stage 2's "
                                                  "cell crops.", show_default=False)] = None,
     cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset instead of crops.",

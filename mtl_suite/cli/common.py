@@ -66,6 +66,8 @@ DataPath = Annotated[
                    show_default=False),
 ]
 Layout = Annotated[str, typer.Option("--layout", help="auto, folder, allidb, cnmc or csv.")]
+AllowOutsideRoot = Annotated[bool, typer.Option("--allow-outside-root", help="Let a CSV manifest list files "
+                                                "outside its own folder (refused by default).")]
 TrackingUri = Annotated[
     Optional[str],
     typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",

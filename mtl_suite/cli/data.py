@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import DataPath, Layout, handle_user_errors, say
+from mtl_suite.cli.common import AllowOutsideRoot, DataPath, Layout, handle_user_errors, say
 from mtl_suite.data import resolve_data_path
 from mtl_suite.data.manifest import Manifest, build_manifest
 from mtl_suite.data.splits import make_split, save_split
@@ -30,9 +30,11 @@ def inspect(
     layout: Layout = "auto",
     on_bad_image: OnBadImage = "skip",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Classes and counts, duplicate sets, unreadable files and image sizes of a dataset."""
-    manifest = build_manifest(resolve_data_path(path), layout, on_bad_image=on_bad_image, duplicates="group")
+    manifest = build_manifest(resolve_data_path(path), layout, on_bad_image=on_bad_image, duplicates="group",
+                              allow_outside_root=allow_outside_root)
     report = inspection_report(manifest)
     typer.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
 
@@ -93,9 +95,11 @@ def split(
     seed: Annotated[int, typer.Option("--seed")] = 42,
     duplicates: Duplicates = "drop",
     on_bad_image: OnBadImage = "fail",
+    allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Write a leakage-safe split: outer test part plus stratified group k-fold, and print it."""
-    manifest = build_manifest(resolve_data_path(path), layout, duplicates=duplicates, on_bad_image=on_bad_image)
+    manifest = build_manifest(resolve_data_path(path), layout, duplicates=duplicates, on_bad_image=on_bad_image,
+                              allow_outside_root=allow_outside_root)
     for skipped_path, reason in manifest.skipped:
         say(f"skipped {skipped_path}: {reason}")
     the_split = make_split(manifest, folds=folds, test_fraction=test_fraction, seed=seed)

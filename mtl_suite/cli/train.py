@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import Experiment, Layout, Quiet, TrackingUri, explicit_options, handle_user_errors, say
+from mtl_suite.cli.common import (
+    AllowOutsideRoot, Experiment, Layout, Quiet, TrackingUri, explicit_options, handle_user_errors, say,
+)
 from mtl_suite.config import DataConfig, TrainConfig, load_config
 
 _D, _T = DataConfig(), TrainConfig()
@@ -18,7 +20,7 @@ _D, _T = DataConfig(), TrainConfig()
 # option name -> config key; only options the user typed override the config file
 OPTION_KEYS = {
     "data": "data.path", "layout": "data.layout", "masks": "data.masks", "image_size": "data.image_size",
-    "cell_size": "data.cell_size",
+    "cell_size": "data.cell_size", "allow_outside_root": "data.allow_outside_root",
     "folds": "data.folds", "test_fraction": "data.test_fraction", "data_seed": "data.seed",
     "backbone": "train.backbone", "weights": "train.weights", "epochs": "train.warmup_epochs",
     "finetune_epochs": "train.finetune_epochs", "unfreeze_layers": "train.unfreeze_layers",
@@ -46,6 +48,7 @@ def stage_command(stage: str):
         data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset (folder per class, ALL-IDB, "
                         "CSV). Default: the bundled sample.", show_default=False)] = None,
         layout: Layout = _D.layout,
+        allow_outside_root: AllowOutsideRoot = _D.allow_outside_root,
         masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears (same relative "
                          "names; 'segmented on black' or binary) used to crop single cells for stage 2. Default "
                          "with the bundled sample: its segmented/ folder.", show_default=False)] = None,
@@ -97,8 +100,6 @@ def stage_command(stage: str):
         experiment: Experiment = "mtl-suite",
         quiet: Quiet = False,
     ) -> None:
-        from mtl_suite.tracking.stage_runs import StageRequest, run_stage  # heavy imports only when training
-
         overrides = explicit_options(ctx, OPTION_KEYS)
         if "train.dense_units" in overrides:
             overrides["train.dense_units"] = parse_units(dense_units)
@@ -107,7 +108,9 @@ def stage_command(stage: str):
             from mtl_suite.cli.tune import study_overrides
 
             overrides, task, study_tags = study_overrides(ctx, stage, params_from_study, storage, overrides, task)
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides)  # a bad file or value fails here, before the heavy imports
+        from mtl_suite.tracking.stage_runs import StageRequest, run_stage  # heavy imports only when training
+
         _mark_runs_killed_on_sigterm()
         outcome = run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells,
                                          source=source, parent_run=parent_run, quiet=quiet, extra_tags=study_tags),

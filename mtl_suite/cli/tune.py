@@ -8,13 +8,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mtl_suite.cli.common import Experiment, Layout, Quiet, TrackingUri, explicit_options, handle_user_errors, say
+from mtl_suite.cli.common import (
+    AllowOutsideRoot, Experiment, Layout, Quiet, TrackingUri, explicit_options, handle_user_errors, say,
+)
 from mtl_suite.cli.train import OPTION_KEYS, _mark_runs_killed_on_sigterm
 from mtl_suite.config import DataConfig, TrainConfig, load_config
 
 _D, _T = DataConfig(), TrainConfig()
 TUNE_KEYS = {k: v for k, v in OPTION_KEYS.items()
-             if k in ("data", "layout", "masks", "image_size", "cell_size", "test_fraction", "data_seed", "backbone", "weights",
+             if k in ("data", "layout", "allow_outside_root", "masks", "image_size", "cell_size", "test_fraction", "data_seed", "backbone", "weights",
                       "tracking_uri", "experiment", "early_stopping_patience")}
 
 
@@ -49,6 +51,7 @@ def tune(
     data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset. Default: the bundled sample.",
                     show_default=False)] = None,
     layout: Layout = _D.layout,
+    allow_outside_root: AllowOutsideRoot = _D.allow_outside_root,
     masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears (stage 2 crops).",
                      show_default=False)] = None,
     cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset.",

@@ -2,10 +2,14 @@
 
 PIL is used for decoding because it tells a truncated JPEG from a good one (OpenCV silently returns half an
 image), and it reads grayscale, palette, RGBA, CMYK and 16-bit TIFF, which are all converted to 8-bit RGB.
+Only the formats we name are decoded (PIL's other plugins, e.g. EPS through Ghostscript, are never reached from a
+user's file or a served request), headers are checked against a pixel budget before any pixel is allocated, and
+images too small to show a cell are refused.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -18,6 +22,11 @@ from mtl_suite.errors import BadImageError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 # Far above any microscope field we expect (ALL-IDB1 is 2592x1944 = 5 MP); a guard against decompression bombs.
 MAX_PIXELS = 40_000_000
+# Smallest side of an image used as model input (datasets, served requests): below it no cell can show (cell crops
+# are written at 32 px or more), and a 1x1 file is a placeholder, not data. Masks and other reads have no minimum.
+MIN_SIDE = 8
+# By content, not suffix: a GIF or WebP renamed .png is refused, not decoded by a plugin we never meant to use.
+FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -42,10 +51,10 @@ def image_header(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[str, s
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
-def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = 1) -> np.ndarray:
     """Decode a whole image to an (H, W, 3) uint8 array."""
     path = Path(path)
-    with _open(path, max_pixels) as image:
+    with _open(path, max_pixels, min_side) as image:
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
@@ -93,7 +102,11 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+def too_small(width: int, height: int, min_side: int = MIN_SIDE) -> str:
+    return f"image too small: {width}x{height} pixels, expected at least {min_side}x{min_side}"
+
+
+def _open(path: Path, max_pixels: int, min_side: int = 1) -> Image.Image:
     if not path.exists():
         raise BadImageError(path, "file not found")
     if path.stat().st_size == 0:
@@ -101,11 +114,14 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(path, formats=FORMATS)
     except UnidentifiedImageError:
         raise BadImageError(path, "not an image (unknown format; expected JPEG, PNG, BMP or TIFF)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImageError(path, f"image too large (limit {max_pixels} pixels)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL's own limit is far above ours; its message carries the pixel count the header claims.
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        received = f": {int(claimed.group(1))} pixels" if claimed else ""
+        raise BadImageError(path, f"image too large{received}, limit {max_pixels}") from None
     except OSError as exc:
         raise BadImageError(path, f"cannot be read ({exc})") from None
     width, height = image.size
@@ -115,4 +131,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         image.close()
         raise BadImageError(path, f"image has no pixels ({width}x{height})")
+    if min(width, height) < min_side:
+        image.close()
+        raise BadImageError(path, too_small(width, height, min_side))
     return image

@@ -132,14 +132,15 @@ def _read_csv_rows(csv_path: Path, allow_outside_root: bool) -> list[Record]:
                 f"path, label, optional group, optional mask. Received: {', '.join(reader.fieldnames or [])}"
             )
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        records, seen = [], set()
+        records, seen = [], {}
         for line, row in enumerate(reader, start=2):
             if not (row.get("path") or "").strip():
                 raise UserError(f"{csv_path}:{line}: empty path. Received row: {row}")
             path = _resolve_inside(base, row["path"].strip(), csv_path, line, allow_outside_root)
             if path in seen:
-                raise UserError(f"{csv_path}:{line}: path {row['path']!r} is listed twice")
-            seen.add(path)
+                raise UserError(f"{csv_path}:{line}: path {row['path']!r} is listed twice (first on line "
+                                f"{seen[path]}). Expected each image once")
+            seen[path] = line
             if not (row.get("label") or "").strip():
                 raise UserError(f"{csv_path}:{line}: empty label for {row['path']!r}")
             mask = (row.get("mask") or "").strip() or None
@@ -155,11 +156,12 @@ def _read_csv_rows(csv_path: Path, allow_outside_root: bool) -> list[Record]:
 
 
 def _resolve_inside(base: Path, value: str, csv_path: Path, line: int, allow_outside: bool) -> Path:
+    """Symbolic links are followed first, so a link inside the folder that points out of it is outside too."""
     path = (base / value).resolve()
     if not allow_outside and not path.is_relative_to(base):
         raise UserError(
             f"{csv_path}:{line}: path {value!r} is outside the manifest's folder {base}. Expected a path inside "
-            f"that folder (relative to the CSV, or absolute)"
+            f"that folder (relative to the CSV, or absolute); pass --allow-outside-root to accept it"
         )
     return path
 
@@ -185,7 +187,9 @@ def detect_layout(root: Path) -> Layout:
     )
 
 
-def read_layout(root: str | Path, layout: str = "auto") -> tuple[str, list[Record]]:
+def read_layout(root: str | Path, layout: str = "auto", allow_outside_root: bool = False) -> tuple[str, list[Record]]:
+    """`allow_outside_root`: a CSV manifest may list files outside its own folder (off by default, so that a
+    manifest from elsewhere cannot make the suite read, hash and log arbitrary files)."""
     root = Path(root)
     if layout != "auto" and layout not in LAYOUTS:
         raise UserError(f"unknown layout. Expected one of: auto, {', '.join(LAYOUTS)}. Received: {layout!r}")
@@ -201,7 +205,7 @@ def read_layout(root: str | Path, layout: str = "auto") -> tuple[str, list[Recor
         if wants_file != root.is_file():
             expected = "a .csv file" if wants_file else "a folder"
             raise UserError(f"layout {chosen.name!r} reads {expected}. Received: {root}")
-    records = chosen.read(root)
+    records = read_csv_manifest(root, allow_outside_root) if chosen.name == "csv" else chosen.read(root)
     if not records:
         raise UserError(f"{root}: no images found for layout {chosen.name!r} ({chosen.description})")
     return chosen.name, records

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtl_suite.data.images import MAX_PIXELS, read_rgb
+from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, read_rgb
 from mtl_suite.data.layouts import Record, read_layout
 from mtl_suite.errors import BadImageError, UserError
 from mtl_suite.io_utils import sha256_file, sha256_text
@@ -82,8 +82,10 @@ def build_manifest(
     class_map: dict[str, str] | None = None,
     max_pixels: int = MAX_PIXELS,
     workers: int | None = None,
+    allow_outside_root: bool = False,
 ) -> Manifest:
-    """Read a dataset, decode every image once to check it, hash it, and group duplicates."""
+    """Read a dataset, decode every image once to check it, hash it, and group duplicates. A CSV manifest's paths
+    must stay inside its folder unless `allow_outside_root`."""
     if duplicates not in DUPLICATE_POLICIES:
         raise UserError(f"unknown --duplicates policy. Expected one of: {', '.join(DUPLICATE_POLICIES)}. "
                         f"Received: {duplicates!r}")
@@ -91,7 +93,7 @@ def build_manifest(
         raise UserError(f"unknown --on-bad-image policy. Expected one of: {', '.join(BAD_IMAGE_POLICIES)}. "
                         f"Received: {on_bad_image!r}")
     root = Path(root).resolve()
-    layout_name, records = read_layout(root, layout)
+    layout_name, records = read_layout(root, layout, allow_outside_root)
     if masks is not None:
         records = _attach_masks(records, root, Path(masks))
     if class_map:
@@ -133,7 +135,8 @@ def _map_classes(records: list[Record], class_map: dict[str, str]) -> list[Recor
 
 
 def _check_one(record: Record, max_pixels: int) -> tuple[Record, str, int, int]:
-    image = read_rgb(record.path, max_pixels)  # full decode: catches truncated files, not just bad headers
+    # full decode: catches truncated files, not just bad headers
+    image = read_rgb(record.path, max_pixels, min_side=MIN_SIDE)
     return record, sha256_file(record.path), image.shape[1], image.shape[0]
 
 

@@ -37,7 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from mtl_suite.data.images import MAX_PIXELS, read_rgb, resize
+from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, read_rgb, resize, too_small
 from mtl_suite.errors import BadImageError, UserError
 
 COLUMN = "image"
@@ -67,7 +67,9 @@ class MtlImageClassifier(PythonModel):
         self.info = json.loads(Path(context.artifacts[INFO_ARTIFACT]).read_text())
         self.class_names = [str(c) for c in self.info["class_names"]]
         self.image_size = int(self.info["image_size"])
-        self.model = mlflow.keras.load_model(context.artifacts[KERAS_ARTIFACT])
+        # safe_mode: a model file cannot smuggle Python code (Lambda bytecode) into the server.
+        self.model = mlflow.keras.load_model(context.artifacts[KERAS_ARTIFACT],
+                                             load_model_kwargs={"safe_mode": True})
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
         items = input_items(model_input)
@@ -105,6 +107,19 @@ class MtlImageClassifier(PythonModel):
         chunks = [np.asarray(self.model.predict_on_batch(batch[i:i + BATCH].astype("float32")))
                   for i in range(0, len(batch), BATCH)]
         return as_class_probabilities(np.concatenate(chunks))
+
+
+def signature():
+    """The logged model's signature: one `image` column of any type in (the checks in this module decide what is usable),
+    the four output columns out. The scoring server parses requests against it."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType(), COLUMN)]),
+        outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(Array(DataType.double), "probabilities"),
+                        ColSpec(Array(DataType.string), "class_names"),
+                        ColSpec(DataType.string, "error", required=False)]))
 
 
 def input_items(model_input: Any) -> list[Any]:
@@ -149,7 +164,16 @@ def _as_items(value: Any) -> list[Any]:
 
 
 def to_image(item: Any, allow_paths: bool = True) -> np.ndarray:
-    """One input value as an (H, W, 3) uint8 RGB array, or ImageError saying what was wrong with it."""
+    """One input value as an (H, W, 3) uint8 RGB array, or ImageError saying what was wrong with it. Images
+    smaller than training accepts (data.images.MIN_SIDE) are refused here too."""
+    image = _to_image(item, allow_paths)
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(too_small(width, height))
+    return image
+
+
+def _to_image(item: Any, allow_paths: bool) -> np.ndarray:
     if item is None or (isinstance(item, float) and np.isnan(item)):
         raise ImageError("empty entry; expected a path, a base64 string or an (H, W, 3) uint8 array")
     if isinstance(item, (bytes, bytearray, memoryview)):

@@ -215,7 +215,7 @@ def check_loads(run_id: str, keras_dir: Path, info: dict) -> None:
     import numpy as np
 
     try:
-        model = mlflow.keras.load_model(str(keras_dir))
+        model = mlflow.keras.load_model(str(keras_dir), load_model_kwargs={"safe_mode": True})
         size = int(info["image_size"])
         out = np.asarray(model.predict_on_batch(np.zeros((1, size, size, 3), "float32")))
     except Exception as exc:  # any failure here means the artifact is unusable, which is the user's to fix
@@ -227,16 +227,9 @@ def check_loads(run_id: str, keras_dir: Path, info: dict) -> None:
 
 def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, workdir: Path) -> str:
     """Log the raw-image pyfunc as a logged model linked to the stage run (without reopening that run)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
-
     from mtl_suite.serving import pyfunc as serving
 
-    signature = ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), "image")]),
-        outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(Array(DataType.double), "probabilities"),
-                        ColSpec(Array(DataType.string), "class_names"),
-                        ColSpec(DataType.string, "error", required=False)]))
+    signature = serving.signature()
     logged = mlflow.initialize_logged_model(name=PYFUNC_NAME, source_run_id=run.info.run_id,
                                             experiment_id=run.info.experiment_id,
                                             tags={"mtl_suite.kind": "raw-image-pyfunc"})

@@ -430,7 +430,7 @@ def _gradcam_figure(rd: RunData, picks: list[tuple[str, list[dict]]], figures: P
     from mtl_suite.analysis.gradcam import GradCam
     from mtl_suite.data.pipeline import load_image_array
 
-    model = mlflow.keras.load_model(f"runs:/{rd.run.info.run_id}/model")
+    model = mlflow.keras.load_model(f"runs:/{rd.run.info.run_id}/model", load_model_kwargs={"safe_mode": True})
     cam = GradCam(model)
     rows = []
     for label, items in picks:

@@ -155,7 +155,7 @@ def load_trained(run_id: str, tracking_uri: str | None, experiment: str) -> Trai
         raise UserError(f"run not found in the tracking store: {run_id}") from None
     if run.data.tags.get("stage") != "segmentation" or run.data.tags.get("task") != "train":
         raise UserError(f"run {run_id} is not a `segment train` run (tags stage=segmentation, task=train)")
-    model = mlflow.keras.load_model(f"runs:/{run_id}/model")
+    model = mlflow.keras.load_model(f"runs:/{run_id}/model", load_model_kwargs={"safe_mode": True})
     return TrainedRun(run_id, model, dict(run.data.params))
 
 

@@ -98,7 +98,8 @@ def smear_task(data_cfg: DataConfig, task: str, normal_class: str | None,
     stage 2's crops) share one outer test part."""
     root = resolve_data_path(data_cfg.path)
     manifest = build_manifest(root, data_cfg.layout, duplicates=data_cfg.duplicates,
-                              on_bad_image=data_cfg.on_bad_image, class_map=data_cfg.class_map)
+                              on_bad_image=data_cfg.on_bad_image, class_map=data_cfg.class_map,
+                              allow_outside_root=data_cfg.allow_outside_root)
     task_map = class_map_for(task, manifest.classes, normal_class, POSITIVE_NAME["smears"])
     return _task_from_manifest(manifest, data_cfg, task, task_map, POSITIVE_NAME["smears"], f"smears:{root}",
                                data_cfg.image_size, progress)
@@ -110,7 +111,8 @@ def cell_task(data_cfg: DataConfig, cells_path: str | None, normal_class: str | 
     smear data's development images with its masks. Crops never come from the smears' outer-test images."""
     positive = POSITIVE_NAME["cells"]
     if cells_path:
-        manifest = build_manifest(cells_path, "auto", on_bad_image=data_cfg.on_bad_image)
+        manifest = build_manifest(cells_path, "auto", on_bad_image=data_cfg.on_bad_image,
+                                  allow_outside_root=data_cfg.allow_outside_root)
         task_map = class_map_for("binary", manifest.classes, normal_class, positive)
         return _task_from_manifest(manifest, data_cfg, "binary", task_map, positive, f"cells:{cells_path}",
                                    data_cfg.cell_size, progress)
@@ -131,7 +133,8 @@ def derive_cell_crops(data_cfg: DataConfig, normal_class: str | None, cache_root
                         "(segmentations of the smear images, same relative file names)")
     root = resolve_data_path(data_cfg.path)
     manifest = build_manifest(root, data_cfg.layout, masks=masks, duplicates=data_cfg.duplicates,
-                              on_bad_image=data_cfg.on_bad_image, class_map=data_cfg.class_map)
+                              on_bad_image=data_cfg.on_bad_image, class_map=data_cfg.class_map,
+                              allow_outside_root=data_cfg.allow_outside_root)
     class_map = class_map_for("binary", manifest.classes, normal_class, POSITIVE_NAME["cells"])
     split = make_split(manifest, data_cfg.folds, data_cfg.test_fraction, data_cfg.seed)  # = stage 3's split
     development = [e for e, role in zip(split.entries, split.roles) if role != TEST and e.mask]

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import yaml
 
-from mtl_suite.config import ExperimentConfig, TrainConfig, apply_overrides, coerce
+from mtl_suite.config import ExperimentConfig, TrainConfig, apply_overrides, coerce, yaml_problem
 from mtl_suite.errors import UserError
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
@@ -248,9 +248,10 @@ def _read(path: Path) -> dict:
         raise UserError(f"search space file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file (expected a YAML search space)") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"{path}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
+        raise UserError(f"{path}: not valid YAML{yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping with 'params:' at the top level. Received: {type(data).__name__}")
     return data
