@@ -11,6 +11,7 @@ Augmentation is a hook applied to training batches only; evaluation data never p
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,6 +74,40 @@ def array_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, train
     if training and augment is not None:
         ds = ds.map(_wrap_augment(augment, seed), num_parallel_calls=1)  # one stream of random numbers: repeatable
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the training images in one epoch: a function of (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def training_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int,
+                     epochs: int, augment: BatchAugment | None = None):
+    """tf.data of the training batches of epochs [first_epoch, epochs), for `model.fit(..., steps_per_epoch=...,
+    initial_epoch=first_epoch)`; returns (dataset, steps per epoch).
+
+    Each epoch's order and augmentation depend only on (seed, epoch), never on how many epochs this process has
+    run, so a fit resumed at epoch k sees exactly the batches an uninterrupted fit saw from epoch k on. Batches are
+    cut in NumPy (one fancy-index per batch, no per-image Python) and prefetched while the model trains."""
+    import tensorflow as tf
+
+    n = len(images)
+    steps = math.ceil(n / batch_size)
+
+    def batches():
+        for epoch in range(first_epoch, epochs):
+            order = epoch_order(n, seed, epoch)
+            for step in range(steps):
+                index = order[step * batch_size:(step + 1) * batch_size]
+                batch = images[index]
+                if augment is not None:
+                    batch = augment(batch, np.random.default_rng([seed, epoch, step])).astype(np.uint8)
+                yield batch, labels[index]
+
+    signature = (tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype)),
+                 tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return dataset.prefetch(tf.data.AUTOTUNE), steps
 
 
 def _wrap_augment(augment: BatchAugment, seed: int):

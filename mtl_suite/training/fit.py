@@ -18,9 +18,13 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from mtl_suite.config import TrainConfig
-from mtl_suite.data.pipeline import BatchAugment, array_dataset
+from mtl_suite.data.pipeline import BatchAugment, training_batches
 from mtl_suite.models.backbones import set_trainable_top
 from mtl_suite.models.heads import head_on_features
+from mtl_suite.training.checkpoint import (
+    EpochCheckpoint, EpochSeeding, FitCheckpoint, FitState, ResumableEarlyStopping, derived_seed,
+    restore_training_state,
+)
 from mtl_suite.training.features import FeatureStore, backbone_features
 from mtl_suite.training.metrics import as_class_probabilities
 
@@ -71,56 +75,83 @@ def fit_classifier(
     augment: BatchAugment | None = None,
     verbose: int = 0,
     feature_store: FeatureStore | None = None,
+    checkpoint: FitCheckpoint | None = None,
+    seed: int | None = None,
 ) -> dict[str, list[float]]:
     """Train in two phases and return the merged per-epoch history (one list per Keras metric).
-    `feature_store`: where warm-up features are kept between runs (default: FeatureStore.default())."""
-    history: dict[str, list[float]] = {}
-    phases = [("warmup", cfg.warmup_epochs, 0, cfg.learning_rate),
-              ("finetune", cfg.finetune_epochs, cfg.unfreeze_layers, cfg.finetune_learning_rate)]
-    epoch = 0
-    for phase, epochs, unfreeze, learning_rate in phases:
+
+    `feature_store`: where warm-up features are kept between runs (default: FeatureStore.default()).
+    `checkpoint`: saved after every epoch; a fit given the checkpoint of an interrupted one continues after its
+    last finished epoch and ends with the weights the uninterrupted fit would have had.
+    `seed`: data order, augmentation and dropout draws (default cfg.seed; cross-validation passes one per fold)."""
+    seed = cfg.seed if seed is None else seed
+    resumed = checkpoint.load() if checkpoint is not None else None
+    history = {key: list(values) for key, values in resumed.history.items()} if resumed else {}
+    for index, (phase, epochs, unfreeze, learning_rate) in enumerate(_phases(cfg)):
         if epochs <= 0 or (phase == "finetune" and unfreeze <= 0):
             continue
+        if resumed is not None and index < resumed.phase_index:
+            continue  # finished before the interruption: the checkpoint holds the weights it led to
+        state = resumed if resumed is not None and index == resumed.phase_index else None
         set_trainable_top(backbone, unfreeze)
-        phase_callbacks = list(callbacks(phase, epoch) if callbacks else [])
-        if unfreeze == 0 and augment is None and cfg.feature_cache:
-            store = feature_store if feature_store is not None else FeatureStore.default()
-            result = _fit_head_on_features(model, backbone, train, val, cfg, n_classes, learning_rate, epochs,
-                                           phase_callbacks, verbose, store)
-        else:
-            compile_for(model, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile)
-            result = _fit(model, train, val, cfg, n_classes, epochs, phase_callbacks + _early_stopping(val, cfg),
-                          augment, verbose)
+        on_features = unfreeze == 0 and augment is None and cfg.feature_cache
+        trained, train_part, val_part = (_features_fit_inputs(model, backbone, train, val, cfg, feature_store)
+                                         if on_features else (model, train, val))
+        compile_for(trained, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile)
+        if state is not None:
+            restore_training_state(trained, state)
+            if state.phase_finished:
+                trained.set_weights(state.final_weights(_restores_best(val, cfg)))
+                continue
+        first_epoch = state.phase_epochs_done if state is not None else 0
+        injected = list(callbacks(phase, _epochs_so_far(history) - first_epoch) if callbacks else [])
+        if on_features:  # injected callbacks see the classifier, as on the uncached path
+            injected = [ShowClassifier(callback, model) for callback in injected]
+        stopping = _early_stopping(val, cfg, state)
+        own = [EpochSeeding(seed, phase), *stopping]
+        if checkpoint is not None:
+            own.append(EpochCheckpoint(checkpoint, index, epochs, history, stopping[0] if stopping else None))
+        result = _fit(trained, train_part, val_part, cfg, n_classes, epochs, injected + own, augment, verbose,
+                      derived_seed(seed, phase), first_epoch)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
-        epoch += len(result.history.get("loss", []))
     return history
+
+
+def _phases(cfg: TrainConfig) -> list[tuple[str, int, int, float]]:
+    """(name, epochs, top backbone layers trainable, learning rate) of each training phase, in order."""
+    return [("warmup", cfg.warmup_epochs, 0, cfg.learning_rate),
+            ("finetune", cfg.finetune_epochs, cfg.unfreeze_layers, cfg.finetune_learning_rate)]
+
+
+def _epochs_so_far(history: dict[str, list[float]]) -> int:
+    return len(history.get("loss", []))
 
 
 def _steps(train: ArrayData, cfg: TrainConfig) -> int:
     return math.ceil(len(train) / cfg.batch_size)
 
 
-def _early_stopping(val: ArrayData | None, cfg: TrainConfig) -> list[keras.callbacks.Callback]:
-    if val is None or cfg.early_stopping_patience <= 0:
+def _restores_best(val: ArrayData | None, cfg: TrainConfig) -> bool:
+    return val is not None and cfg.early_stopping_patience > 0
+
+
+def _early_stopping(val: ArrayData | None, cfg: TrainConfig, state: FitState | None) -> list[keras.callbacks.Callback]:
+    if not _restores_best(val, cfg):
         return []
-    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience,
-                                          restore_best_weights=True)]
+    return [ResumableEarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience,
+                                   restore_best_weights=True, restored=state)]
 
 
-def _fit_head_on_features(model, backbone, train, val, cfg, n_classes, learning_rate, epochs, callbacks, verbose,
-                          store):
+def _features_fit_inputs(model, backbone, train, val, cfg, store):
     """The frozen warm-up as a fit of the head layers on backbone features. The head model shares the classifier's
     layer objects, so the classifier holds the trained (or early-stopping-restored) weights afterwards."""
-    head = head_on_features(model, backbone)
-    compile_for(head, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile)
+    store = store if store is not None else FeatureStore.default()
     features = ArrayData(backbone_features(backbone, train.images, store, cfg.batch_size), train.labels)
     val_features = None
     if val is not None:
         val_features = ArrayData(backbone_features(backbone, val.images, store, cfg.batch_size), val.labels)
-    shown = [ShowClassifier(callback, model) for callback in callbacks]
-    return _fit(head, features, val_features, cfg, n_classes, epochs, shown + _early_stopping(val, cfg), None,
-                verbose)
+    return head_on_features(model, backbone), features, val_features
 
 
 class ShowClassifier(keras.callbacks.Callback):
@@ -163,16 +194,13 @@ class ShowClassifier(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _fit(model, train, val, cfg, n_classes, epochs, callbacks, augment, verbose):
+def _fit(model, train, val, cfg, n_classes, epochs, callbacks, augment, verbose, seed, first_epoch):
     weights = class_weights(train.labels, n_classes) if cfg.class_weights else None
     validation = (val.images, _targets(model, val.labels)) if val is not None and len(val) else None
-    y = _targets(model, train.labels)
-    if augment is None:  # plain arrays: exactly what a bare model.fit does, no pipeline overhead
-        return model.fit(train.images, y, batch_size=cfg.batch_size, epochs=epochs, shuffle=True,
-                         validation_data=validation, class_weight=weights, callbacks=callbacks, verbose=verbose)
-    dataset = array_dataset(train.images, y, cfg.batch_size, training=True, seed=cfg.seed, augment=augment)
-    return model.fit(dataset, epochs=epochs, validation_data=validation, class_weight=weights,
-                     callbacks=callbacks, verbose=verbose)
+    batches, steps = training_batches(train.images, _targets(model, train.labels), cfg.batch_size, seed,
+                                      first_epoch, epochs, augment)
+    return model.fit(batches, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
+                     validation_data=validation, class_weight=weights, callbacks=callbacks, verbose=verbose)
 
 
 def _targets(model: keras.Model, labels: np.ndarray) -> np.ndarray:
