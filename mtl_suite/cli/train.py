@@ -91,6 +91,9 @@ def stage_command(stage: str):
         data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
         parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run id of the previous stage. "
                               "Default: its newest finished run with this backbone.", show_default=False)] = None,
+        resume: Annotated[str, typer.Option("--resume", help="auto: continue the newest interrupted run made with "
+                          "the same settings (finished folds reused, an unfinished fold from its last epoch); never: "
+                          "always start a new run; or the id of the run to continue.")] = "auto",
         params_from_study: Annotated[Optional[str], typer.Option("--params-from-study", help="Train with the best "
                                      "trial of this Optuna study (`mtl-suite tune`); typed options still win.",
                                      show_default=False)] = None,
@@ -113,7 +116,8 @@ def stage_command(stage: str):
 
         _mark_runs_killed_on_sigterm()
         outcome = run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells,
-                                         source=source, parent_run=parent_run, quiet=quiet, extra_tags=study_tags),
+                                         source=source, parent_run=parent_run, quiet=quiet, extra_tags=study_tags,
+                                         resume=resume),
                             say=lambda message: say(message, quiet))
         # Always said, even with --quiet: where the results went.
         typer.echo(f"{stage} run {outcome.run_id} (experiment {outcome.experiment_id}) in {outcome.tracking_uri}")

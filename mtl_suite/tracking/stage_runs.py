@@ -5,7 +5,9 @@ wires it to MLflow."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -23,12 +25,15 @@ from mtl_suite.cache import default_cache_root
 from mtl_suite.config import ExperimentConfig, to_flat_dict
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
+from mtl_suite.io_utils import sha256_text
 from mtl_suite.tracking.callbacks import MlflowEpochLogger
 from mtl_suite.tracking.runs import git_commit, log_split
 from mtl_suite.tracking.setup import use_tracking
 from mtl_suite.training import metrics as m
 from mtl_suite.training import plots
-from mtl_suite.training.cv import CVResult, TestResult, cross_validate, refit_and_test
+from mtl_suite.tracking import resume
+from mtl_suite.tracking.callbacks import metric_key
+from mtl_suite.training.cv import CVResult, FoldResult, TestResult, cross_validate, refit_and_test
 from mtl_suite.training.stages import (
     STAGES, StagePlan, TaskData, cell_task, get_stage, imagenet_backbone_file, model_factory,
     smear_task,
@@ -48,6 +53,7 @@ class StageRequest:
     parent_run: str | None = None
     quiet: bool = False
     extra_tags: tuple[tuple[str, str], ...] = ()
+    resume: str = "auto"  # auto: adopt an interrupted run with the same settings; never; or a run id
 
 
 @dataclass(frozen=True)
@@ -78,16 +84,24 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
     with tempfile.TemporaryDirectory(prefix=f"mtl-{plan.name}-") as tmp:
         workdir = Path(tmp)
         task_data = load_task_data(plan, request, say)
+        key = _resume_key(plan, request, parent_id, task_data)
+        interrupted = resume.find_interrupted_run(experiment_id, key, request.resume)
         with mlflow.start_run(run_id=run_id, run_name=_run_name(plan, request), experiment_id=experiment_id) as run:
             say(f"{plan.name} ({plan.description}), backbone {backbone}: MLflow run {run.info.run_id} in {uri}")
             try:
+                adopted = resume.adopt(interrupted, run.info.run_id, say) if interrupted else resume.Adopted()
+                checkpoints = resume.checkpoint_folder(adopted.origin or run.info.run_id)
+                mlflow.set_tags({resume.RESUME_KEY: key, resume.ORIGIN: adopted.origin or run.info.run_id,
+                                 **resume.owner_tags()})
                 _log_setup(plan, request, task_data, parent_id, workdir)
                 initial = initial_backbone_weights(plan, request, parent_id, workdir)
-                metrics = _train_and_log(plan, request, task_data, initial, workdir, say)
+                metrics = _train_and_log(plan, request, task_data, initial, workdir, say,
+                                         Resumption(adopted.folds, checkpoints))
             except KeyboardInterrupt:
                 mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))  # the context manager would say FAILED
                 raise
             outcome = StageOutcome(run.info.run_id, plan.name, metrics, uri, experiment_id)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # every fold is in the tracking store now
     say(f"{plan.name} finished: run {outcome.run_id} ({_summary(metrics)}); "
         f"view with: mlflow ui --backend-store-uri {uri}")
     return outcome
@@ -110,8 +124,8 @@ def resolve_parent_run(plan: StagePlan, request: StageRequest, uri: str, experim
         return found
     say(f"{plan.name}: no finished {plan.previous} run for backbone {backbone} in this experiment; "
         f"running {plan.previous} first")
-    earlier = replace(request, stage=plan.previous, parent_run=None, task="binary" if plan.previous == "stage2"
-                      else request.task)
+    earlier = replace(request, stage=plan.previous, parent_run=None, resume="auto",
+                      task="binary" if plan.previous == "stage2" else request.task)
     return _run(earlier, uri, experiment_id, None, say).run_id
 
 
@@ -171,7 +185,7 @@ def initial_backbone_weights(plan: StagePlan, request: StageRequest, parent_id: 
     train, size = request.config.train, request.config.data.image_size
     if parent_id is None:
         path, provenance = imagenet_backbone_file(train.backbone, size, train.weights, workdir / "initial.npz",
-                                                  {"stage": "imagenet"})
+                                                  {"stage": "imagenet"}, seed=train.seed)
         mlflow.set_tags({k: v for k, v in provenance.items()})
         return path
     local = Path(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path=BACKBONE_ARTIFACT,
@@ -227,8 +241,26 @@ def _log_setup(plan: StagePlan, request: StageRequest, task_data: TaskData | Non
         mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in task_data.manifest.skipped), "data/skipped_images.tsv")
 
 
+@dataclass(frozen=True)
+class Resumption:
+    """What an interrupted attempt left: finished folds (from the tracking store) and epoch checkpoints."""
+
+    folds: dict[str, FoldResult]
+    checkpoints: Path
+
+
+def _resume_key(plan: StagePlan, request: StageRequest, parent_id: str | None, task_data: TaskData | None) -> str:
+    """Everything that decides this run's results: only a run with the same key may be resumed."""
+    settings = {k: v for k, v in to_flat_dict(request.config).items() if not k.startswith("tracking.")}
+    return resume.resume_key({
+        "stage": plan.name, "task": _task_name(plan, request), "normal_class": request.normal_class,
+        "cells": request.cells, "source": request.source, "parent": parent_id, "settings": settings,
+        "split": sha256_text(json.dumps(task_data.split.to_json(), sort_keys=True)) if task_data else None,
+        "tags": sorted(request.extra_tags)})
+
+
 def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData | None, initial: Path,
-                   workdir: Path, say: Callable[[str], None]) -> dict[str, float]:
+                   workdir: Path, say: Callable[[str], None], resumption: Resumption) -> dict[str, float]:
     config = request.config
     lineage = _lineage(plan, initial)
     if task_data is None:  # stage 1 without a source dataset: W1 is the ImageNet backbone itself
@@ -246,10 +278,11 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
     metrics: dict[str, float] = {}
     if task_data.split.folds >= 1 and len(task_data.split.development_indices):
         cv = cross_validate(task_data.data, task_data.split, task_data.class_names, factory, config.train,
-                            observer, augment, verbose, progress=None if request.quiet else say)
+                            observer, augment, verbose, progress=None if request.quiet else say,
+                            completed=resumption.folds, checkpoints=resumption.checkpoints)
         metrics.update(_log_cv(cv, task_data, workdir))
     final = refit_and_test(task_data.data, task_data.split, task_data.class_names, factory, config.train,
-                           observer, augment, verbose)
+                           observer, augment, verbose, checkpoints=resumption.checkpoints)
     metrics.update(_log_test(final, task_data, workdir))
     _log_backbone_and_model(final, task_data, config, workdir, lineage)
     return metrics
@@ -376,23 +409,36 @@ class MlflowFoldObserver:
         self.stage, self.backbone = stage, backbone
         self.runs: dict[str, str] = {}
 
-    def fold_started(self, fold: str, n_train: int, n_val: int):
+    def fold_started(self, fold: str, n_train: int, n_val: int, resumed_history=None):
         tags = {"mlflow.parentRunId": self.parent.info.run_id, "run_kind": "fold", "stage": self.stage,
                 "backbone": self.backbone, "fold": fold, "task": self.parent.data.tags.get("task", "")}
+        if resumed_history:
+            tags["resumed_epochs"] = str(len(resumed_history.get("loss", [])))
         run = self.client.create_run(self.parent.info.experiment_id, tags=tags,
                                      run_name=f"{self.stage}-{self.backbone}-{fold}")
         self.runs[fold] = run.info.run_id
         self.client.log_batch(run.info.run_id, params=[mlflow.entities.Param("n_train", str(n_train)),
                                                        mlflow.entities.Param("n_validation", str(n_val))])
+        if resumed_history:  # the epochs an interrupted attempt finished: one unbroken curve per fold
+            self._log_history(run.info.run_id, resumed_history)
         return lambda phase, first_epoch: [MlflowEpochLogger(run.info.run_id, step_offset=first_epoch)]
 
-    def fold_finished(self, fold: str, metrics: dict[str, float], history: dict[str, list[float]]) -> None:
-        run_id = self.runs[fold]
-        prefix = "test/" if fold == "final" else "fold/"
+    def _log_history(self, run_id: str, history: dict[str, list[float]]) -> None:
         now = int(time.time() * 1000)
-        entities = [mlflow.entities.Metric(prefix + k, float(v), now, 0) for k, v in metrics.items()]
+        entities = [mlflow.entities.Metric(metric_key(name), float(value), now, step)
+                    for name, values in history.items() for step, value in enumerate(values)]
+        for start in range(0, len(entities), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=entities[start:start + 1000])
+
+    def fold_finished(self, result: FoldResult) -> None:
+        run_id = self.runs[result.fold]
+        prefix = "test/" if result.fold == "final" else "fold/"
+        now = int(time.time() * 1000)
+        entities = [mlflow.entities.Metric(prefix + k, float(v), now, 0) for k, v in result.metrics.items()]
         if entities:
             self.client.log_batch(run_id, metrics=entities)
+        # Before FINISHED: a finished fold always carries what a resumed run needs to reuse it.
+        self.client.log_dict(run_id, result.to_json(), resume.FOLD_RESULT)
         self.client.set_terminated(run_id, "FINISHED")
 
     def fold_failed(self, fold: str, error: BaseException) -> None:

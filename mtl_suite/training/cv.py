@@ -1,11 +1,17 @@
 """k-fold cross-validation over a saved split, then a refit on all development data and one evaluation on the
 outer test part. Each fold gets a freshly built model from `model_factory` (the same starting weights for every
-fold), seeded by fold so that a rerun with the same seed reproduces every fold."""
+fold), seeded by fold so that a rerun with the same seed reproduces every fold.
+
+Resuming: folds finished by an earlier, interrupted attempt are passed in as `completed` and not trained again;
+with `checkpoints`, every fold saves its fit after each epoch, so an interrupted fold goes on from its last
+finished epoch. Either way the results equal an uninterrupted run's."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
+
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,27 +19,50 @@ import numpy as np
 from mtl_suite.config import TrainConfig
 from mtl_suite.data.pipeline import BatchAugment
 from mtl_suite.data.splits import Split
+from mtl_suite.training.checkpoint import FitCheckpoint
 from mtl_suite.training.fit import ArrayData, CallbackFactory, fit_classifier, predict_proba
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
 
 ModelFactory = Callable[[], tuple[keras.Model, keras.Model]]  # -> (classifier, its backbone), freshly built
 
 
+@dataclass
+class FoldResult:
+    """One finished fold: what the summary, the pooled out-of-fold figures and a resumed run need of it."""
+
+    fold: str
+    metrics: dict[str, float]
+    history: dict[str, list[float]]
+    index: np.ndarray  # the validated images (indices into the data)
+    proba: np.ndarray  # (len(index), n_classes)
+
+    def to_json(self) -> dict:
+        return {"fold": self.fold, "metrics": self.metrics, "history": self.history,
+                "index": self.index.tolist(), "proba": self.proba.astype("float64").tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FoldResult":
+        return cls(data["fold"], data["metrics"], data["history"], np.asarray(data["index"], dtype=np.int64),
+                   np.asarray(data["proba"], dtype=np.float32))
+
+
 class FoldObserver(Protocol):
-    """What tracking needs to know; a no-op observer is fine for plain use."""
+    """What tracking needs to know; a no-op observer is fine for plain use. `resumed_history`: the epochs an
+    interrupted attempt of this fold had finished (from its checkpoint), which training will not repeat."""
 
-    def fold_started(self, fold: str, n_train: int, n_val: int) -> CallbackFactory | None: ...
+    def fold_started(self, fold: str, n_train: int, n_val: int,
+                     resumed_history: dict[str, list[float]] | None = None) -> CallbackFactory | None: ...
 
-    def fold_finished(self, fold: str, metrics: dict[str, float], history: dict[str, list[float]]) -> None: ...
+    def fold_finished(self, result: FoldResult) -> None: ...
 
     def fold_failed(self, fold: str, error: BaseException) -> None: ...
 
 
 class SilentObserver:
-    def fold_started(self, fold, n_train, n_val):
+    def fold_started(self, fold, n_train, n_val, resumed_history=None):
         return None
 
-    def fold_finished(self, fold, metrics, history):
+    def fold_finished(self, result):
         pass
 
     def fold_failed(self, fold, error):
@@ -62,58 +91,82 @@ class TestResult:
 
 def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_factory: ModelFactory,
                    cfg: TrainConfig, observer: FoldObserver | None = None, augment: BatchAugment | None = None,
-                   verbose: int = 0, progress: Callable[[str], None] | None = None) -> CVResult:
+                   verbose: int = 0, progress: Callable[[str], None] | None = None,
+                   completed: dict[str, FoldResult] | None = None, checkpoints: Path | None = None) -> CVResult:
     observer = observer or SilentObserver()
-    fold_metrics, histories, oof_index, oof_proba, oof_fold = [], [], [], [], []
+    completed = completed or {}
+    results: list[FoldResult] = []
     for fold, train_idx, val_idx in split.fold_indices():
         name = f"fold-{fold}"
-        if progress:
-            progress(f"{name}: training on {len(train_idx)} images, validating on {len(val_idx)}")
-        callbacks = observer.fold_started(name, len(train_idx), len(val_idx))
-        try:
-            keras.utils.set_random_seed(cfg.seed + fold)
-            model, backbone = model_factory()
-            val = _subset(data, val_idx)
-            history = fit_classifier(model, backbone, _subset(data, train_idx), val, cfg, len(class_names),
-                                     callbacks, augment, verbose)
-            proba = predict_proba(model, val.images, cfg.batch_size)
-            metrics = classification_metrics(val.labels, proba, class_names)
-        except BaseException as exc:
-            observer.fold_failed(name, exc)
-            raise
-        observer.fold_finished(name, metrics, history)
-        if progress:
-            progress(f"{name}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}")
-        fold_metrics.append(metrics)
-        histories.append(history)
-        oof_index.append(val_idx)
-        oof_proba.append(proba)
-        oof_fold.append(np.full(len(val_idx), fold))
-        keras.backend.clear_session(free_memory=True)
-    return CVResult(fold_metrics, summarise_folds(fold_metrics), np.concatenate(oof_index),
-                    np.concatenate(oof_proba), np.concatenate(oof_fold), histories)
+        if name in completed:
+            result = completed[name]
+            if progress:
+                progress(f"{name}: finished by an earlier attempt, reused (accuracy "
+                         f"{result.metrics['accuracy']:.3f})")
+        else:
+            if progress:
+                progress(f"{name}: training on {len(train_idx)} images, validating on {len(val_idx)}")
+            result = _train_fold(name, data, train_idx, val_idx, class_names, model_factory, cfg, observer,
+                                 augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold)
+            if progress:
+                progress(f"{name}: accuracy {result.metrics['accuracy']:.3f}, "
+                         f"macro-F1 {result.metrics['f1_macro']:.3f}")
+        results.append(result)
+    return CVResult([r.metrics for r in results], summarise_folds([r.metrics for r in results]),
+                    np.concatenate([r.index for r in results]), np.concatenate([r.proba for r in results]),
+                    np.concatenate([np.full(len(r.index), k) for k, r in enumerate(results)]),
+                    [r.history for r in results])
+
+
+def _checkpoint(folder: Path | None, name: str) -> FitCheckpoint | None:
+    return FitCheckpoint(folder / name) if folder is not None else None
+
+
+def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str],
+                model_factory: ModelFactory, cfg: TrainConfig, observer: FoldObserver, augment, verbose: int,
+                checkpoint: FitCheckpoint | None, seed: int) -> FoldResult:
+    resumed = checkpoint.load() if checkpoint is not None else None
+    callbacks = observer.fold_started(name, len(train_idx), len(val_idx), resumed.history if resumed else None)
+    try:
+        keras.utils.set_random_seed(seed)
+        model, backbone = model_factory()
+        val = _subset(data, val_idx)
+        history = fit_classifier(model, backbone, _subset(data, train_idx), val, cfg, len(class_names), callbacks,
+                                 augment, verbose, checkpoint=checkpoint, seed=seed)
+        proba = predict_proba(model, val.images, cfg.batch_size)
+        result = FoldResult(name, classification_metrics(val.labels, proba, class_names), history, val_idx, proba)
+    except BaseException as exc:
+        observer.fold_failed(name, exc)
+        raise
+    observer.fold_finished(result)
+    if checkpoint is not None:
+        checkpoint.clear()  # the tracking store holds the fold now
+    keras.backend.clear_session(free_memory=True)
+    return result
 
 
 def refit_and_test(data: ArrayData, split: Split, class_names: list[str], model_factory: ModelFactory,
                    cfg: TrainConfig, observer: FoldObserver | None = None, augment: BatchAugment | None = None,
-                   verbose: int = 0) -> TestResult:
+                   verbose: int = 0, checkpoints: Path | None = None) -> TestResult:
     """Train on every development image (no validation part, so no early stopping: the same epoch budget as the
     folds) and score once on the outer test images."""
     observer = observer or SilentObserver()
     train_idx, test_idx = split.development_indices, split.test_indices
-    callbacks = observer.fold_started("final", len(train_idx), len(test_idx))
+    checkpoint = _checkpoint(checkpoints, "final")
+    resumed = checkpoint.load() if checkpoint is not None else None
+    callbacks = observer.fold_started("final", len(train_idx), len(test_idx), resumed.history if resumed else None)
     try:
         keras.utils.set_random_seed(cfg.seed)
         model, backbone = model_factory()
         history = fit_classifier(model, backbone, _subset(data, train_idx), None, cfg, len(class_names),
-                                 callbacks, augment, verbose)
+                                 callbacks, augment, verbose, checkpoint=checkpoint, seed=cfg.seed)
         test = _subset(data, test_idx)
         proba = predict_proba(model, test.images, cfg.batch_size) if len(test_idx) else np.zeros((0, len(class_names)))
         metrics = classification_metrics(test.labels, proba, class_names) if len(test_idx) else {}
     except BaseException as exc:
         observer.fold_failed("final", exc)
         raise
-    observer.fold_finished("final", metrics, history)
+    observer.fold_finished(FoldResult("final", metrics, history, test_idx, proba))
     return TestResult(model, backbone, metrics, test_idx, proba, history)
 
 

@@ -182,11 +182,15 @@ def model_factory(backbone_name: str, image_size: int, initial_weights: Path, he
 
 
 def imagenet_backbone_file(backbone_name: str, image_size: int, weights: str, out_path: Path,
-                           metadata: dict) -> tuple[Path, dict]:
-    """Build the backbone with its ImageNet (or file, or no) weights once and save it as the W0/W1 archive."""
+                           metadata: dict, seed: int = 0) -> tuple[Path, dict]:
+    """Build the backbone with its ImageNet (or file, or no) weights once and save it as the W0/W1 archive.
+    `seed` fixes the random initial weights of `weights="none"`, so a rerun (or a resumed run) starts the same."""
+    import keras
+
     from mtl_suite.models.backbones import build_backbone
     from mtl_suite.models.transfer import save_backbone
 
+    keras.utils.set_random_seed(seed)
     backbone, choice = build_backbone(backbone_name, image_size, weights)
     provenance = choice.as_tags()
     save_backbone(backbone, out_path, {**metadata, "backbone": backbone_name, **provenance})

@@ -17,7 +17,7 @@ import numpy as np
 
 from mtl_suite.config import ExperimentConfig, apply_overrides
 from mtl_suite.errors import UserError
-from mtl_suite.training.cv import cross_validate
+from mtl_suite.training.cv import FoldResult, cross_validate
 from mtl_suite.training.fit import predict_proba
 from mtl_suite.training.metrics import classification_metrics
 from mtl_suite.training.stages import StagePlan, TaskData, model_factory
@@ -115,7 +115,7 @@ class TrialObserver:
         self.values: list[float] = []
         self.first_fold: str | None = None
 
-    def fold_started(self, fold: str, n_train: int, n_val: int):
+    def fold_started(self, fold: str, n_train: int, n_val: int, resumed_history=None):
         if self.first_fold is not None:
             return None
         self.first_fold = fold
@@ -133,7 +133,8 @@ class TrialObserver:
         self.tracker.log_metrics(self.run_id, {f"fold0/val/{self.ctx.metric}": value}, step=epoch)
         self.reporter.report(min(epoch, self.ctx.epoch_steps - 1), value)
 
-    def fold_finished(self, fold: str, metrics: dict[str, float], history: dict[str, list[float]]) -> None:
+    def fold_finished(self, result: FoldResult) -> None:
+        metrics = result.metrics
         k = len(self.values)
         self.values.append(metrics.get(self.ctx.metric, float("nan")))
         self.tracker.log_metrics(self.run_id, {f"fold/{name}": v for name, v in metrics.items()}, step=k)

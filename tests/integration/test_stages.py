@@ -210,3 +210,56 @@ def test_sigterm_marks_the_stage_run_killed(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("k").experiment_id])
     statuses = {r.data.tags.get("run_kind"): r.info.status for r in runs}
     assert statuses == {"stage": "KILLED", "fold": "KILLED"}
+
+
+RESUMABLE = ["classical", "--backbone", "tiny", "--weights", "none", "--image-size", "48", "--folds", "2",
+             "--epochs", "3", "--finetune-epochs", "2", "--unfreeze-layers", "2", "--batch-size", "16",
+             "--early-stopping-patience", "0", "--quiet"]
+
+
+def metrics_of_finished_stage_run(client, experiment: str):
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], "tags.run_kind = 'stage' and attributes.status = 'FINISHED'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_fold_then_rerun_resumes_to_the_uninterrupted_result(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    reference = invoke(*RESUMABLE, "--tracking-uri", uri, "--experiment", "ref")
+    assert reference.exit_code == 0, reference.output
+    process = subprocess.Popen([sys.executable, "-m", "mtl_suite", *RESUMABLE, "--tracking-uri", uri,
+                                "--experiment", "k"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    deadline, second_fold = time.time() + 180, []
+    while time.time() < deadline and not second_fold and process.poll() is None:
+        time.sleep(0.5)
+        if client.get_experiment_by_name("k"):
+            second_fold = client.search_runs([client.get_experiment_by_name("k").experiment_id],
+                                             "tags.fold = 'fold-1'")
+    assert second_fold, "the run never reached its second fold"
+    time.sleep(2)  # into fold 1's training
+    process.kill()  # SIGKILL: no handler runs, the runs are left RUNNING
+    process.wait(timeout=30)
+
+    resumed = invoke(*RESUMABLE, "--tracking-uri", uri, "--experiment", "k")
+    assert resumed.exit_code == 0, resumed.output
+
+    experiment_id = client.get_experiment_by_name("k").experiment_id
+    stage_runs = client.search_runs([experiment_id], "tags.run_kind = 'stage'")
+    assert sorted(r.info.status for r in stage_runs) == ["FINISHED", "KILLED"]
+    new = next(r for r in stage_runs if r.info.status == "FINISHED")
+    old = next(r for r in stage_runs if r.info.status == "KILLED")
+    assert new.data.tags["resumed_from"] == old.info.run_id and old.data.tags["resumed_by"] == new.info.run_id
+    folds = client.search_runs([experiment_id], "tags.run_kind = 'fold'")  # deleted runs are not listed
+    assert sorted((r.data.tags["fold"], r.info.status) for r in folds) == [
+        ("final", "FINISHED"), ("fold-0", "FINISHED"), ("fold-1", "FINISHED")]
+    assert all(r.data.tags["mlflow.parentRunId"] == new.info.run_id for r in folds)
+    assert next(r for r in folds if r.data.tags["fold"] == "fold-0").data.tags["adopted_from"] == old.info.run_id
+
+    want = metrics_of_finished_stage_run(client, "ref").data.metrics
+    got = new.data.metrics
+    keys = [k for k in want if k.startswith(("cv/", "test/"))]
+    assert keys and {k: got[k] for k in keys} == {k: want[k] for k in keys}
