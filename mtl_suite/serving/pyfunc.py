@@ -144,8 +144,9 @@ def _expand_string_lists(items: list[Any]) -> list[Any]:
     list of strings (never an image) stands for that many images."""
     out: list[Any] = []
     for item in items:
-        if isinstance(item, (list, tuple, np.ndarray)) and np.ndim(item) == 1 and len(item) and \
-                all(isinstance(v, (str, bytes)) for v in item):
+        # Not np.ndim(item): on ragged pixel lists (a bad request) it raises instead of leaving them to check_array.
+        flat = isinstance(item, (list, tuple)) or (isinstance(item, np.ndarray) and item.ndim == 1)
+        if flat and len(item) and all(isinstance(v, (str, bytes)) for v in item):
             out.extend(item)
         else:
             out.append(item)
