@@ -35,7 +35,7 @@ from mtl_suite.analysis.figures import paired_box_strip_png
 from mtl_suite.analysis.tables import markdown_table
 from mtl_suite.config import ExperimentConfig, to_flat_dict
 from mtl_suite.errors import UserError
-from mtl_suite.io_utils import sha256_text
+from mtl_suite.io_utils import sha256_text, write_text_atomic
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import use_tracking
 
@@ -271,7 +271,7 @@ def _summarise(client, parent: str, pairs: list[Pair], request: CompareRequest, 
     run = client.get_run(parent)
     text = render_report(request, pairs, comparisons, ratio, table, plot_path.name, parent, uri,
                          run.info.experiment_id)
-    report_path.write_text(text, encoding="utf-8")
+    write_text_atomic(report_path, text)
     _log_to_parent(client, parent, pairs, comparisons, table, text, plot_path, ratio)
     if len(used) < 2:
         raise UserError(f"only {len(used)} of {len(pairs)} pairs finished both arms; a t-test needs at least 2 "

@@ -279,6 +279,12 @@ def _requirements() -> list[str]:
     return out
 
 
+def _version_of_run(client: MlflowClient, name: str, run_id: str, model_uri: str) -> ModelVersion | None:
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    same = [v for v in versions if v.source == model_uri or v.tags.get("stage_run") == run_id]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
 def register(client: MlflowClient, request: PromoteRequest, plan: PromotePlan, model_uri: str) -> ModelVersion:
     run = plan.candidate
     try:
@@ -290,8 +296,11 @@ def register(client: MlflowClient, request: PromoteRequest, plan: PromotePlan, m
     tags = {k: v for k, v in run.data.tags.items() if k in LINEAGE_TAGS and v}
     tags.update({"stage_run": run.info.run_id, "promotion_metric": request.metric,
                  "promotion_value": f"{plan.value:.6g}"})
-    version = client.create_model_version(request.name, source=model_uri, run_id=run.info.run_id, tags=tags,
-                                          description=version_description(run, request, plan))
+    # Idempotent: a promotion interrupted after registering (before the aliases) left a version of this run;
+    # rerunning reuses it rather than registering the same model twice.
+    version = _version_of_run(client, request.name, run.info.run_id, model_uri) or client.create_model_version(
+        request.name, source=model_uri, run_id=run.info.run_id, tags=tags,
+        description=version_description(run, request, plan))
     version = _wait_ready(client, request.name, version)
     if plan.champion is not None:
         client.set_registered_model_alias(request.name, PREVIOUS, plan.champion.version)

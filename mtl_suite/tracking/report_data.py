@@ -27,6 +27,7 @@ from mtl_suite.analysis.calibration import reliability
 from mtl_suite.analysis.figures import convergence_png, overlay_grid_png, reliability_png
 from mtl_suite.analysis.tables import mean_sd, pct
 from mtl_suite.errors import UserError
+from mtl_suite.io_utils import write_text_atomic
 from mtl_suite.tracking.setup import resolve_tracking_uri
 from mtl_suite.training import metrics as m
 from mtl_suite.training import plots
@@ -97,8 +98,8 @@ def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gr
         blocks += _shortcut(headline)
         blocks += _gradcam(headline, figures, gradcam_per_class, say)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(rp.to_markdown(blocks, out), encoding="utf-8")
-    html_path.write_text(rp.to_html(blocks, f"mtl-suite report: {experiment}"), encoding="utf-8")
+    write_text_atomic(md_path, rp.to_markdown(blocks, out))
+    write_text_atomic(html_path, rp.to_html(blocks, f"mtl-suite report: {experiment}"))
     say(f"report written: {md_path} and {html_path}")
     return md_path, html_path
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mtl_suite.io_utils import atomic_path  # noqa: E402
+
 
 def confusion_matrix_png(matrix: np.ndarray, class_names: list[str], path: str | Path, title: str) -> Path:
     row_totals = matrix.sum(axis=1, keepdims=True)
@@ -70,10 +72,13 @@ def curves_png(histories: list[dict[str, list[float]]], path: str | Path, title:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write and close a figure (parent folders made); shared with the report's figures."""
+    """Write (atomically: a crash leaves the old figure or the new one) and close a figure; parent folders are
+    made. Shared with the report's figures."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
