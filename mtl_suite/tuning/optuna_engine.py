@@ -1,5 +1,6 @@
 """The Optuna engine: storage (a local journal file by default, any RDB URL; PostgreSQL for several workers with
-heartbeats, stale-trial failing and one retry), explicitly seeded samplers, pruners, the objective, our MLflow
+heartbeats), samplers seeded per trial slot so that a killed and resumed study equals an uninterrupted one
+(resume.py), dead workers' trials failed and redone with the same parameters, pruners, the objective, our MLflow
 callback and the study's artifacts."""
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from mtl_suite.errors import UserError
 from mtl_suite.tuning.api import StudyRuns, TuneOutcome, TuneRequest, study_tags, work_dir
 from mtl_suite.tuning.artifacts import write_study_artifacts
 from mtl_suite.tuning.objective import TuningContext, evaluate, trial_config
+from mtl_suite.tuning.resume import (
+    OWNERLESS_GRACE_S, SLOT_ATTR, STOPPED_ATTR, SlotHyperbandPruner, SlotSeededSampler, recover_dead_trials,
+    repair_journal, retry_trial,
+)
 from mtl_suite.tuning.tracker import StudyTracker, mask_password
 
 STORAGE_ENV = "MTL_SUITE_OPTUNA_STORAGE"
@@ -57,8 +62,8 @@ def make_pruner(name: str, max_steps: int) -> optuna.pruners.BasePruner:
     trials); hyperband: successive halving over the steps (epochs of fold 0, then folds)."""
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_steps), reduction_factor=3)
+    if name == "hyperband":  # brackets by trial slot, so a redone trial is judged as its first try was
+        return SlotHyperbandPruner(min_resource=1, max_resource=max(2, max_steps), reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise UserError(f"--pruner {name!r}: expected one of: median, hyperband, none")
@@ -82,6 +87,7 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
     if "://" not in url:
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)  # a record torn by a power loss
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.JournalStorage(backend)
     if url.startswith(("postgresql://", "postgresql+psycopg://")):  # SQLAlchemy 2.1's default driver: psycopg 3
@@ -101,23 +107,37 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
 
 
 class StaleTrialHandler:
-    """Called by the RDB storage for a trial whose worker stopped sending heartbeats: mark its MLflow run FAILED,
-    then retry it with the same parameters (RetryHeartbeatStaleTrialCallback, Optuna's successor of
-    RetryFailedTrialCallback since 4.9)."""
+    """A trial whose worker is gone: close its MLflow run, then queue it again with the same parameters and slot
+    (at most `max_retry` times per configuration). Called by the RDB storage for a trial without heartbeats (FAIL),
+    and by `recover_dead_trials` for one whose worker died on this host (KILLED)."""
 
-    def __init__(self, max_retry: int):
-        self.retry = None
-        if max_retry > 0:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    def __init__(self, max_retry: int, say: Callable[[str], None] = lambda message: None):
+        self.max_retry, self.say = max_retry, say
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.handle(study, trial, "FAIL", "worker stopped sending heartbeats (killed or lost)")
+
+    def dead(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.handle(study, trial, "KILLED", trial.system_attrs.get(STOPPED_ATTR, "its worker died"))
+
+    def handle(self, study: optuna.Study, trial: FrozenTrial, state: str, note: str) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            StudyTracker.close_run(run_id, "FAIL", "worker stopped sending heartbeats (killed or lost)")
-        if self.retry:
-            self.retry(study, trial)
+        if run_id and StudyTracker.run_exists(run_id):
+            StudyTracker.close_run(run_id, state, note)
+        retry = retry_trial(study, trial, self.max_retry) if self.max_retry > 0 else None
+        again = f"; its configuration is queued again as trial {retry.number}" if retry else ""
+        self.say(f"trial {trial.number} failed: {note}{again}")
+
+
+class RecoverDeadTrials:
+    """After each trial: fail the trials of workers that died on this host meanwhile (a journal storage has no
+    heartbeats), so another local worker redoes them in this run."""
+
+    def __init__(self, handler: StaleTrialHandler, ownerless_grace_s: float | None):
+        self.handler, self.ownerless_grace_s = handler, ownerless_grace_s
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        recover_dead_trials(study, self.handler.dead, self.ownerless_grace_s)
 
 
 # --- the engine -------------------------------------------------------------------------------------------------
@@ -150,21 +170,35 @@ class OptunaReporter:
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4f})")
 
 
-def make_objective(ctx: TuningContext, tracker: StudyTracker) -> Callable[[optuna.Trial], float]:
+def make_objective(ctx: TuningContext, tracker: StudyTracker, max_retry: int) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        run_id = tracker.start_trial(trial.number)
-        trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        with tracker.closing_on_failure(run_id):
-            params = ctx.space.sample(OptunaSuggest(trial), ctx.base.train)
-            _, strength, overrides = trial_config(ctx, params)
-            trial.set_user_attr("params", params)  # fixed ones too: trial.params has only the searched
-            trial.set_user_attr("config_overrides", overrides)
-            trial.set_user_attr("augment_strength", strength)
-            tracker.log_params(run_id, params)
-            return evaluate(ctx, params, OptunaReporter(trial), tracker, run_id, f"trial {trial.number}:")
+        frozen = _frozen(trial)
+        tags = {"slot": str(frozen.system_attrs.get(SLOT_ATTR, ""))}
+        if "failed_trial" in frozen.system_attrs:
+            tags["retry_of"] = str(frozen.system_attrs["failed_trial"])
+        run_id = tracker.start_trial(trial.number, tags)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        try:
+            with tracker.closing_on_failure(run_id):
+                params = ctx.space.sample(OptunaSuggest(trial), ctx.base.train)
+                _, strength, overrides = trial_config(ctx, params)
+                trial.set_user_attr("params", params)  # fixed ones too: trial.params has only the searched
+                trial.set_user_attr("config_overrides", overrides)
+                trial.set_user_attr("augment_strength", strength)
+                tracker.log_params(run_id, params)
+                return evaluate(ctx, params, OptunaReporter(trial), tracker, run_id, f"trial {trial.number}:")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna fails the trial; the next run redoes its configuration
+            if max_retry > 0:
+                retry_trial(trial.study, _frozen(trial), max_retry)
+            raise
 
     return objective
+
+
+def _frozen(trial: optuna.Trial) -> FrozenTrial:
+    """The trial as stored, with its system attributes (optuna.Trial shows only params and user attributes)."""
+    return trial.study._storage.get_trial(trial._trial_id)
 
 
 class MlflowTrialCallback:
@@ -212,14 +246,18 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
     SAMPLERS[request.sampler](request.seed)  # fail on a missing package before any work
     pruner = request.pruner if not isinstance(request.pruner, str) else make_pruner(request.pruner, ctx.max_steps)
     pruner_name = request.pruner if isinstance(request.pruner, str) else type(request.pruner).__name__
-    storage = open_storage(url, request.heartbeat_interval, request.grace_period, StaleTrialHandler(request.max_retry))
+    handler = StaleTrialHandler(request.max_retry, say)
+    storage = open_storage(url, request.heartbeat_interval, request.grace_period, handler)
     name = request.name
+    # Each trial draws from a sampler seeded by (seed, its slot): a resumed study draws what an uninterrupted one
+    # would, and a second worker's trial, which takes the next free slot, draws something else.
     study = optuna.create_study(study_name=name, storage=storage, direction=ctx.direction, load_if_exists=True,
-                                pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=request.seed))
+                                pruner=pruner, sampler=SlotSeededSampler(SAMPLERS[request.sampler], request.seed))
     identity = _check_identity(study, request, ctx, url)
-    # Seeded explicitly; offset by the trials already in the study, so a resumed study (or a second worker)
-    # does not repeat the first draws of the first run.
-    study.sampler = SAMPLERS[request.sampler](request.seed + len(study.get_trials(deepcopy=False)))
+    # Heartbeats (RDB) judge workers on any host; without them, a trial that never recorded its worker is judged
+    # by its age.
+    ownerless_grace = None if _heartbeats(storage) else OWNERLESS_GRACE_S
+    recover_dead_trials(study, handler.dead, ownerless_grace, wait=True)
     finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
     remaining = request.trials - finished
     say(f"study {name!r} in {mask_password(url)}: {finished} finished trial(s), "
@@ -236,11 +274,13 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
         if study.user_attrs.get("mlflow_run_id") != tracker.study_run_id:
             study.set_user_attr("mlflow_run_id", tracker.study_run_id)
         try:
+            close_left_trial_runs(study, tracker, ctx.metric)
             if remaining > 0:
                 callbacks = [MlflowTrialCallback(tracker, ctx.metric, say),
+                             RecoverDeadTrials(handler, ownerless_grace),
                              optuna.study.MaxTrialsCallback(request.trials, states=FINISHED)]
-                study.optimize(make_objective(ctx, tracker), n_trials=remaining, timeout=request.timeout,
-                               callbacks=callbacks, gc_after_trial=True)
+                study.optimize(make_objective(ctx, tracker, request.max_retry), n_trials=remaining,
+                               timeout=request.timeout, callbacks=callbacks, gc_after_trial=True)
                 _fail_stale(study, storage)
             write_study_artifacts(study, tracker, Path(tmp) / "study", ctx, identity, url)
         except BaseException as exc:
@@ -256,12 +296,36 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
                        best.number if best else None, counts, runs.uri)
 
 
+def close_left_trial_runs(study: optuna.Study, tracker: StudyTracker, metric: str) -> None:
+    """Trial runs a killed worker left RUNNING under the study's run: one whose trial finished (killed after
+    Optuna recorded it) gets its outcome and FINISHED; any other whose trial is not running (killed before or
+    while it ran, or before the trial recorded the run) is closed KILLED. So the study run ends with exactly one
+    FINISHED trial run per finished trial."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for run in tracker.open_trial_runs():
+        number = int(run.data.tags.get("trial", -1))
+        trial = trials.get(number)
+        if trial is not None and trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            continue  # a live worker's, or judged by heartbeats
+        if trial is not None and trial.state in FINISHED and trial.user_attrs.get("mlflow_run_id") == run.info.run_id:
+            params = {**trial.user_attrs.get("params", {}), **trial.params}
+            value = trial.value if trial.state == TrialState.COMPLETE else None
+            tracker.finish_trial(run.info.run_id, trial.state.name, value, params, metric,
+                                 "recorded after its worker was killed")
+        else:
+            tracker.mark_trial(run.info.run_id, "KILLED", "its worker was killed")
+
+
+def _heartbeats(storage: optuna.storages.BaseStorage) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
 def _fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
     """Optuna fails stale trials when a trial starts; check once more at the end, so a worker that died during this
     worker's last trial is not left RUNNING."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    if is_heartbeat_enabled(storage):
+    if _heartbeats(storage):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)

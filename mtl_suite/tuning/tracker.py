@@ -42,6 +42,13 @@ class StudyTracker:
             return False
         return True
 
+    def open_trial_runs(self) -> list[mlflow.entities.Run]:
+        """The study's trial runs still RUNNING (live workers' and killed workers' alike)."""
+        return self.client.search_runs(
+            [self.experiment_id], max_results=1000,
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.study_run_id}' AND tags.run_kind = 'trial' "
+                          "AND attributes.status = 'RUNNING'")
+
     def start_trial(self, number: int, extra_tags: Mapping[str, str] | None = None) -> str:
         tags = {"mlflow.parentRunId": self.study_run_id, "run_kind": "trial", "trial": str(number),
                 "state": "RUNNING", **self.tags, **(extra_tags or {})}
