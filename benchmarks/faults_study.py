@@ -27,6 +27,7 @@ import platform
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,7 @@ def run_study_faults(kills: int, seed: int, workdir: Path, quick: bool, trials: 
     # 1. uninterrupted (it also makes the stage 1 and 2 parent runs both studies start from)
     reference = f"uninterrupted-{stamp}"
     started = time.time()
-    code = _attempt(command(reference), env, workdir / "logs" / "uninterrupted.log", None)
+    code, _ = _attempt(command(reference), env, workdir / "logs" / "uninterrupted.log", None)
     if code != 0:
         raise RuntimeError(f"the uninterrupted study failed ({code}): see {workdir / 'logs' / 'uninterrupted.log'}")
     reference_s = time.time() - started
@@ -85,12 +86,12 @@ def run_study_faults(kills: int, seed: int, workdir: Path, quick: bool, trials: 
             done = _finished(journal, killed)
             expected = startup_s + max(trials - done, 1) * trial_s
             kill_at = rng.uniform(0.1, 1.1) * expected
-        attempt_started = time.time()
-        code = _attempt(command(killed), env, log, kill_at)
+        attempt_started, finished_at_start = time.time(), _finished(journal, killed)
+        code, pid = _attempt(command(killed), env, log, kill_at)
         event = {"attempt": attempts, "seconds": round(time.time() - attempt_started, 1), "exit_code": code,
                  "killed": code == -signal.SIGKILL, "kill_at_s": round(kill_at, 1) if kill_at else None}
         if event["killed"]:
-            event.update(_snapshot(journal, killed))
+            event.update(_snapshot(journal, killed, pid, finished_at_start))
         events.append(event)
         if code == 0:
             break
@@ -106,7 +107,8 @@ def run_study_faults(kills: int, seed: int, workdir: Path, quick: bool, trials: 
     figures.update({
         "kills_requested": kills, "kills_applied": len(applied),
         "kills_survived": len(applied) if figures["study_whole"] else 0,
-        "kills_mid_trial": sum(bool(e.get("running_trials")) for e in applied),
+        **{f"kills_{moment.replace(' ', '_').replace('-', '_')}": sum(e["moment"] == moment for e in applied)
+           for moment in ("start-up", "trial start", "mid-trial", "between trials")},
         "attempts": attempts, "uninterrupted_s": round(reference_s, 1), "killed_total_s": round(killed_s, 1),
         "startup_s": round(startup_s, 1), "trial_s": round(trial_s, 1),
     })
@@ -118,9 +120,9 @@ def run_study_faults(kills: int, seed: int, workdir: Path, quick: bool, trials: 
     return result
 
 
-def _attempt(command: list[str], env: dict[str, str], log: Path, kill_at: float | None) -> int:
+def _attempt(command: list[str], env: dict[str, str], log: Path, kill_at: float | None) -> tuple[int, int]:
     """Run one command (its own process group); SIGKILL it after `kill_at` seconds. Returns its exit code
-    (-9 when killed)."""
+    (-9 when killed) and pid."""
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -130,7 +132,7 @@ def _attempt(command: list[str], env: dict[str, str], log: Path, kill_at: float 
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             out.write(f"\n[faults_study] SIGKILL after {kill_at} s\n")
-    return process.returncode
+    return process.returncode, process.pid
 
 
 def compare(workdir: Path, tracking: str, reference: str, killed: str, target: int) -> dict[str, Any]:
@@ -214,22 +216,30 @@ def _finished(journal: Path, study: str) -> int:
         return 0
 
 
-def _snapshot(journal: Path, study: str) -> dict[str, Any]:
-    """What the kill interrupted: finished trials and the trials it left RUNNING (with their epochs reported)."""
-    if not journal.is_file() or journal.stat().st_size == 0:
-        return {"finished_before": 0, "running_trials": [], "moment": "start-up (no study yet)"}
-    try:
-        import optuna
+def _snapshot(journal: Path, study: str, pid: int, finished_at_start: int) -> dict[str, Any]:
+    """Where the kill landed: in start-up (the killed command had not begun a trial: imports, data, recovering the
+    trials of the command killed before it), at a trial's start (before its first epoch report), mid-trial, or
+    between trials (it had finished one and not begun the next)."""
+    from mtl_suite.tuning.resume import OWNER_ATTR
 
-        study_obj = optuna.load_study(study_name=study, storage=_storage(journal))
-    except KeyError:
-        return {"finished_before": 0, "running_trials": [], "moment": "start-up (no study yet)"}
-    running = [t for t in study_obj.trials if t.state.name == "RUNNING"]
-    finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study_obj.trials)
-    moment = ("mid-trial" if any(t.intermediate_values for t in running) else "trial start" if running
-              else "start-up or between trials")
+    finished, own = 0, []
+    if journal.is_file() and journal.stat().st_size > 0:
+        try:
+            import optuna
+
+            trials = optuna.load_study(study_name=study, storage=_storage(journal)).trials
+        except KeyError:  # the study was not created yet
+            trials = []
+        owner = f"{socket.gethostname()}:{pid}:"
+        own = [t for t in trials if t.state.name == "RUNNING" and
+               str(t.system_attrs.get(OWNER_ATTR, "")).startswith(owner)]
+        finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    if own:
+        moment = "mid-trial" if any(t.intermediate_values for t in own) else "trial start"
+    else:
+        moment = "between trials" if finished > finished_at_start else "start-up"
     return {"finished_before": finished, "moment": moment,
-            "running_trials": [{"number": t.number, "reports": len(t.intermediate_values)} for t in running]}
+            "killed_trials": [{"number": t.number, "reports": len(t.intermediate_values)} for t in own]}
 
 
 def _timings(trials: list[dict[str, Any]]) -> tuple[float, float]:
