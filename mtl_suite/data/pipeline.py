@@ -87,27 +87,48 @@ def training_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, se
     initial_epoch=first_epoch)`; returns (dataset, steps per epoch).
 
     Each epoch's order and augmentation depend only on (seed, epoch), never on how many epochs this process has
-    run, so a fit resumed at epoch k sees exactly the batches an uninterrupted fit saw from epoch k on. Batches are
-    cut in NumPy (one fancy-index per batch, no per-image Python) and prefetched while the model trains."""
+    run, so a fit resumed at epoch k sees exactly the batches an uninterrupted fit saw from epoch k on. Built the
+    way Keras feeds arrays to fit (batches of indices zipped with the whole arrays, gathered in parallel TF ops),
+    with our orders in place of its shuffle: no Python per batch unless there is an augmentation hook."""
     import tensorflow as tf
 
     n = len(images)
     steps = math.ceil(n / batch_size)
+    epoch_ids = np.arange(first_epoch, max(first_epoch, epochs), dtype=np.int64)
+    orders = np.stack([epoch_order(n, seed, int(e)) for e in epoch_ids]) if len(epoch_ids) else np.zeros((0, n))
+    index_batches = tf.data.Dataset.from_tensor_slices((epoch_ids, orders.astype(np.int64))).flat_map(
+        lambda epoch, order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate().map(
+            lambda step, index: (epoch, step, index)))
+    whole = tf.data.Dataset.from_tensors((tf.convert_to_tensor(images), tf.convert_to_tensor(labels))).repeat()
 
-    def batches():
-        for epoch in range(first_epoch, epochs):
-            order = epoch_order(n, seed, epoch)
-            for step in range(steps):
-                index = order[step * batch_size:(step + 1) * batch_size]
-                batch = images[index]
-                if augment is not None:
-                    batch = augment(batch, np.random.default_rng([seed, epoch, step])).astype(np.uint8)
-                yield batch, labels[index]
+    def gather(batch, data):
+        (epoch, step, index), (x, y) = batch, data
+        return epoch, step, tf.gather(x, index), tf.gather(y, index)
 
-    signature = (tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype)),
-                 tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)))
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    dataset = tf.data.Dataset.zip((index_batches, whole)).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        dataset = dataset.map(_seeded_augment(augment, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.apply_default_optimizations = False  # as Keras: no graph rewrite overhead
+    dataset = dataset.map(lambda epoch, step, x, y: (x, y)).with_options(options)
     return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+
+def _seeded_augment(augment: BatchAugment, seed: int):
+    """The hook on one batch with random numbers drawn from (seed, epoch, step): the same draws whatever ran before,
+    so batches may be augmented in parallel and a resumed fit augments as the uninterrupted one did."""
+    import tensorflow as tf
+
+    def apply(batch: np.ndarray, epoch: np.int64, step: np.int64) -> np.ndarray:
+        return augment(batch, np.random.default_rng([seed, int(epoch), int(step)])).astype(np.uint8)
+
+    def tf_apply(epoch, step, x, y):
+        out = tf.numpy_function(apply, [x, epoch, step], tf.uint8, stateful=False)
+        out.set_shape(x.shape)
+        return epoch, step, out, y
+
+    return tf_apply
 
 
 def _wrap_augment(augment: BatchAugment, seed: int):
