@@ -70,7 +70,8 @@ def tune(
                                   "a worker's heartbeats.")] = 10,
     grace_period: Annotated[Optional[int], typer.Option("--grace-period", help="RDB storages: a trial without "
                             "heartbeat for this long is failed. Default: 3 heartbeats.", show_default=False)] = None,
-    max_retry: Annotated[int, typer.Option("--max-retry", help="Retries of a trial whose worker died.")] = 1,
+    max_retry: Annotated[int, typer.Option("--max-retry", help="Times a trial whose worker died (killed, lost) is "
+                         "redone with its parameters; the limit stops a trial that kills its worker every time.")] = 3,
     tracking_uri: TrackingUri = None,
     experiment: Experiment = "mtl-suite",
     quiet: Quiet = False,

@@ -15,6 +15,7 @@ from mlflow.entities import RunStatus
 
 from mtl_suite.config import ExperimentConfig
 from mtl_suite.errors import UserError
+from mtl_suite.io_utils import atomic_path
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import use_tracking
 from mtl_suite.tracking.stage_runs import (
@@ -50,7 +51,7 @@ class TuneRequest:
     space: str | None = None  # a search space file; default studies/<stage>.yaml
     heartbeat_interval: int = 10
     grace_period: int | None = None
-    max_retry: int = 1
+    max_retry: int = 3
     quiet: bool = False
 
     @property
@@ -203,6 +204,6 @@ def materialise_policy(policy: str, strength: float) -> Path:
 
     path = default_cache_root() / "policies" / f"{policy.replace('+', '_')}-{strength:.4f}.yaml"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        A.save(build_transform(policy, strength), str(path), data_format="yaml")
+        with atomic_path(path) as tmp:  # two trials (or workers) may write it at once: each renames a whole file
+            A.save(build_transform(policy, strength), str(tmp), data_format="yaml")
     return path
