@@ -11,14 +11,18 @@ Augmentation is a hook applied to training batches only; evaluation data never p
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from mtl_suite.cache import ArrayStore
 from mtl_suite.data.images import image_header, read_resized
 
 # TF decodes these natively; anything else (TIFF) goes through PIL in a py-function.
@@ -60,6 +64,31 @@ def load_image_array(
             if progress:
                 progress(done)
     return out
+
+
+IMAGE_FORMAT = "images-v1"  # part of every cache key: bump when decoding or resizing changes
+_RECENT: OrderedDict[str, np.ndarray] = OrderedDict()  # this process's last decoded arrays, newest last
+_RECENT_MAX = 2  # a stage chain alternates between smears and cell crops
+
+
+def cached_image_array(paths: Sequence[str], digests: Sequence[str], size: int, store: ArrayStore | None = None,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """`load_image_array` for data seen before: the same images (by content digest, whatever their paths) at the same
+    size come from this process's memory or from `store` on disk, not decoded again. Stage chains, comparisons and
+    repeated commands on one dataset decode it once. The array is shared: callers must not write into it."""
+    key = hashlib.sha256(json.dumps([IMAGE_FORMAT, size, list(digests)]).encode()).hexdigest()[:32]
+    if key in _RECENT:
+        _RECENT.move_to_end(key)
+        return _RECENT[key]
+    array = store.load(key) if store is not None and store.max_bytes > 0 else None
+    if array is None or array.shape != (len(paths), size, size, 3) or array.dtype != np.uint8:
+        array = load_image_array(paths, size, progress=progress)
+        if store is not None and store.max_bytes > 0:
+            store.save(key, array)
+    _RECENT[key] = array
+    while len(_RECENT) > _RECENT_MAX:
+        _RECENT.popitem(last=False)
+    return array
 
 
 def array_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool, seed: int,

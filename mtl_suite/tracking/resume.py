@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -66,15 +65,6 @@ def owner_alive(run: Run) -> bool:
     return True
 
 
-@dataclass
-class Adopted:
-    """What a new run takes over from an interrupted one."""
-
-    previous_run: str | None = None
-    origin: str | None = None
-    folds: dict[str, FoldResult] = field(default_factory=dict)
-
-
 def find_interrupted_run(experiment_id: str, key: str, resume: str) -> Run | None:
     """The run to resume: `resume` is 'auto' (the newest interrupted run with this key, if any), 'never', or a
     run id (checked: same settings, not finished, not running elsewhere)."""
@@ -114,27 +104,33 @@ def _check_explicit(run_id: str, key: str) -> Run:
     return run
 
 
-def adopt(previous: Run, new_run_id: str, say: Callable[[str], None]) -> Adopted:
-    """Move `previous`'s finished folds under `new_run_id`, delete its unfinished ones, and close it."""
+def origin_of(run: Run) -> str:
+    """The first attempt's run id, which names the epoch checkpoints every attempt shares."""
+    return run.data.tags.get(ORIGIN) or run.info.run_id
+
+
+def adopt(previous: Run, new_run_id: str, say: Callable[[str], None]) -> dict[str, FoldResult]:
+    """Move `previous`'s finished folds under `new_run_id` and return their results; delete its unfinished fold
+    runs; mark it KILLED if it was left RUNNING."""
     client = mlflow.MlflowClient()
     old_id = previous.info.run_id
     if previous.info.status == RUNNING:  # its process died without closing it
         client.set_terminated(old_id, RunStatus.to_string(RunStatus.KILLED))
-    adopted = Adopted(old_id, previous.data.tags.get(ORIGIN) or old_id)
+    client.set_tag(new_run_id, "resumed_from", old_id)
+    folds: dict[str, FoldResult] = {}
     for child in _children(previous):
         fold = child.data.tags.get("fold", "")
-        result = _fold_result(client, child) if child.info.status == FINISHED and fold != "final" else None
-        if result is not None and fold not in adopted.folds:
+        result = _fold_result(child) if child.info.status == FINISHED and fold != "final" else None
+        if result is not None and fold not in folds:
             client.set_tag(child.info.run_id, "mlflow.parentRunId", new_run_id)
             client.set_tag(child.info.run_id, "adopted_from", old_id)
-            adopted.folds[fold] = result
+            folds[fold] = result
         else:
             client.delete_run(child.info.run_id)  # redone (from its epoch checkpoint where there is one)
     client.set_tag(old_id, "resumed_by", new_run_id)
-    client.set_tag(new_run_id, "resumed_from", old_id)
-    say(f"resuming interrupted run {old_id}: {len(adopted.folds)} finished fold(s) reused "
-        f"({', '.join(sorted(adopted.folds)) or 'none'}); the rest is trained again")
-    return adopted
+    say(f"resuming interrupted run {old_id}: {len(folds)} finished fold(s) reused "
+        f"({', '.join(sorted(folds)) or 'none'}); the rest is trained again")
+    return folds
 
 
 def _children(run: Run) -> list[Run]:
@@ -143,7 +139,7 @@ def _children(run: Run) -> list[Run]:
                               max_results=1000, output_format="list")
 
 
-def _fold_result(client: mlflow.MlflowClient, run: Run) -> FoldResult | None:
+def _fold_result(run: Run) -> FoldResult | None:
     try:
         return FoldResult.from_json(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{FOLD_RESULT}"))
     except Exception:  # noqa: BLE001 - a fold without a readable result is simply trained again

@@ -26,13 +26,12 @@ from mtl_suite.config import ExperimentConfig, to_flat_dict
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_text
-from mtl_suite.tracking.callbacks import MlflowEpochLogger
+from mtl_suite.tracking import resume
+from mtl_suite.tracking.callbacks import MlflowEpochLogger, metric_key
 from mtl_suite.tracking.runs import git_commit, log_split
 from mtl_suite.tracking.setup import use_tracking
 from mtl_suite.training import metrics as m
 from mtl_suite.training import plots
-from mtl_suite.tracking import resume
-from mtl_suite.tracking.callbacks import metric_key
 from mtl_suite.training.cv import CVResult, FoldResult, TestResult, cross_validate, refit_and_test
 from mtl_suite.training.stages import (
     STAGES, StagePlan, TaskData, cell_task, get_stage, imagenet_backbone_file, model_factory,
@@ -89,14 +88,15 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
         with mlflow.start_run(run_id=run_id, run_name=_run_name(plan, request), experiment_id=experiment_id) as run:
             say(f"{plan.name} ({plan.description}), backbone {backbone}: MLflow run {run.info.run_id} in {uri}")
             try:
-                adopted = resume.adopt(interrupted, run.info.run_id, say) if interrupted else resume.Adopted()
-                checkpoints = resume.checkpoint_folder(adopted.origin or run.info.run_id)
-                mlflow.set_tags({resume.RESUME_KEY: key, resume.ORIGIN: adopted.origin or run.info.run_id,
-                                 **resume.owner_tags()})
+                # Tagged before adopting: if this attempt dies too, the next one finds it (and what it adopted).
+                origin = resume.origin_of(interrupted) if interrupted else run.info.run_id
+                mlflow.set_tags({resume.RESUME_KEY: key, resume.ORIGIN: origin, **resume.owner_tags()})
+                adopted = resume.adopt(interrupted, run.info.run_id, say) if interrupted else {}
+                checkpoints = resume.checkpoint_folder(origin)
                 _log_setup(plan, request, task_data, parent_id, workdir)
                 initial = initial_backbone_weights(plan, request, parent_id, workdir)
                 metrics = _train_and_log(plan, request, task_data, initial, workdir, say,
-                                         Resumption(adopted.folds, checkpoints))
+                                         Resumption(adopted, checkpoints))
             except KeyboardInterrupt:
                 mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))  # the context manager would say FAILED
                 raise

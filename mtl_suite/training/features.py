@@ -14,90 +14,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import time
-from pathlib import Path
 
 import keras
 import numpy as np
 
-from mtl_suite.cache import default_cache_root, feature_cache_limit_bytes
-from mtl_suite.io_utils import atomic_path
-
-logger = logging.getLogger(__name__)
+from mtl_suite.cache import ArrayStore, default_cache_root, feature_cache_limit_bytes
 
 FORMAT = "features-v1"  # bump when the meaning of a stored array changes
 
 
-class FeatureStore:
-    """Arrays in `root` as `<key>.npy`, at most `max_bytes` in all; 0 bytes: never written, always a miss."""
-
-    def __init__(self, root: str | Path, max_bytes: int):
-        self.root = Path(root)
-        self.max_bytes = int(max_bytes)
+class FeatureStore(ArrayStore):
+    """The feature section of the cache."""
 
     @classmethod
     def default(cls) -> FeatureStore:
         """$MTL_SUITE_CACHE/features (else ~/.cache/mtl-suite/features), limit $MTL_SUITE_FEATURE_CACHE_MB."""
         return cls(default_cache_root() / "features", feature_cache_limit_bytes())
-
-    def path(self, key: str) -> Path:
-        return self.root / f"{key}.npy"
-
-    def load(self, key: str) -> np.ndarray | None:
-        path = self.path(key)
-        try:
-            array = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            return None
-        except (ValueError, OSError, EOFError):  # unreadable (disk trouble, foreign file): recompute it
-            logger.warning("feature cache entry %s is unreadable; recomputing it", path)
-            path.unlink(missing_ok=True)
-            return None
-        _touch(path)  # eviction goes by last use
-        return array
-
-    def save(self, key: str, array: np.ndarray) -> None:
-        if array.nbytes > self.max_bytes:
-            return  # would evict everything and still not fit
-        with atomic_path(self.path(key)) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-        self.evict(keep=self.path(key))
-
-    def entries(self) -> list[tuple[Path, int, float]]:
-        """(path, bytes, last use) of every entry, least recently used first."""
-        out = []
-        for path in self.root.glob("*.npy") if self.root.is_dir() else []:
-            try:
-                stat = path.stat()
-            except FileNotFoundError:  # evicted by another process meanwhile
-                continue
-            out.append((path, stat.st_size, stat.st_mtime))
-        return sorted(out, key=lambda entry: entry[2])
-
-    def evict(self, keep: Path | None = None) -> int:
-        """Remove least recently used entries until the total fits the limit; returns how many went."""
-        entries = self.entries()
-        total = sum(size for _, size, _ in entries)
-        removed = 0
-        for path, size, _ in entries:
-            if total <= self.max_bytes:
-                break
-            if path == keep:
-                continue
-            path.unlink(missing_ok=True)
-            total -= size
-            removed += 1
-        return removed
-
-
-def _touch(path: Path) -> None:
-    try:
-        os.utime(path, (time.time(), time.time()))
-    except OSError:  # read-only cache or removed meanwhile: the entry just ages as if unused
-        pass
 
 
 def array_digest(array: np.ndarray) -> str:

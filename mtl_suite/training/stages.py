@@ -15,10 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from mtl_suite.cache import image_store
 from mtl_suite.config import DataConfig, TrainConfig
 from mtl_suite.data import default_masks_for, resolve_data_path
 from mtl_suite.data.manifest import Manifest, build_manifest
-from mtl_suite.data.pipeline import load_image_array
+from mtl_suite.data.pipeline import cached_image_array
 from mtl_suite.data.splits import TEST, Split, make_split
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_text
@@ -161,7 +162,8 @@ def _task_from_manifest(manifest: Manifest, data_cfg: DataConfig, task: str, tas
     index = {name: i for i, name in enumerate(class_names)}
     task_label = task_map.__getitem__ if task_map else (lambda label: label)
     labels = np.array([index[task_label(e.label)] for e in split.entries], dtype=np.int64)
-    images = load_image_array([e.path for e in split.entries], size, progress=progress)
+    images = cached_image_array([e.path for e in split.entries], [e.sha256 for e in split.entries], size,
+                                image_store(), progress=progress)
     return TaskData(manifest, split, class_names, ArrayData(images, labels), description, size)
 
 

@@ -226,3 +226,25 @@ def test_load_image_single(colored):
     image = load_image(paths[2], 8)
     assert image.shape == (8, 8, 3) and tuple(image[0, 0]) == COLORS[2]
     assert Path(paths[2]).exists()
+
+
+def test_decoded_images_are_cached_by_content_and_size(colored, tmp_path, monkeypatch):
+    from mtl_suite.cache import ArrayStore
+
+    paths, _ = colored
+    digests = [f"digest-{i}" for i in range(len(paths))]
+    store = ArrayStore(tmp_path / "images", 2**30)
+    decoded = []
+    real = pipeline.load_image_array
+    monkeypatch.setattr(pipeline, "load_image_array", lambda *a, **k: decoded.append(a[1]) or real(*a, **k))
+    pipeline._RECENT.clear()
+    first = pipeline.cached_image_array(paths, digests, 16, store)
+    assert decoded == [16] and len(store.entries()) == 1
+    assert pipeline.cached_image_array(paths, digests, 16, store) is first  # this process: from memory
+    pipeline._RECENT.clear()
+    np.testing.assert_array_equal(pipeline.cached_image_array(paths, digests, 16, store), first)  # from disk
+    assert decoded == [16]
+    pipeline.cached_image_array(paths, digests, 24, store)  # another size: decoded
+    pipeline.cached_image_array(paths, digests[::-1], 16, store)  # other content: decoded
+    assert decoded == [16, 24, 16] and len(store.entries()) == 3
+    pipeline._RECENT.clear()
