@@ -187,34 +187,10 @@ def test_binary_task_without_a_normal_class_needs_a_mapping(tmp_path):
     assert result.exit_code == 2 and "Pass --normal-class NAME" in result.output
 
 
-@pytest.mark.slow
-def test_sigterm_marks_the_stage_run_killed(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "MTL_SUITE_CACHE": str(tmp_path / "cache")}
-    process = subprocess.Popen([sys.executable, "-m", "mtl_suite", "classical", *FAST, "--epochs", "50",
-                                "--early-stopping-patience", "0", "--tracking-uri", uri, "--experiment", "k"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    deadline = time.time() + 120
-    fold_runs = []
-    while time.time() < deadline and not fold_runs:
-        time.sleep(1)
-        experiment = client.get_experiment_by_name("k")
-        if experiment:
-            fold_runs = client.search_runs([experiment.experiment_id], "tags.run_kind = 'fold'")
-    assert fold_runs, "training never started"
-    time.sleep(2)
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
-    runs = client.search_runs([client.get_experiment_by_name("k").experiment_id])
-    statuses = {r.data.tags.get("run_kind"): r.info.status for r in runs}
-    assert statuses == {"stage": "KILLED", "fold": "KILLED"}
-
-
+# Backbone run every epoch (no feature cache): slow enough for a signal to land mid-fold.
 RESUMABLE = ["classical", "--backbone", "tiny", "--weights", "none", "--image-size", "48", "--folds", "2",
-             "--epochs", "3", "--finetune-epochs", "2", "--unfreeze-layers", "2", "--batch-size", "16",
-             "--early-stopping-patience", "0", "--quiet"]
+             "--epochs", "3", "--finetune-epochs", "4", "--no-feature-cache", "--unfreeze-layers", "2",
+             "--batch-size", "16", "--early-stopping-patience", "0", "--quiet"]
 
 
 def metrics_of_finished_stage_run(client, experiment: str):
@@ -224,22 +200,41 @@ def metrics_of_finished_stage_run(client, experiment: str):
     return runs[0]
 
 
+def start_run(uri: str, experiment: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mtl_suite", *RESUMABLE, "--tracking-uri", uri,
+                             "--experiment", experiment], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_fold(client, process: subprocess.Popen, experiment: str, fold: str) -> None:
+    deadline, found = time.time() + 180, []
+    while time.time() < deadline and not found and process.poll() is None:
+        time.sleep(0.5)
+        if client.get_experiment_by_name(experiment):
+            found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                       f"tags.fold = '{fold}'")
+    assert found, f"the run never reached {fold}"
+
+
 @pytest.mark.slow
-def test_sigkill_mid_fold_then_rerun_resumes_to_the_uninterrupted_result(tmp_path):
+def test_killed_runs_are_marked_and_a_rerun_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGTERM in fold 0: the runs are closed KILLED. SIGKILL in fold 1 of the rerun: nothing runs, the runs stay
+    RUNNING. The next rerun adopts it and ends with exactly the uninterrupted run's metrics."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     reference = invoke(*RESUMABLE, "--tracking-uri", uri, "--experiment", "ref")
     assert reference.exit_code == 0, reference.output
-    process = subprocess.Popen([sys.executable, "-m", "mtl_suite", *RESUMABLE, "--tracking-uri", uri,
-                                "--experiment", "k"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    deadline, second_fold = time.time() + 180, []
-    while time.time() < deadline and not second_fold and process.poll() is None:
-        time.sleep(0.5)
-        if client.get_experiment_by_name("k"):
-            second_fold = client.search_runs([client.get_experiment_by_name("k").experiment_id],
-                                             "tags.fold = 'fold-1'")
-    assert second_fold, "the run never reached its second fold"
+
+    process = start_run(uri, "k")
+    wait_for_fold(client, process, "k", "fold-0")
+    process.send_signal(signal.SIGTERM)  # unwinds like Ctrl-C: open runs are closed as KILLED
+    process.wait(timeout=60)
+    experiment_id = client.get_experiment_by_name("k").experiment_id
+    statuses = {r.data.tags.get("run_kind"): r.info.status for r in client.search_runs([experiment_id])}
+    assert statuses == {"stage": "KILLED", "fold": "KILLED"}
+
+    process = start_run(uri, "k")
+    wait_for_fold(client, process, "k", "fold-1")
     time.sleep(2)  # into fold 1's training
     process.kill()  # SIGKILL: no handler runs, the runs are left RUNNING
     process.wait(timeout=30)
@@ -247,17 +242,16 @@ def test_sigkill_mid_fold_then_rerun_resumes_to_the_uninterrupted_result(tmp_pat
     resumed = invoke(*RESUMABLE, "--tracking-uri", uri, "--experiment", "k")
     assert resumed.exit_code == 0, resumed.output
 
-    experiment_id = client.get_experiment_by_name("k").experiment_id
-    stage_runs = client.search_runs([experiment_id], "tags.run_kind = 'stage'")
-    assert sorted(r.info.status for r in stage_runs) == ["FINISHED", "KILLED"]
-    new = next(r for r in stage_runs if r.info.status == "FINISHED")
-    old = next(r for r in stage_runs if r.info.status == "KILLED")
-    assert new.data.tags["resumed_from"] == old.info.run_id and old.data.tags["resumed_by"] == new.info.run_id
+    stage_runs = client.search_runs([experiment_id], "tags.run_kind = 'stage'", order_by=["attributes.start_time"])
+    assert [r.info.status for r in stage_runs] == ["KILLED", "KILLED", "FINISHED"]
+    first, second, new = stage_runs
+    assert second.data.tags["resumed_from"] == first.info.run_id
+    assert new.data.tags["resumed_from"] == second.info.run_id and second.data.tags["resumed_by"] == new.info.run_id
     folds = client.search_runs([experiment_id], "tags.run_kind = 'fold'")  # deleted runs are not listed
     assert sorted((r.data.tags["fold"], r.info.status) for r in folds) == [
         ("final", "FINISHED"), ("fold-0", "FINISHED"), ("fold-1", "FINISHED")]
     assert all(r.data.tags["mlflow.parentRunId"] == new.info.run_id for r in folds)
-    assert next(r for r in folds if r.data.tags["fold"] == "fold-0").data.tags["adopted_from"] == old.info.run_id
+    assert next(r for r in folds if r.data.tags["fold"] == "fold-0").data.tags["adopted_from"] == second.info.run_id
 
     want = metrics_of_finished_stage_run(client, "ref").data.metrics
     got = new.data.metrics
