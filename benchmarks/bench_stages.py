@@ -95,7 +95,7 @@ def fit_overhead(size: int, epochs: int = 3, n: int = 960, rounds: int = 3) -> d
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/m.db")
-        run = mlflow.start_run()
+        run = mlflow.start_run(experiment_id=mlflow.create_experiment("fit-overhead"))
 
         def suite() -> tuple[float, float]:
             classifier, backbone = model()

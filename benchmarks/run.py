@@ -90,11 +90,17 @@ def find_scripts(names: list[str]) -> list[Path]:
     return chosen
 
 
+LAUNCHER_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
 def run_once(command: list[str], log: Path, timeout: float | None, workdir: Path) -> Run:
     """One process: wall time, its own peak RSS (children it starts, e.g. `mtl-suite` processes, not counted)
     and the figures it emitted."""
     figures_file = workdir / "figures.json"
-    env = {**os.environ, FIGURES_ENV: str(figures_file), "MTL_SUITE_CACHE": str(workdir / "cache"),
+    # MLflow's run and experiment variables belong to whoever launched the harness (mlflow.set_experiment even
+    # sets MLFLOW_EXPERIMENT_ID in-process); a script has its own stores, so they must not reach it.
+    inherited = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env = {**inherited, FIGURES_ENV: str(figures_file), "MTL_SUITE_CACHE": str(workdir / "cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))}
     with open(log, "wb") as out:
         start = time.perf_counter()
