@@ -116,7 +116,9 @@ def test_a_real_benchmark_in_quick_mode(tmp_path):
 # builds and trains the whole MobileNet in a worker process (about a minute here: TensorFlow start-up, model build,
 # tracing the training step), and nothing in the product depends on it. bench_faults runs a whole stage chain
 # several times (minutes even in quick mode); tests/integration/test_stages.py kills and resumes a run in CI.
-OUTSIDE_CI = ("serving", "tuning", "throughput", "faults")
+# bench_segmentation (U-Net training, ~50 s) and bench_stages (MobileNet fits, ~30 s) likewise: test_cli_imaging and
+# test_stages run their code paths. The harness itself is tested on a real script just above.
+OUTSIDE_CI = ("serving", "tuning", "throughput", "faults", "segmentation", "stages")
 
 
 @pytest.mark.slow

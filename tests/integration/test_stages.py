@@ -20,6 +20,12 @@ FAST = ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--fold
         "--finetune-epochs", "1", "--unfreeze-layers", "2", "--batch-size", "32", "--quiet"]
 
 
+# Backbone run every epoch (no feature cache): slow enough for a signal to land mid-fold.
+RESUMABLE = ["classical", "--backbone", "tiny", "--weights", "none", "--image-size", "48", "--folds", "2",
+             "--epochs", "3", "--finetune-epochs", "4", "--no-feature-cache", "--unfreeze-layers", "2",
+             "--batch-size", "16", "--early-stopping-patience", "0", "--quiet"]
+
+
 def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
 
@@ -31,7 +37,7 @@ def store(tmp_path_factory):
     os.environ["MTL_SUITE_CACHE"] = str(root / "cache")
     result = invoke("stage3", *FAST[:-1], "--tracking-uri", uri, "--experiment", "t")  # not quiet: progress shown
     assert result.exit_code == 0, result.output
-    classical = invoke("classical", *FAST, "--tracking-uri", uri, "--experiment", "t")
+    classical = invoke(*RESUMABLE, "--tracking-uri", uri, "--experiment", "t")  # also the kill test's reference
     assert classical.exit_code == 0, classical.output
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
@@ -187,17 +193,7 @@ def test_binary_task_without_a_normal_class_needs_a_mapping(tmp_path):
     assert result.exit_code == 2 and "Pass --normal-class NAME" in result.output
 
 
-# Backbone run every epoch (no feature cache): slow enough for a signal to land mid-fold.
-RESUMABLE = ["classical", "--backbone", "tiny", "--weights", "none", "--image-size", "48", "--folds", "2",
-             "--epochs", "3", "--finetune-epochs", "4", "--no-feature-cache", "--unfreeze-layers", "2",
-             "--batch-size", "16", "--early-stopping-patience", "0", "--quiet"]
 
-
-def metrics_of_finished_stage_run(client, experiment: str):
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs([experiment_id], "tags.run_kind = 'stage' and attributes.status = 'FINISHED'")
-    assert len(runs) == 1
-    return runs[0]
 
 
 def start_run(uri: str, experiment: str) -> subprocess.Popen:
@@ -216,12 +212,11 @@ def wait_for_fold(client, process: subprocess.Popen, experiment: str, fold: str)
 
 
 @pytest.mark.slow
-def test_killed_runs_are_marked_and_a_rerun_resumes_to_the_uninterrupted_result(tmp_path):
+def test_killed_runs_are_marked_and_a_rerun_resumes_to_the_uninterrupted_result(store, tmp_path):
     """SIGTERM in fold 0: the runs are closed KILLED. SIGKILL in fold 1 of the rerun: nothing runs, the runs stay
-    RUNNING. The next rerun adopts it and ends with exactly the uninterrupted run's metrics."""
+    RUNNING. The next rerun adopts it and ends with exactly the uninterrupted run's (the store's classical run)
+    metrics."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    reference = invoke(*RESUMABLE, "--tracking-uri", uri, "--experiment", "ref")
-    assert reference.exit_code == 0, reference.output
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
 
@@ -253,7 +248,7 @@ def test_killed_runs_are_marked_and_a_rerun_resumes_to_the_uninterrupted_result(
     assert all(r.data.tags["mlflow.parentRunId"] == new.info.run_id for r in folds)
     assert next(r for r in folds if r.data.tags["fold"] == "fold-0").data.tags["adopted_from"] == second.info.run_id
 
-    want = metrics_of_finished_stage_run(client, "ref").data.metrics
+    want = stage_run(store, "classical").data.metrics
     got = new.data.metrics
     keys = [k for k in want if k.startswith(("cv/", "test/"))]
     assert keys and {k: got[k] for k in keys} == {k: want[k] for k in keys}
