@@ -136,7 +136,10 @@ def training_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, se
 
     dataset = tf.data.Dataset.zip((index_batches, whole)).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
-        dataset = dataset.map(_seeded_augment(augment, seed), num_parallel_calls=tf.data.AUTOTUNE)
+        # One batch at a time: a hook may hold a stateful transform (albumentations seeds one Compose per batch),
+        # and two threads seeding and drawing from it at once would mix their random streams. Prefetching still
+        # keeps augmentation off the training step's critical path.
+        dataset = dataset.map(_seeded_augment(augment, seed), num_parallel_calls=1)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.apply_default_optimizations = False  # as Keras: no graph rewrite overhead
@@ -146,7 +149,7 @@ def training_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, se
 
 def _seeded_augment(augment: BatchAugment, seed: int):
     """The hook on one batch with random numbers drawn from (seed, epoch, step): the same draws whatever ran before,
-    so batches may be augmented in parallel and a resumed fit augments as the uninterrupted one did."""
+    so a resumed fit augments as the uninterrupted one did."""
     import tensorflow as tf
 
     def apply(batch: np.ndarray, epoch: np.int64, step: np.int64) -> np.ndarray:

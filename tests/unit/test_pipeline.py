@@ -248,3 +248,24 @@ def test_decoded_images_are_cached_by_content_and_size(colored, tmp_path, monkey
     pipeline.cached_image_array(paths, digests[::-1], 16, store)  # other content: decoded
     assert decoded == [16, 24, 16] and len(store.entries()) == 3
     pipeline._RECENT.clear()
+
+
+def test_training_batches_with_a_real_policy_repeat_exactly():
+    """The paper's albumentations policy seeds one shared transform per batch: batches must not be augmented
+    concurrently, or their random streams mix (a resumed tuning trial once came out different)."""
+    from mtl_suite.imaging.augment import get_batch_augment
+
+    images = np.random.default_rng(0).integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(24)
+    augment = get_batch_augment("paper")
+
+    def run():
+        dataset, _ = pipeline.training_batches(images, labels, 4, seed=3, first_epoch=0, epochs=3, augment=augment)
+        return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+    first, second = run(), run()
+    assert len(first) == 18
+    for (xa, ya), (xb, yb) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    assert any(not np.array_equal(x, images[y]) for x, y in first)  # it did augment
