@@ -20,8 +20,9 @@ from mtl_suite.config import TrainConfig
 from mtl_suite.data.pipeline import BatchAugment
 from mtl_suite.data.splits import Split
 from mtl_suite.training.checkpoint import FitCheckpoint
-from mtl_suite.training.fit import ArrayData, CallbackFactory, fit_classifier, predict_proba
+from mtl_suite.training.fit import ArrayData, CallbackFactory, feature_store_for, fit_classifier, predict_proba
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
+from mtl_suite.training.session import free_models
 
 ModelFactory = Callable[[], tuple[keras.Model, keras.Model]]  # -> (classifier, its backbone), freshly built
 
@@ -133,7 +134,7 @@ def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.n
         val = _subset(data, val_idx)
         history = fit_classifier(model, backbone, _subset(data, train_idx), val, cfg, len(class_names), callbacks,
                                  augment, verbose, checkpoint=checkpoint, seed=seed)
-        proba = predict_proba(model, val.images, cfg.batch_size)
+        proba = predict_proba(model, val.images, cfg.batch_size, feature_store_for(cfg))
         result = FoldResult(name, classification_metrics(val.labels, proba, class_names), history, val_idx, proba)
     except BaseException as exc:
         observer.fold_failed(name, exc)
@@ -141,7 +142,7 @@ def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.n
     observer.fold_finished(result)
     if checkpoint is not None:
         checkpoint.clear()  # the tracking store holds the fold now
-    keras.backend.clear_session(free_memory=True)
+    free_models()
     return result
 
 
@@ -161,7 +162,8 @@ def refit_and_test(data: ArrayData, split: Split, class_names: list[str], model_
         history = fit_classifier(model, backbone, _subset(data, train_idx), None, cfg, len(class_names),
                                  callbacks, augment, verbose, checkpoint=checkpoint, seed=cfg.seed)
         test = _subset(data, test_idx)
-        proba = predict_proba(model, test.images, cfg.batch_size) if len(test_idx) else np.zeros((0, len(class_names)))
+        proba = (predict_proba(model, test.images, cfg.batch_size, feature_store_for(cfg)) if len(test_idx)
+                 else np.zeros((0, len(class_names))))
         metrics = classification_metrics(test.labels, proba, class_names) if len(test_idx) else {}
     except BaseException as exc:
         observer.fold_failed("final", exc)

@@ -118,6 +118,11 @@ def fit_classifier(
     return history
 
 
+def feature_store_for(cfg: TrainConfig) -> FeatureStore | None:
+    """Where a fit with `cfg` keeps frozen-backbone features (None: the feature cache is off)."""
+    return FeatureStore.default() if cfg.feature_cache else None
+
+
 def _phases(cfg: TrainConfig) -> list[tuple[str, int, int, float]]:
     """(name, epochs, top backbone layers trainable, learning rate) of each training phase, in order."""
     return [("warmup", cfg.warmup_epochs, 0, cfg.learning_rate),
@@ -207,6 +212,35 @@ def _targets(model: keras.Model, labels: np.ndarray) -> np.ndarray:
     return labels.astype("float32") if model.output_shape[-1] == 1 else labels.astype("int32")
 
 
-def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """(N, n_classes) probabilities; a single sigmoid output becomes two columns."""
-    return as_class_probabilities(model.predict(images, batch_size=batch_size, verbose=0))
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64,
+                  feature_store: FeatureStore | None = None) -> np.ndarray:
+    """(N, n_classes) probabilities; a single sigmoid output becomes two columns.
+
+    With a `feature_store`, while the classifier's backbone is still entirely frozen (no fine-tune phase ran), the
+    backbone's part comes from the store and only the head runs. A fold's validation images were featurised for its
+    warm-up already, so predicting them is a lookup and a head pass, not a trace and a run of the whole network
+    (tuning trials predict after every epoch). Same probabilities within float tolerance; the store is keyed by the
+    backbone's weights, so a changed backbone is never answered from stale features."""
+    backbone = _frozen_backbone(model) if feature_store is not None and feature_store.max_bytes > 0 else None
+    if backbone is None:
+        return as_class_probabilities(model.predict(images, batch_size=batch_size, verbose=0))
+    features = backbone_features(backbone, images, feature_store, batch_size)
+    return as_class_probabilities(_run_head(head_on_features(model, backbone), features, batch_size))
+
+
+def _frozen_backbone(model: keras.Model) -> keras.Model | None:
+    """The classifier's backbone (its one nested model, see build_classifier) when none of its weights train."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1 or nested[0].trainable_weights:
+        return None
+    return nested[0]
+
+
+def _run_head(head: keras.Model, features: np.ndarray, batch_size: int) -> np.ndarray:
+    """The head called eagerly, batch by batch: a few dense layers, cheaper to run than to trace a predict step for
+    (a new one every fold and epoch). No cache of the head model: a weakref-keyed one swallowed Ctrl-C (an
+    interrupt that lands in a weakref callback during garbage collection is printed and ignored)."""
+    if len(features) == 0:
+        return np.zeros((0, head.output_shape[-1]), "float32")
+    return np.concatenate([keras.ops.convert_to_numpy(head(features[start:start + batch_size], training=False))
+                           for start in range(0, len(features), max(1, batch_size))])

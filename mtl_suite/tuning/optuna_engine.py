@@ -279,8 +279,9 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
                 callbacks = [MlflowTrialCallback(tracker, ctx.metric, say),
                              RecoverDeadTrials(handler, ownerless_grace),
                              optuna.study.MaxTrialsCallback(request.trials, states=FINISHED)]
+                # no gc_after_trial: every fold ends with clear_session(free_memory=True), a gc.collect included
                 study.optimize(make_objective(ctx, tracker, request.max_retry), n_trials=remaining,
-                               timeout=request.timeout, callbacks=callbacks, gc_after_trial=True)
+                               timeout=request.timeout, callbacks=callbacks)
                 _fail_stale(study, storage)
             write_study_artifacts(study, tracker, Path(tmp) / "study", ctx, identity, url)
         except BaseException as exc:

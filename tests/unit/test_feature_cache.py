@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from mtl_suite.config import TrainConfig
-from mtl_suite.models.backbones import build_backbone
+from mtl_suite.models.backbones import build_backbone, set_trainable_top
 from mtl_suite.models.heads import build_classifier
 from mtl_suite.training import features as features_module
+from mtl_suite.training import fit as fit_module
 from mtl_suite.training.features import FeatureStore, backbone_features, feature_key
-from mtl_suite.training.fit import ArrayData, fit_classifier
+from mtl_suite.training.fit import ArrayData, fit_classifier, predict_proba
 
 SIZE = 32
 
@@ -116,6 +117,31 @@ def test_augmentation_or_the_flag_turns_the_cache_off(tmp_path):
                    feature_store=store)
     assert store.entries() == []
 
+
+
+def test_prediction_of_a_frozen_backbone_runs_only_the_head_on_cached_features(tmp_path, monkeypatch):
+    """The fold's validation predictions after a cached warm-up: the features come from the store (no backbone
+    run), the probabilities equal the whole network's; once the backbone is fine-tuned, the whole network runs."""
+    store = FeatureStore(tmp_path, 2**30)
+    train, val = toy_data(3)
+    cfg = TrainConfig(backbone="tiny", weights="none", warmup_epochs=2, finetune_epochs=0, batch_size=8)
+    keras.utils.set_random_seed(0)
+    backbone, _ = build_backbone("tiny", SIZE, "none")
+    model = build_classifier(backbone, "dense_dropout", 3, (8,), 0.2)
+    fit_classifier(model, backbone, train, val, cfg, 3, feature_store=store)  # stores the validation features
+    assert fit_module._frozen_backbone(model) is backbone
+    calls = counting(monkeypatch)
+    whole = predict_proba(model, val.images, 8)
+    on_features = predict_proba(model, val.images, 8, store)
+    assert calls == []  # a lookup: the backbone did not run
+    np.testing.assert_allclose(on_features, whole, rtol=1e-5, atol=1e-6)
+    assert on_features.shape == (len(val), 3)
+
+    set_trainable_top(backbone, 2)  # as a fine-tune phase leaves it
+    assert fit_module._frozen_backbone(model) is None
+    entries = store.entries()
+    np.testing.assert_allclose(predict_proba(model, val.images, 8, store), whole, rtol=1e-5, atol=1e-6)
+    assert store.entries() == entries and calls == []  # the whole network ran; nothing read or written
 
 # --- the disk store ------------------------------------------------------------------------------------------------
 
