@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import mtl_suite  # noqa: F401  (first: sets TensorFlow's environment before a test module imports it)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The read-only real data beside the project (see ../shared/data/README.md); absent on a fresh clone.
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
