@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -333,28 +334,23 @@ def profiled_epochs(classifier, images, labels, batch: int, epochs: int) -> dict
     return {"by_kind": by_kind, "top_op_types": top}
 
 
+# MobileNet layer kinds by op name, first match first: batch-norm and ReLU ops carry their conv block's name too
+LAYER_KINDS = [(re.compile(pattern, flags), kind) for pattern, kind, flags in (
+    (r"conv_dw_\d+_bn|conv_pw_\d+_bn|conv1_bn", "batch norm", 0),
+    (r"conv_dw_\d+_relu|conv_pw_\d+_relu|conv1_relu", "ReLU6", 0),
+    (r"conv_dw_\d+", "depthwise 3x3", 0),
+    (r"conv_pw_\d+", "pointwise 1x1", 0),
+    (r"conv_pad_\d+|conv1_pad", "padding", 0),
+    (r"/conv1", "first 3x3 conv", 0),
+    (r"adam|AssignAdd|AssignSub|AssignVariable", "optimizer", re.I),
+    (r"head_|gap|dense|dropout|loss|binary_crossentropy", "head and loss", re.I),
+)]
+
+
 def _layer_kind(op_name: str) -> str:
     """Which MobileNet layer an op belongs to, from its name (forward and gradient ops alike)."""
-    import re
-
     name = op_name.split(":", 1)[0]
-    if re.search(r"conv_dw_\d+_bn|conv_pw_\d+_bn|conv1_bn", name):
-        return "batch norm"
-    if re.search(r"conv_dw_\d+_relu|conv_pw_\d+_relu|conv1_relu", name):
-        return "ReLU6"
-    if re.search(r"conv_dw_\d+", name):
-        return "depthwise 3x3"
-    if re.search(r"conv_pw_\d+", name):
-        return "pointwise 1x1"
-    if re.search(r"conv_pad_\d+|conv1_pad", name):
-        return "padding"
-    if re.search(r"/conv1", name):
-        return "first 3x3 conv"
-    if re.search(r"adam|AssignAdd|AssignSub|AssignVariable", name, flags=re.I):
-        return "optimizer"
-    if re.search(r"head_|gap|dense|dropout|loss|binary_crossentropy", name, flags=re.I):
-        return "head and loss"
-    return "other"
+    return next((kind for pattern, kind in LAYER_KINDS if pattern.search(name)), "other")
 
 
 # ------------------------------------------------------------------------------------------------ orchestrator --
