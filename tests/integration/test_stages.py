@@ -193,9 +193,6 @@ def test_binary_task_without_a_normal_class_needs_a_mapping(tmp_path):
     assert result.exit_code == 2 and "Pass --normal-class NAME" in result.output
 
 
-
-
-
 def start_run(uri: str, experiment: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mtl_suite", *RESUMABLE, "--tracking-uri", uri,
                              "--experiment", experiment], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -118,7 +118,6 @@ def test_augmentation_or_the_flag_turns_the_cache_off(tmp_path):
     assert store.entries() == []
 
 
-
 def test_prediction_of_a_frozen_backbone_runs_only_the_head_on_cached_features(tmp_path, monkeypatch):
     """The fold's validation predictions after a cached warm-up: the features come from the store (no backbone
     run), the probabilities equal the whole network's; once the backbone is fine-tuned, the whole network runs."""
@@ -132,8 +131,12 @@ def test_prediction_of_a_frozen_backbone_runs_only_the_head_on_cached_features(t
     assert fit_module._frozen_backbone(model) is backbone
     calls = counting(monkeypatch)
     whole = predict_proba(model, val.images, 8)
+    whole_network_runs = []
+    predict = model.predict
+    monkeypatch.setattr(model, "predict", lambda *a, **k: whole_network_runs.append(1) or predict(*a, **k))
     on_features = predict_proba(model, val.images, 8, store)
     assert calls == []  # a lookup: the backbone did not run
+    assert whole_network_runs == []  # nor the classifier: only its head, on the stored features
     np.testing.assert_allclose(on_features, whole, rtol=1e-5, atol=1e-6)
     assert on_features.shape == (len(val), 3)
 
@@ -142,6 +145,8 @@ def test_prediction_of_a_frozen_backbone_runs_only_the_head_on_cached_features(t
     entries = store.entries()
     np.testing.assert_allclose(predict_proba(model, val.images, 8, store), whole, rtol=1e-5, atol=1e-6)
     assert store.entries() == entries and calls == []  # the whole network ran; nothing read or written
+    assert whole_network_runs == [1]
+
 
 # --- the disk store ------------------------------------------------------------------------------------------------
 

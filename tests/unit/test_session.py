@@ -13,13 +13,15 @@ from mtl_suite.training.session import free_models, signals_deferred
 def test_ctrl_c_inside_the_block_is_raised_after_it():
     reached_end = False
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the runner set
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            reached_end = True  # not raised in here, where a gc weakref callback would have swallowed it
-    assert reached_end
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    signal.signal(signal.SIGINT, previous)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                reached_end = True  # not raised in here, where a gc weakref callback would have swallowed it
+        assert reached_end
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_goes_to_the_handler_that_was_installed():
