@@ -20,6 +20,7 @@ from mtl_suite.errors import UserError
 
 DEFAULT_EXPERIMENT = "mtl-suite"
 PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")  # train.precision; see models/precision.py
+EXECUTIONS = ("auto", "graph", "eager")  # train.execution; see training/fit.py:runs_eagerly
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -65,6 +66,7 @@ class TrainConfig:
     feature_cache: bool = True  # warm-up without augmentation: backbone features once, then the head alone
     precision: str = "float32"  # float32 | mixed (float16 on GPU, bfloat16 elsewhere) | mixed_float16 | mixed_bfloat16
     jit_compile: bool = False  # XLA; off by default: on 2 CPU cores compiling costs more than it gains
+    execution: str = "auto"  # auto (short phases eager, long ones traced) | graph | eager
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,9 @@ def validate(config: Any) -> None:
         (t.unfreeze_layers >= 0, "train.unfreeze_layers", "0 or more", t.unfreeze_layers),
         (all(u >= 1 for u in t.dense_units), "train.dense_units", "positive integers", t.dense_units),
         (t.precision in PRECISIONS, "train.precision", f"one of {', '.join(PRECISIONS)}", t.precision),
+        (t.execution in EXECUTIONS, "train.execution", f"one of {', '.join(EXECUTIONS)}", t.execution),
+        (not (t.execution == "eager" and t.jit_compile), "train.execution + train.jit_compile",
+         "compatible: eager steps are never XLA-compiled (use auto or graph)", f"{t.execution} + {t.jit_compile}"),
     ]
     for ok, key, expected, value in checks:
         if not ok:

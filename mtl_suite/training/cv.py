@@ -22,7 +22,7 @@ from mtl_suite.data.splits import Split
 from mtl_suite.training.checkpoint import FitCheckpoint
 from mtl_suite.training.fit import ArrayData, CallbackFactory, feature_store_for, fit_classifier, predict_proba
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
-from mtl_suite.training.session import free_models
+from mtl_suite.training.session import free_models, heap_frozen
 
 ModelFactory = Callable[[], tuple[keras.Model, keras.Model]]  # -> (classifier, its backbone), freshly built
 
@@ -97,22 +97,23 @@ def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_
     observer = observer or SilentObserver()
     completed = completed or {}
     results: list[FoldResult] = []
-    for fold, train_idx, val_idx in split.fold_indices():
-        name = f"fold-{fold}"
-        if name in completed:
-            result = completed[name]
-            if progress:
-                progress(f"{name}: finished by an earlier attempt, reused (accuracy "
-                         f"{result.metrics['accuracy']:.3f})")
-        else:
-            if progress:
-                progress(f"{name}: training on {len(train_idx)} images, validating on {len(val_idx)}")
-            result = _train_fold(name, data, train_idx, val_idx, class_names, model_factory, cfg, observer,
-                                 augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold)
-            if progress:
-                progress(f"{name}: accuracy {result.metrics['accuracy']:.3f}, "
-                         f"macro-F1 {result.metrics['f1_macro']:.3f}")
-        results.append(result)
+    with heap_frozen():  # each finished fold's full garbage collection then walks only what the folds created
+        for fold, train_idx, val_idx in split.fold_indices():
+            name = f"fold-{fold}"
+            if name in completed:
+                result = completed[name]
+                if progress:
+                    progress(f"{name}: finished by an earlier attempt, reused (accuracy "
+                             f"{result.metrics['accuracy']:.3f})")
+            else:
+                if progress:
+                    progress(f"{name}: training on {len(train_idx)} images, validating on {len(val_idx)}")
+                result = _train_fold(name, data, train_idx, val_idx, class_names, model_factory, cfg, observer,
+                                     augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold)
+                if progress:
+                    progress(f"{name}: accuracy {result.metrics['accuracy']:.3f}, "
+                             f"macro-F1 {result.metrics['f1_macro']:.3f}")
+            results.append(result)
     return CVResult([r.metrics for r in results], summarise_folds([r.metrics for r in results]),
                     np.concatenate([r.index for r in results]), np.concatenate([r.proba for r in results]),
                     np.concatenate([np.full(len(r.index), k) for k, r in enumerate(results)]),

@@ -41,8 +41,24 @@ class ArrayData:
         return len(self.labels)
 
 
+# train.execution "auto": a phase of at most this many training steps runs eagerly, a longer one as a traced graph.
+# Tracing costs 0.5-1 s for the head on cached features and 3-7 s for mobilenet_025 training through the backbone,
+# every phase of every fold, since each fold builds a new model; an eager step costs 0.01-0.1 s (head) and about
+# 0.5 s (through the backbone) more than a traced one (2-core reference CPU, benchmarks/RESULTS.md "Execution").
+# Below a dozen steps, which is where the small folds of a tuning study are, tracing is the larger cost.
+EAGER_STEP_LIMIT = 12
+
+
+def runs_eagerly(cfg: TrainConfig, phase_steps: int) -> bool:
+    """Whether a training phase of `phase_steps` optimizer steps runs eagerly. Decided by the phase's whole length,
+    not by what is left of it, so a resumed fit runs the way the interrupted one did."""
+    if cfg.execution == "auto":
+        return not cfg.jit_compile and phase_steps <= EAGER_STEP_LIMIT
+    return cfg.execution == "eager"
+
+
 def compile_for(model: keras.Model, n_classes: int, learning_rate: float, decay_rate: float,
-                steps_per_epoch: int, jit_compile: bool = False) -> None:
+                steps_per_epoch: int, jit_compile: bool = False, run_eagerly: bool = False) -> None:
     schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, decay_steps=max(1, steps_per_epoch),
                                                            decay_rate=decay_rate)
     if model.output_shape[-1] == 1:
@@ -54,6 +70,9 @@ def compile_for(model: keras.Model, n_classes: int, learning_rate: float, decay_
     # MobileNet's training step costs tens of seconds per fold and per phase and gains nothing measurable on 2 cores.
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[accuracy],
                   jit_compile=jit_compile)
+    # Set on the model, not passed to compile(): compile()'s arguments are saved with the model, and a model loaded
+    # for serving should predict through a traced graph whatever its last training phase did.
+    model.run_eagerly = run_eagerly
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -97,7 +116,8 @@ def fit_classifier(
         on_features = unfreeze == 0 and augment is None and cfg.feature_cache
         trained, train_part, val_part = (_features_fit_inputs(model, backbone, train, val, cfg, feature_store)
                                          if on_features else (model, train, val))
-        compile_for(trained, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile)
+        compile_for(trained, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile,
+                    runs_eagerly(cfg, epochs * _steps(train, cfg)))
         if state is not None:
             restore_training_state(trained, state)
             if state.phase_finished:

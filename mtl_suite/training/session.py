@@ -1,8 +1,9 @@
-"""Freeing a finished fold's TensorFlow state without losing Ctrl-C or `kill`."""
+"""Freeing a finished fold's TensorFlow state quickly and without losing Ctrl-C or `kill`."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,20 @@ def free_models() -> None:
     that ran to its end after Ctrl-C). Held here, the signal is delivered again right after, outside the collector."""
     with signals_deferred():
         keras.backend.clear_session(free_memory=True)
+
+
+@contextlib.contextmanager
+def heap_frozen() -> Iterator[None]:
+    """Keep the objects alive on entry (TensorFlow, MLflow and Optuna modules, the loaded images) out of the garbage
+    collector's walks until exit (`gc.freeze`), so that `free_models` after each fold only walks what the folds
+    created: its full collection took about 0.9 s per fold on the 2-core reference machine otherwise, a tenth of a
+    small tuning fold. Frozen objects are never garbage collected while frozen, which is why this is a block and not
+    a process-wide switch. On exit everything is handed back to the collector (also what an inner block froze)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager

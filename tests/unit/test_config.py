@@ -153,6 +153,7 @@ def test_zero_epochs_in_total_is_an_error():
         ("train.precision", "half", "'train.precision' must be one of float32, mixed, mixed_float16"),
         ("train.feature_cache", "yes", "'train.feature_cache' must be true or false"),
         ("train.jit_compile", 1, "'train.jit_compile' must be true or false"),
+        ("train.execution", "lazy", "'train.execution' must be one of auto, graph, eager. Received: 'lazy'"),
     ],
 )
 def test_bad_overrides_are_user_errors(key, value, words):
@@ -161,11 +162,13 @@ def test_bad_overrides_are_user_errors(key, value, words):
 
 
 def test_speed_settings_default_to_the_cpu_choices_and_are_read_from_yaml(tmp_path):
-    assert (ExperimentConfig().train.feature_cache, ExperimentConfig().train.precision,
-            ExperimentConfig().train.jit_compile) == (True, "float32", False)
-    path = write_yaml(tmp_path, "train:\n  feature_cache: false\n  precision: mixed\n  jit_compile: true\n")
+    defaults = ExperimentConfig().train
+    assert (defaults.feature_cache, defaults.precision, defaults.jit_compile, defaults.execution) == (
+        True, "float32", False, "auto")
+    path = write_yaml(tmp_path, "train:\n  feature_cache: false\n  precision: mixed\n  jit_compile: true\n"
+                                "  execution: graph\n")
     train = load_config(path).train
-    assert (train.feature_cache, train.precision, train.jit_compile) == (False, "mixed", True)
+    assert (train.feature_cache, train.precision, train.jit_compile, train.execution) == (False, "mixed", True, "graph")
     bad = write_yaml(tmp_path, "train:\n  precision: fp8\n", "bad.yaml")
     with pytest.raises(UserError) as info:
         load_config(bad)

@@ -59,12 +59,17 @@ def flip(batch, rng):
 
 # 28 training images in batches of 8: 4 batches per epoch. Kill points: mid warm-up (batch 10) and in fine-tuning
 # (two batches before the end, after early stopping ended the warm-up); the augmented path in its first epochs.
+# With train.execution "auto" the 24-step warm-up runs as a traced graph and the 12-step fine-tuning eagerly;
+# "eager" runs the warm-up eagerly too.
 @pytest.mark.slow
-@pytest.mark.parametrize(("augment", "kills"), [(None, ("mid-warmup", "finetune")), (flip, ("early",))],
-                         ids=["cached-warmup", "augmented"])
-def test_resumed_fit_equals_uninterrupted(tmp_path, augment, kills):
+@pytest.mark.parametrize(("augment", "kills", "execution"), [(None, ("mid-warmup", "finetune"), "auto"),
+                                                             (flip, ("early",), "auto"),
+                                                             (None, ("mid-warmup",), "eager")],
+                         ids=["cached-warmup", "augmented", "eager-warmup"])
+def test_resumed_fit_equals_uninterrupted(tmp_path, augment, kills, execution):
     cfg = TrainConfig(backbone="tiny", weights="none", warmup_epochs=6, finetune_epochs=3, unfreeze_layers=2,
-                      batch_size=8, learning_rate=0.3, early_stopping_patience=1, class_weights=True, seed=5)
+                      batch_size=8, learning_rate=0.3, early_stopping_patience=1, class_weights=True, seed=5,
+                      execution=execution)
     store = FeatureStore(tmp_path / "features", 2**30)
     reference_history, reference_weights = fit(cfg, store, augment=augment)
     assert len(reference_history["loss"]) < 9, "early stopping should fire: the test would not cover its state"

@@ -40,3 +40,26 @@ def test_free_models_without_a_signal_changes_no_handler():
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     free_models()
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_the_heap_is_frozen_only_inside_the_block():
+    import gc
+    import weakref
+
+    from mtl_suite.training.session import heap_frozen
+
+    class Node:
+        pass
+
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError):
+        with heap_frozen():
+            assert gc.get_freeze_count() > 0
+            cycle = Node()
+            cycle.self = cycle
+            gone = weakref.ref(cycle)
+            del cycle
+            gc.collect()
+            assert gone() is None, "garbage made inside the block is still collected"
+            raise RuntimeError("a failed fold")
+    assert gc.get_freeze_count() == 0, "an error inside must still hand everything back to the collector"

@@ -1,4 +1,4 @@
-"""The stage commands' speed options (--feature-cache, --precision, --jit-compile) reach TrainConfig; a bad value
+"""The stage commands' speed options (--feature-cache, --precision, --jit-compile, --execution) reach TrainConfig; a bad value
 is a one-line user error naming the key."""
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ def test_speed_options_override_the_train_config(runner, monkeypatch):
 
     monkeypatch.setattr(stage_runs, "run_stage", fake_run_stage)
     monkeypatch.setattr(train_cli, "_mark_runs_killed_on_sigterm", lambda: None)
-    result = runner.invoke(stage_app(), ["stage3", "--no-feature-cache", "--precision", "mixed", "--jit-compile"])
+    result = runner.invoke(stage_app(), ["stage3", "--no-feature-cache", "--precision", "mixed", "--jit-compile",
+                                         "--execution", "graph"])
     assert result.exit_code == 0, result.output
-    assert (seen[0].feature_cache, seen[0].precision, seen[0].jit_compile) == (False, "mixed", True)
+    assert (seen[0].feature_cache, seen[0].precision, seen[0].jit_compile, seen[0].execution) == (
+        False, "mixed", True, "graph")
     result = runner.invoke(stage_app(), ["stage3"])
-    assert (seen[1].feature_cache, seen[1].precision, seen[1].jit_compile) == (True, "float32", False)
+    assert (seen[1].feature_cache, seen[1].precision, seen[1].jit_compile, seen[1].execution) == (
+        True, "float32", False, "auto")
 
 
 def test_unknown_precision_names_the_key(runner, monkeypatch):
@@ -37,3 +40,11 @@ def test_unknown_precision_names_the_key(runner, monkeypatch):
     result = runner.invoke(stage_app(), ["stage3", "--precision", "half"])
     assert result.exit_code == 2
     assert "command line: 'train.precision' must be one of float32, mixed, mixed_float16, mixed_bfloat16" in result.output
+
+
+def test_eager_execution_with_xla_is_refused_in_one_line(runner, monkeypatch):
+    monkeypatch.setattr(train_cli, "_mark_runs_killed_on_sigterm", lambda: None)
+    result = runner.invoke(stage_app(), ["stage3", "--execution", "eager", "--jit-compile"])
+    assert result.exit_code == 2
+    assert ("command line: 'train.execution + train.jit_compile' must be compatible: eager steps are never "
+            "XLA-compiled (use auto or graph). Received: 'eager + True'") in result.output

@@ -1,0 +1,87 @@
+"""train.execution: short training phases run eagerly (no tracing), long ones as traced graphs, and either way the
+fit gives the same results."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from mtl_suite.config import TrainConfig
+from mtl_suite.models.backbones import build_backbone
+from mtl_suite.models.heads import build_classifier
+from mtl_suite.training.features import FeatureStore
+from mtl_suite.training.fit import EAGER_STEP_LIMIT, ArrayData, compile_for, fit_classifier, runs_eagerly
+
+SIZE = 32
+
+
+def test_auto_runs_a_phase_eagerly_up_to_the_step_limit():
+    auto = TrainConfig()
+    assert runs_eagerly(auto, 1) and runs_eagerly(auto, EAGER_STEP_LIMIT)
+    assert not runs_eagerly(auto, EAGER_STEP_LIMIT + 1)
+    assert not runs_eagerly(dataclasses.replace(auto, jit_compile=True), 1), "XLA asked for: compile, even if short"
+    assert not runs_eagerly(dataclasses.replace(auto, execution="graph"), 1)
+    assert runs_eagerly(dataclasses.replace(auto, execution="eager"), 10 * EAGER_STEP_LIMIT)
+
+
+class PhaseModes(keras.callbacks.Callback):
+    """Records, per phase, how the model that actually trained was set to run (its run_eagerly, which Keras's fit
+    reads when it builds the training step)."""
+
+    def __init__(self, phase: str, seen: dict):
+        super().__init__()
+        self.phase, self.seen = phase, seen
+
+    def on_train_begin(self, logs=None):
+        self.seen[self.phase] = "eager" if self.model.run_eagerly else "graph"
+
+
+def fit(execution: str, tmp_path, warmup_epochs: int = 3, feature_cache: bool = True):
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 3
+    images = (rng.integers(0, 120, (40, SIZE, SIZE, 3)) + labels[:, None, None, None] * 60).astype(np.uint8)
+    train, val = ArrayData(images[:28], labels[:28]), ArrayData(images[28:], labels[28:])
+    # 28 images in batches of 8: 4 steps per epoch, so the warm-up is 12 steps (at the limit) or 16 (above it)
+    cfg = TrainConfig(backbone="tiny", weights="none", warmup_epochs=warmup_epochs, finetune_epochs=2,
+                      unfreeze_layers=2, batch_size=8, learning_rate=0.1, seed=3, execution=execution,
+                      feature_cache=feature_cache)
+    keras.utils.set_random_seed(cfg.seed)
+    backbone, _ = build_backbone("tiny", SIZE, "none")
+    model = build_classifier(backbone, "dense_dropout", 3, (16,), 0.5)  # dropout: same draws in both modes
+    seen: dict[str, str] = {}
+    history = fit_classifier(model, backbone, train, val, cfg, 3, lambda phase, first: [PhaseModes(phase, seen)],
+                             feature_store=FeatureStore(tmp_path / "features", 2**30))
+    return history, model.get_weights(), seen
+
+
+@pytest.mark.parametrize(("warmup_epochs", "feature_cache"), [(3, True), (4, False)],
+                         ids=["cached-12-step-warmup", "uncached-16-step-warmup"])
+def test_eager_and_graph_fits_give_the_same_results(tmp_path, warmup_epochs, feature_cache):
+    graph_history, graph_weights, graph_modes = fit("graph", tmp_path, warmup_epochs, feature_cache)
+    eager_history, eager_weights, eager_modes = fit("eager", tmp_path, warmup_epochs, feature_cache)
+    auto_history, auto_weights, auto_modes = fit("auto", tmp_path, warmup_epochs, feature_cache)
+    modes = [graph_modes, eager_modes, auto_modes]
+    assert [m["finetune"] for m in modes] == ["graph", "eager", "eager"]
+    if not feature_cache:  # a cached warm-up's callbacks see the classifier, not the head model that trains
+        auto_warmup = "eager" if warmup_epochs * 4 <= EAGER_STEP_LIMIT else "graph"
+        assert [m["warmup"] for m in modes] == ["graph", "eager", auto_warmup]
+    for history, weights in ((eager_history, eager_weights), (auto_history, auto_weights)):
+        assert history.keys() == graph_history.keys()
+        for key in graph_history:
+            np.testing.assert_allclose(history[key], graph_history[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        for got, want in zip(weights, graph_weights, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_trained_eagerly_is_not_saved_as_eager(tmp_path):
+    """Serving loads the saved model: its predictions must run through a traced graph, whatever training did."""
+    backbone, _ = build_backbone("tiny", SIZE, "none")
+    model = build_classifier(backbone, "dense_dropout", 3, (16,), 0.5)
+    compile_for(model, 3, 1e-3, 0.9, 4, run_eagerly=True)
+    assert model.run_eagerly
+    model.optimizer.build(model.trainable_variables)  # as after training: saved with its state
+    model.save(tmp_path / "model.keras")
+    assert not keras.models.load_model(tmp_path / "model.keras").run_eagerly
