@@ -41,19 +41,22 @@ class ArrayData:
         return len(self.labels)
 
 
-# train.execution "auto": a phase of at most this many training steps runs eagerly, a longer one as a traced graph.
-# Tracing costs 0.5-1 s for the head on cached features and 3-7 s for mobilenet_025 training through the backbone,
-# every phase of every fold, since each fold builds a new model; an eager step costs 0.01-0.1 s (head) and about
-# 0.5 s (through the backbone) more than a traced one (2-core reference CPU, benchmarks/RESULTS.md "Execution").
-# Below a dozen steps, which is where the small folds of a tuning study are, tracing is the larger cost.
-EAGER_STEP_LIMIT = 12
+# train.execution "auto": the most optimizer steps a phase runs eagerly; a longer phase is traced. Every fold builds
+# a new model, so every phase of every fold pays for tracing again. Break-even phase lengths measured with
+# benchmarks/bench_execution.py (mobilenet_025, 128 px, batch 16, 2-core reference CPU): 16 steps for the head on
+# cached features (tracing 0.5 s), 7 with the backbone frozen and 11 fine-tuning it (tracing 1-5 s, each eager step
+# through the backbone about 0.5 s slower). A larger backbone makes both tracing and eager steps dearer, so the
+# break-even moves little.
+EAGER_STEP_LIMITS = {"features": 16, "images": 8}
 
 
-def runs_eagerly(cfg: TrainConfig, phase_steps: int) -> bool:
-    """Whether a training phase of `phase_steps` optimizer steps runs eagerly. Decided by the phase's whole length,
-    not by what is left of it, so a resumed fit runs the way the interrupted one did."""
+def runs_eagerly(cfg: TrainConfig, phase_steps: int, on_features: bool = False) -> bool:
+    """Whether a training phase of `phase_steps` optimizer steps runs eagerly (`on_features`: the head alone trains
+    on cached backbone features). Decided by the phase's whole length, not by what is left of it, so a resumed fit
+    runs the way the interrupted one did."""
     if cfg.execution == "auto":
-        return not cfg.jit_compile and phase_steps <= EAGER_STEP_LIMIT
+        limit = EAGER_STEP_LIMITS["features" if on_features else "images"]
+        return not cfg.jit_compile and phase_steps <= limit
     return cfg.execution == "eager"
 
 
@@ -117,7 +120,7 @@ def fit_classifier(
         trained, train_part, val_part = (_features_fit_inputs(model, backbone, train, val, cfg, feature_store)
                                          if on_features else (model, train, val))
         compile_for(trained, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile,
-                    runs_eagerly(cfg, epochs * _steps(train, cfg)))
+                    runs_eagerly(cfg, epochs * _steps(train, cfg), on_features))
         if state is not None:
             restore_training_state(trained, state)
             if state.phase_finished:
