@@ -21,11 +21,11 @@ def policy_name(precision: str) -> str:
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}. Expected one of: {', '.join(PRECISIONS)}")
     if precision == "mixed":
-        return "mixed_float16" if _has_gpu() else "mixed_bfloat16"
+        return "mixed_float16" if gpu_available() else "mixed_bfloat16"
     return precision
 
 
-def _has_gpu() -> bool:
+def gpu_available() -> bool:
     backend = keras.backend.backend()  # the suite runs on TensorFlow; Keras code also runs on JAX and torch
     if backend == "tensorflow":
         import tensorflow as tf
