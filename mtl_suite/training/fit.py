@@ -44,9 +44,9 @@ class ArrayData:
 # train.execution "auto": the most optimizer steps a phase runs eagerly; a longer phase is traced. Every fold builds
 # a new model, so every phase of every fold pays for tracing again. Break-even phase lengths measured with
 # benchmarks/bench_execution.py (mobilenet_025, 128 px, batch 16, 2-core reference CPU): 16 steps for the head on
-# cached features (tracing 0.5 s), 7 with the backbone frozen and 11 fine-tuning it (tracing 1-5 s, each eager step
-# through the backbone about 0.5 s slower). A larger backbone makes both tracing and eager steps dearer, so the
-# break-even moves little.
+# cached features (tracing about 0.8 s), 7 with the backbone frozen and 11 fine-tuning it (tracing 3.4-7.5 s, each
+# eager step through the backbone 0.35-0.5 s slower). A larger backbone makes both tracing and eager steps dearer,
+# so the break-even moves little.
 EAGER_STEP_LIMITS = {"features": 16, "images": 8}
 
 
