@@ -89,9 +89,10 @@ def stage_command(stage: str):
                              "elsewhere; float32 output), mixed_float16, mixed_bfloat16.")] = _T.precision,
         jit_compile: Annotated[bool, typer.Option("--jit-compile/--no-jit-compile", help="XLA-compile training "
                                "steps (worth it on a GPU; off by default).")] = _T.jit_compile,
-        execution: Annotated[str, typer.Option("--execution", help="auto: a training phase of at most a dozen "
-                             "steps runs eagerly (tracing it would cost more), a longer one as a traced graph; "
-                             "graph; eager.")] = _T.execution,
+        execution: Annotated[str, typer.Option("--execution", help="auto: a short training phase (at most 16 "
+                             "steps of the head on cached features, 8 through the backbone) runs eagerly, since "
+                             "tracing it would cost more, a longer one as a traced graph; or graph; or eager.")
+                             ] = _T.execution,
         data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
         parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run id of the previous stage. "
                               "Default: its newest finished run with this backbone.", show_default=False)] = None,

@@ -27,8 +27,8 @@ def free_models() -> None:
 def heap_frozen() -> Iterator[None]:
     """Keep the objects alive on entry (TensorFlow, MLflow and Optuna modules, the loaded images) out of the garbage
     collector's walks until exit (`gc.freeze`), so that `free_models` after each fold only walks what the folds
-    created: its full collection took about 0.9 s per fold on the 2-core reference machine otherwise, a tenth of a
-    small tuning fold. Frozen objects are never garbage collected while frozen, which is why this is a block and not
+    created: its full collection took 0.4-0.9 s per fold on the 2-core reference machine otherwise and 0.1 s with it,
+    against 3-7 s for a whole small tuning fold. Frozen objects are never garbage collected while frozen, which is why this is a block and not
     a process-wide switch. On exit everything is handed back to the collector (also what an inner block froze)."""
     gc.freeze()
     try:

@@ -65,7 +65,7 @@ def flip(batch, rng):
 @pytest.mark.parametrize(("augment", "kills", "execution"), [(None, ("mid-warmup", "finetune"), "auto"),
                                                              (flip, ("early",), "auto"),
                                                              (None, ("mid-warmup", "finetune"), "eager")],
-                         ids=["cached-warmup", "augmented", "eager-warmup"])
+                         ids=["cached-warmup", "augmented", "eager"])
 def test_resumed_fit_equals_uninterrupted(tmp_path, augment, kills, execution):
     cfg = TrainConfig(backbone="tiny", weights="none", warmup_epochs=6, finetune_epochs=3, unfreeze_layers=2,
                       batch_size=8, learning_rate=0.3, early_stopping_patience=1, class_weights=True, seed=5,
