@@ -119,8 +119,9 @@ def fit_classifier(
         on_features = unfreeze == 0 and augment is None and cfg.feature_cache
         trained, train_part, val_part = (_features_fit_inputs(model, backbone, train, val, cfg, feature_store)
                                          if on_features else (model, train, val))
-        compile_for(trained, n_classes, learning_rate, cfg.decay_rate, _steps(train, cfg), cfg.jit_compile,
-                    runs_eagerly(cfg, epochs * _steps(train, cfg), on_features))
+        steps = _steps(train, cfg)
+        compile_for(trained, n_classes, learning_rate, cfg.decay_rate, steps, cfg.jit_compile,
+                    runs_eagerly(cfg, epochs * steps, on_features))
         if state is not None:
             restore_training_state(trained, state)
             if state.phase_finished:

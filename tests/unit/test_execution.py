@@ -12,6 +12,7 @@ import pytest
 from mtl_suite.config import TrainConfig
 from mtl_suite.models.backbones import build_backbone
 from mtl_suite.models.heads import build_classifier
+from mtl_suite.training import fit as fit_module
 from mtl_suite.training.features import FeatureStore
 from mtl_suite.training.fit import EAGER_STEP_LIMITS, ArrayData, compile_for, fit_classifier, runs_eagerly
 
@@ -29,19 +30,21 @@ def test_auto_runs_a_phase_eagerly_up_to_the_step_limit():
     assert runs_eagerly(dataclasses.replace(auto, execution="eager"), 1000)
 
 
-class PhaseModes(keras.callbacks.Callback):
-    """Records, per phase, how the model that actually trained was set to run (its run_eagerly, which Keras's fit
-    reads when it builds the training step)."""
+def record_compiled_modes(monkeypatch) -> list[tuple[str, str]]:
+    """(model name, execution) of every model fit_classifier compiles, in order: "head" is the head trained on
+    cached features, "classifier" the whole network. Wraps the real compile_for; nothing else changes."""
+    seen: list[tuple[str, str]] = []
+    real = fit_module.compile_for
 
-    def __init__(self, phase: str, seen: dict):
-        super().__init__()
-        self.phase, self.seen = phase, seen
+    def recording(model, *args, **kwargs):
+        real(model, *args, **kwargs)
+        seen.append((model.name, "eager" if model.run_eagerly else "graph"))
 
-    def on_train_begin(self, logs=None):
-        self.seen[self.phase] = "eager" if self.model.run_eagerly else "graph"
+    monkeypatch.setattr(fit_module, "compile_for", recording)
+    return seen
 
 
-def fit(execution: str, tmp_path, warmup_epochs: int = 3, feature_cache: bool = True):
+def fit(execution: str, tmp_path, monkeypatch, warmup_epochs: int = 3, feature_cache: bool = True):
     rng = np.random.default_rng(0)
     labels = np.arange(40) % 3
     images = (rng.integers(0, 120, (40, SIZE, SIZE, 3)) + labels[:, None, None, None] * 60).astype(np.uint8)
@@ -54,22 +57,26 @@ def fit(execution: str, tmp_path, warmup_epochs: int = 3, feature_cache: bool = 
     keras.utils.set_random_seed(cfg.seed)
     backbone, _ = build_backbone("tiny", SIZE, "none")
     model = build_classifier(backbone, "dense_dropout", 3, (16,), 0.5)  # dropout: same draws in both modes
-    seen: dict[str, str] = {}
-    history = fit_classifier(model, backbone, train, val, cfg, 3, lambda phase, first: [PhaseModes(phase, seen)],
-                             feature_store=FeatureStore(tmp_path / "features", 2**30))
+    with monkeypatch.context() as patch:
+        seen = record_compiled_modes(patch)
+        history = fit_classifier(model, backbone, train, val, cfg, 3,
+                                 feature_store=FeatureStore(tmp_path / "features", 2**30))
     return history, model.get_weights(), seen
 
 
 @pytest.mark.parametrize(("warmup_epochs", "feature_cache"), [(3, True), (4, False)],
                          ids=["cached-12-step-warmup", "uncached-16-step-warmup"])
-def test_eager_and_graph_fits_give_the_same_results(tmp_path, warmup_epochs, feature_cache):
-    graph_history, graph_weights, graph_modes = fit("graph", tmp_path, warmup_epochs, feature_cache)
-    eager_history, eager_weights, eager_modes = fit("eager", tmp_path, warmup_epochs, feature_cache)
-    auto_history, auto_weights, auto_modes = fit("auto", tmp_path, warmup_epochs, feature_cache)
-    modes = [graph_modes, eager_modes, auto_modes]
-    assert [m["finetune"] for m in modes] == ["graph", "eager", "eager"]
-    if not feature_cache:  # a cached warm-up's callbacks see the classifier, not the head model that trains
-        assert [m["warmup"] for m in modes] == ["graph", "eager", "graph"]
+def test_eager_and_graph_fits_give_the_same_results(tmp_path, monkeypatch, warmup_epochs, feature_cache):
+    graph_history, graph_weights, graph_modes = fit("graph", tmp_path, monkeypatch, warmup_epochs, feature_cache)
+    eager_history, eager_weights, eager_modes = fit("eager", tmp_path, monkeypatch, warmup_epochs, feature_cache)
+    auto_history, auto_weights, auto_modes = fit("auto", tmp_path, monkeypatch, warmup_epochs, feature_cache)
+    warmup_model = "head" if feature_cache else "classifier"
+    # (warm-up, fine-tuning): under auto the 12-step warm-up on features runs eagerly, the 16-step one on images is
+    # traced, and the 8-step fine-tuning (at the limit through the backbone) runs eagerly
+    auto_warmup = "eager" if feature_cache else "graph"
+    assert graph_modes == [(warmup_model, "graph"), ("classifier", "graph")]
+    assert eager_modes == [(warmup_model, "eager"), ("classifier", "eager")]
+    assert auto_modes == [(warmup_model, auto_warmup), ("classifier", "eager")]
     for history, weights in ((eager_history, eager_weights), (auto_history, auto_weights)):
         assert history.keys() == graph_history.keys()
         for key in graph_history:
