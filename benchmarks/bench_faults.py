@@ -128,7 +128,7 @@ def run_stage_faults(kills: int, seed: int, workdir: Path) -> dict:
 def _startup_seconds(env: dict[str, str]) -> float:
     """How long the command takes to start (imports) before it does any work: kills before then test nothing."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import mtl_suite.tracking.stage_runs"], env=env, cwd=REPO,
+    subprocess.run([sys.executable, "-c", "import mtl_suite.workflows.stage"], env=env, cwd=REPO,
                    capture_output=True, check=True)
     return time.perf_counter() - started
 

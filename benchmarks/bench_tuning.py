@@ -59,8 +59,8 @@ def main() -> None:
     data, masks = subset(Path(args.data), Path(args.masks), args.per_class, args.seed, out / "data")
 
     from mtl_suite.config import load_config
-    from mtl_suite.tracking.stage_runs import StageRequest, run_stage
-    from mtl_suite.tuning.api import TuneRequest, tune
+    from mtl_suite.workflows.stage import StageRequest, run_stage
+    from mtl_suite.workflows.tune import TuneRequest, tune
 
     base = load_config(None, {"data.path": str(data), "data.masks": str(masks), "data.image_size": args.image_size,
                               "train.backbone": args.backbone, "train.weights": "imagenet",

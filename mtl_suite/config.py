@@ -22,6 +22,9 @@ DEFAULT_EXPERIMENT = "mtl-suite"
 PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")  # train.precision; see models/precision.py
 EXECUTIONS = ("auto", "graph", "eager")  # train.execution; see training/fit.py:runs_eagerly
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_MODEL_NAME = "mtl-all-classifier"  # the registered model `promote` writes and `predict`/`serve` read
+CHAMPION_ALIAS, PREVIOUS_ALIAS = "champion", "previous"  # registry aliases: the served version, the one before it
+DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class TrainConfig:
     class_weights: bool = True
     augment: str = "none"
     seed: int = 42
-    # Speed (issue 9); none of these changes the results beyond float rounding.
+    # Speed; none of these changes the results beyond float rounding.
     feature_cache: bool = True  # warm-up without augmentation: backbone features once, then the head alone
     precision: str = "float32"  # float32 | mixed (float16 on GPU, bfloat16 elsewhere) | mixed_float16 | mixed_bfloat16
     jit_compile: bool = False  # XLA; off by default: on 2 CPU cores compiling costs more than it gains

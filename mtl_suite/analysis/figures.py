@@ -1,5 +1,5 @@
 """Figures for comparisons and reports (matplotlib, files only). Each function writes one PNG and returns its path.
-Kept apart from training/plots.py, whose figures are logged by every stage run."""
+plots.py holds the figures every stage run logs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtl_suite.training.plots import save_figure  # noqa: E402
+from mtl_suite.analysis.plots import save_figure  # noqa: E402
 
 
 def paired_box_strip_png(values: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,

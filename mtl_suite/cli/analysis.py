@@ -9,29 +9,29 @@ from typing import Annotated, Optional
 
 import typer
 
+from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, Experiment, Quiet, TrackingUri, explicit_options, handle_user_errors, say,
+    AllowOutsideRoot, Experiment, Quiet, TrackingUri, backbone_help, config_keys, explicit_options,
+    handle_user_errors, mark_runs_killed_on_sigterm, say, study_overrides, typed,
 )
-from mtl_suite.config import DataConfig, TrainConfig, load_config
+from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
+from mtl_suite.models.backbones import get_backbone_spec
 
 _D, _T = DataConfig(), TrainConfig()
 
-COMPARE_OPTION_KEYS = {
-    "data": "data.path", "allow_outside_root": "data.allow_outside_root", "masks": "data.masks",
-    "image_size": "data.image_size", "folds": "data.folds",
-    "test_fraction": "data.test_fraction", "data_seed": "data.seed", "backbone": "train.backbone",
-    "weights": "train.weights", "epochs": "train.warmup_epochs", "finetune_epochs": "train.finetune_epochs",
-    "batch_size": "train.batch_size", "learning_rate": "train.learning_rate", "augment": "train.augment",
-    "seed": "train.seed", "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
-}
+COMPARE_OPTION_KEYS = config_keys(
+    "data", "allow_outside_root", "masks", "image_size", "folds", "test_fraction", "data_seed", "backbone", "weights",
+    "epochs", "finetune_epochs", "batch_size", "learning_rate", "augment", "seed", "tracking_uri", "experiment",
+)
 
 
 @handle_user_errors
 def compare(
     ctx: typer.Context,
-    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone of both arms.")] = _T.backbone,
-    task: Annotated[str, typer.Option("--task", help="binary or multiclass.")] = "multiclass",
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help=backbone_help("Backbone of both arms: "))
+                        ] = _T.backbone,
+    task: Annotated[str, typer.Option("--task", help="binary or multiclass.")] = Task.MULTICLASS.value,
     runs: Annotated[int, typer.Option("--runs", "-n", help="Paired runs per arm (paper: 10); at least 2.")] = 10,
     folds: Annotated[int, typer.Option("--folds", help="CV folds inside every run.")] = _D.folds,
     params_from_study: Annotated[Optional[str], typer.Option("--params-from-study", help="Train both arms with the "
@@ -62,7 +62,7 @@ def compare(
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Where compare-<backbone>-<task>-<date>.md "
                                              "and its plot go.")] = Path("reports"),
     tracking_uri: TrackingUri = None,
-    experiment: Experiment = "mtl-suite",
+    experiment: Experiment = DEFAULT_EXPERIMENT,
     quiet: Quiet = False,
 ) -> None:
     """Classical TL vs multistage TL: N paired runs each (same seed and split per pair), then paired, Welch and
@@ -71,14 +71,12 @@ def compare(
         raise UserError(f"--runs must be at least 2: a t-test needs two or more paired runs. Received: {runs}")
     overrides = explicit_options(ctx, COMPARE_OPTION_KEYS)
     if params_from_study:  # a stage-3 study's best trial; both arms train with it (typed options still win)
-        from mtl_suite.cli.tune import study_overrides
-
-        overrides, task, _ = study_overrides(ctx, "stage3", params_from_study, storage, overrides, task)
+        overrides, task, _ = study_overrides(ctx, Stage.STAGE3.value, params_from_study, storage, overrides, task)
     cfg = load_config(config, overrides)
-    from mtl_suite.cli.train import _mark_runs_killed_on_sigterm
-    from mtl_suite.tracking.comparison import CompareRequest, run_comparison
+    get_backbone_spec(cfg.train.backbone)  # an unknown name fails here, listing the valid ones
+    from mtl_suite.workflows.compare import CompareRequest, run_comparison
 
-    _mark_runs_killed_on_sigterm()
+    mark_runs_killed_on_sigterm()
     command = command_line(ctx)
     run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,
                                   report_dir=report_dir, command=command, study=params_from_study, quiet=quiet),
@@ -88,16 +86,16 @@ def compare(
 def command_line(ctx: typer.Context) -> str:
     """The command as typed (options the user gave, defaults left out), rebuilt from click's parse so it is right
     in-process too."""
-    from click.core import ParameterSource
-
     parts = ["mtl-suite", ctx.info_name or "compare"]
     for param in ctx.command.params:
-        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None) or not param.opts:
+        if not param.opts or not typed(ctx, param.name):
             continue
         value = ctx.params[param.name]
         if isinstance(value, bool):
             if value:
                 parts.append(param.opts[0])
+            elif getattr(param, "secondary_opts", None):  # --x/--no-x typed as --no-x
+                parts.append(param.secondary_opts[0])
             continue
         parts += [param.opts[0], shlex.quote(str(value))]
     return " ".join(parts)
@@ -105,7 +103,7 @@ def command_line(ctx: typer.Context) -> str:
 
 @handle_user_errors
 def report(
-    experiment: Experiment = "mtl-suite",
+    experiment: Experiment = DEFAULT_EXPERIMENT,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. Default: reports/<experiment>-<date>.",
                                                 show_default=False)] = None,
     gradcam_per_class: Annotated[int, typer.Option("--gradcam-per-class", help="Correct and wrong test images "
@@ -115,7 +113,7 @@ def report(
 ) -> None:
     """The paper's tables and figures (Tables II-IV, Figs. 9-11) plus calibration, a colour-histogram shortcut check
     and Grad-CAM overlays, built from the runs in MLflow: report.md and a self-contained report.html."""
-    from mtl_suite.tracking.report_data import build_report
+    from mtl_suite.workflows.report import build_report
 
     paths = build_report(experiment, tracking_uri, out, gradcam_per_class=gradcam_per_class,
                          say=lambda message: say(message, quiet))

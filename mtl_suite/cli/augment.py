@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from mtl_suite.cli.common import DataPath, handle_user_errors
-from mtl_suite.cli.imaging_options import image_files
+from mtl_suite.cli.imaging_options import image_files, write_png
 from mtl_suite.data import resolve_data_path
 from mtl_suite.data.images import read_resized
 
@@ -31,7 +31,6 @@ def preview(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """A PNG grid: each row is an original followed by augmented copies."""
-    from mtl_suite.cli.preprocess import write_png
     from mtl_suite.imaging.augment import build_transform, preview_grid
 
     build_transform(policy, strength)  # a bad policy fails before any image is read

@@ -1,15 +1,18 @@
-"""Options shared by the imaging commands (preprocess, segment, augment)."""
+"""Options and file helpers shared by the imaging commands (preprocess, segment, augment)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Iterator
 
+import cv2
+import numpy as np
 import typer
 
 from mtl_suite.data.images import is_image_file
 from mtl_suite.errors import UserError
 from mtl_suite.imaging.roi import RoiParams
+from mtl_suite.io_utils import atomic_path
 
 Red = Annotated[int, typer.Option("--red", help="ROI red offset (paper: 88).")]
 Green = Annotated[int, typer.Option("--green", help="ROI green offset (paper: 41).")]
@@ -43,3 +46,11 @@ def image_files(path: Path) -> Iterator[Path]:
 
 def relative_name(path: Path, root: Path) -> Path:
     return Path(path.name) if root.is_file() else path.relative_to(root)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """An RGB or single-channel uint8 image as PNG, written atomically (a killed command leaves no half file)."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, encoded = cv2.imencode(".png", bgr)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())

@@ -5,27 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import cv2
 import numpy as np
 import typer
 
 from mtl_suite.cli.common import Quiet, handle_user_errors, progress_printer, say
 from mtl_suite.cli.imaging_options import (Blue, Green, OffsetMode, Red, Threshold, image_files, relative_name,
-                                           roi_params)
+                                           roi_params, write_png)
 from mtl_suite.data.images import read_rgb
 from mtl_suite.errors import BadImageError, UserError
 from mtl_suite.imaging.roi import apply_mask, clean_mask, contact_sheet, roi_mask
-from mtl_suite.io_utils import atomic_path
 from mtl_suite.paths import SAMPLE_IMAGES
 
 SHEET_NAME = "contact_sheet.png"
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    ok, encoded = cv2.imencode(".png", bgr)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
 
 
 @handle_user_errors

@@ -16,10 +16,9 @@ from typing import Annotated, Optional
 import typer
 
 from mtl_suite.cli.common import Experiment, Quiet, TrackingUri, handle_user_errors, progress_printer, say
+from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME as DEFAULT_NAME, DEFAULT_MODEL_URI as DEFAULT_MODEL
 from mtl_suite.errors import UserError
 
-DEFAULT_NAME = "mtl-all-classifier"
-DEFAULT_MODEL = f"models:/{DEFAULT_NAME}@champion"
 FORMATS = ("table", "csv", "json")
 
 ModelUri = Annotated[str, typer.Option("--model", "-m", help="Model URI: models:/<name>@<alias>, models:/<name>/<version>, "
@@ -42,11 +41,11 @@ def promote(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Promote even if worse than the current champion.")] = False,
     tracking_uri: TrackingUri = None,
-    experiment: Experiment = "mtl-suite",
+    experiment: Experiment = DEFAULT_EXPERIMENT,
     quiet: Quiet = False,
 ) -> None:
     """Register the best finished stage-3 run's model (as a pyfunc taking raw images) with alias 'champion'."""
-    from mtl_suite.tracking.registry import PromoteRequest, promote as run_promote
+    from mtl_suite.workflows.promote import PromoteRequest, promote as run_promote
 
     experiment_ids = _experiment_ids(tracking_uri, experiment, all_experiments)
     outcome = run_promote(PromoteRequest(experiment_ids=experiment_ids, stage=stage, task=task, metric=metric,

@@ -12,7 +12,7 @@ import typer
 from mtl_suite.cli.common import (DataPath, Experiment, Layout, Quiet, TrackingUri, handle_user_errors,
                                   progress_printer, say)
 from mtl_suite.cli.imaging_options import (Blue, Green, OffsetMode, Red, Threshold, image_files, relative_name,
-                                           roi_params)
+                                           roi_params, write_png)
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.data import default_masks_for, resolve_data_path
 from mtl_suite.errors import UserError
@@ -53,7 +53,7 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train the residual U-Net (BCE + Dice) on a leakage-safe split, as an MLflow run."""
-    from mtl_suite.tracking.segmentation import SegTrainOptions, train_segmentation
+    from mtl_suite.workflows.segment import SegTrainOptions, train_segmentation
 
     masks = masks if masks is not None or mask_kind == "roi" else default_masks_for(path)
     options = SegTrainOptions(
@@ -80,7 +80,7 @@ def evaluate(
     quiet: Quiet = False,
 ) -> None:
     """Dice/IoU per image on the run's held-out test part; WBC box recall for U-Net and ROI method (--voc)."""
-    from mtl_suite.tracking.segmentation import evaluate_segmentation
+    from mtl_suite.workflows.segment import evaluate_segmentation
 
     eval_id, metrics = evaluate_segmentation(run_id, tracking_uri, experiment, str(voc) if voc else None,
                                              min_area_fraction, lambda m: say(m, quiet))
@@ -107,11 +107,10 @@ def predict(
     quiet: Quiet = False,
 ) -> None:
     """Masks for new images with a trained U-Net (any size; predicted at the training size)."""
-    from mtl_suite.cli.preprocess import write_png
     from mtl_suite.data.images import read_rgb
     from mtl_suite.imaging.roi import isolate_wbc
     from mtl_suite.imaging.segment import unet_masks
-    from mtl_suite.tracking.segmentation import load_trained
+    from mtl_suite.workflows.segment import load_trained
 
     root = path or resolve_data_path(None)
     files = list(image_files(root))
@@ -185,7 +184,7 @@ def crops(
     if method == "unet":
         if not run_id:
             raise UserError("--method unet needs --run-id of a `segment train` run")
-        from mtl_suite.tracking.segmentation import load_trained
+        from mtl_suite.workflows.segment import load_trained
 
         trained = load_trained(run_id, tracking_uri, experiment)
         loader = (trained.model, trained.size)

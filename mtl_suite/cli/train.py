@@ -1,47 +1,29 @@
 """`mtl-suite stage1|stage2|stage3|classical`: one MLflow run per stage, nested runs per CV fold.
 
-The four commands share one option set; each option overrides the same key of the --config file."""
+The stage commands (one per entry of catalog.STAGES) share one option set; each option overrides the same key of
+the --config file."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from mtl_suite.catalog import STAGES, StagePlan, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, Experiment, Layout, Quiet, TrackingUri, explicit_options, handle_user_errors, say,
+    CONFIG_KEYS, AllowOutsideRoot, Experiment, Layout, Quiet, TrackingUri, backbone_help, explicit_options,
+    handle_user_errors, mark_runs_killed_on_sigterm, parse_units, say, study_overrides,
 )
-from mtl_suite.config import DataConfig, TrainConfig, load_config
+from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
+from mtl_suite.models.backbones import get_backbone_spec
 
 _D, _T = DataConfig(), TrainConfig()
 
-# option name -> config key; only options the user typed override the config file
-OPTION_KEYS = {
-    "data": "data.path", "layout": "data.layout", "masks": "data.masks", "image_size": "data.image_size",
-    "cell_size": "data.cell_size", "allow_outside_root": "data.allow_outside_root",
-    "folds": "data.folds", "test_fraction": "data.test_fraction", "data_seed": "data.seed",
-    "backbone": "train.backbone", "weights": "train.weights", "epochs": "train.warmup_epochs",
-    "finetune_epochs": "train.finetune_epochs", "unfreeze_layers": "train.unfreeze_layers",
-    "batch_size": "train.batch_size", "learning_rate": "train.learning_rate",
-    "finetune_learning_rate": "train.finetune_learning_rate", "decay_rate": "train.decay_rate",
-    "dense_units": "train.dense_units", "dropout": "train.dropout",
-    "early_stopping_patience": "train.early_stopping_patience", "augment": "train.augment", "seed": "train.seed",
-    "feature_cache": "train.feature_cache", "precision": "train.precision", "jit_compile": "train.jit_compile",
-    "execution": "train.execution",
-    "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
-}
 
-STAGE_HELP = {
-    "stage1": "Stage 1: ImageNet weights W0 -> W1 (GAP + softmax head; fine-tuned only if --source is given).",
-    "stage2": "Stage 2: W1 -> W2 on single cells, blast vs normal (crops of the smears' training images, or --cells).",
-    "stage3": "Stage 3: W2 -> W3 on multi-cell smears (--task binary|multiclass). Runs missing stages first.",
-    "classical": "Classical transfer learning baseline: ImageNet -> the stage-3 task directly, same head and budget.",
-}
+def stage_command(plan: StagePlan):
+    stage = plan.name
 
-
-def stage_command(stage: str):
     def command(
         ctx: typer.Context,
         config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML; options override it.",
@@ -57,9 +39,9 @@ def stage_command(stage: str):
                          "C-NMC, folder, CSV) instead of crops of the smears.", show_default=False)] = None,
         source: Annotated[Optional[str], typer.Option("--source", help="Stage 1: a source dataset to fine-tune the "
                           "ImageNet backbone on.", show_default=False)] = None,
-        backbone: Annotated[str, typer.Option("--backbone", "-b", help="inception_v3, xception, "
-                            "inception_resnet_v2, mobilenet_025, mobilenet_v2, efficientnet_b0, tiny.")] = _T.backbone,
-        task: Annotated[str, typer.Option("--task", help="binary (normal vs leukemia) or multiclass.")] = "multiclass",
+        backbone: Annotated[str, typer.Option("--backbone", "-b", help=backbone_help())] = _T.backbone,
+        task: Annotated[str, typer.Option("--task", help="binary (normal vs leukemia) or multiclass.")
+                        ] = Task.MULTICLASS.value,
         normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="Class that is 'normal' for "
                                 "binary tasks. Default: a class named normal/benign/hem/healthy.",
                                 show_default=False)] = None,
@@ -105,21 +87,20 @@ def stage_command(stage: str):
         storage: Annotated[Optional[str], typer.Option("--storage", envvar="MTL_SUITE_OPTUNA_STORAGE", help="Optuna "
                            "storage of --params-from-study. Default: optuna-studies.log.", show_default=False)] = None,
         tracking_uri: TrackingUri = None,
-        experiment: Experiment = "mtl-suite",
+        experiment: Experiment = DEFAULT_EXPERIMENT,
         quiet: Quiet = False,
     ) -> None:
-        overrides = explicit_options(ctx, OPTION_KEYS)
+        overrides = explicit_options(ctx, CONFIG_KEYS)
         if "train.dense_units" in overrides:
             overrides["train.dense_units"] = parse_units(dense_units)
         study_tags: tuple[tuple[str, str], ...] = ()
         if params_from_study:
-            from mtl_suite.cli.tune import study_overrides
-
             overrides, task, study_tags = study_overrides(ctx, stage, params_from_study, storage, overrides, task)
         cfg = load_config(config, overrides)  # a bad file or value fails here, before the heavy imports
-        from mtl_suite.tracking.stage_runs import StageRequest, run_stage  # heavy imports only when training
+        get_backbone_spec(cfg.train.backbone)  # an unknown name fails here too, listing the valid ones
+        from mtl_suite.workflows.stage import StageRequest, run_stage  # heavy imports only when training
 
-        _mark_runs_killed_on_sigterm()
+        mark_runs_killed_on_sigterm()
         outcome = run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells,
                                          source=source, parent_run=parent_run, quiet=quiet, extra_tags=study_tags,
                                          resume=resume),
@@ -127,29 +108,10 @@ def stage_command(stage: str):
         # Always said, even with --quiet: where the results went.
         typer.echo(f"{stage} run {outcome.run_id} (experiment {outcome.experiment_id}) in {outcome.tracking_uri}")
 
-    command.__doc__ = STAGE_HELP[stage]
+    command.__doc__ = plan.help
     return handle_user_errors(command)
 
 
-def parse_units(text: str) -> list[int]:
-    from mtl_suite.errors import UserError
-
-    try:
-        units = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--dense-units: expected integers separated by commas, e.g. 256,64. Received: {text!r}") from None
-    return units
-
-
-def _mark_runs_killed_on_sigterm() -> None:
-    """`kill` (SIGTERM) unwinds like Ctrl-C, so open MLflow runs are closed as KILLED/FAILED, not left RUNNING."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def register(app: typer.Typer) -> None:
-    for stage, help_text in STAGE_HELP.items():
-        app.command(name=stage, help=help_text)(stage_command(stage))
+    for plan in STAGES.values():
+        app.command(name=plan.name, help=plan.help)(stage_command(plan))

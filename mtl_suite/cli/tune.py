@@ -4,29 +4,30 @@ parent run per study with a nested run per trial. Rerunning the same command res
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from mtl_suite.catalog import TUNABLE_STAGES, Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, Experiment, Layout, Quiet, TrackingUri, explicit_options, handle_user_errors, say,
+    AllowOutsideRoot, Experiment, Layout, Quiet, TrackingUri, backbone_help, config_keys, explicit_options,
+    handle_user_errors, mark_runs_killed_on_sigterm, say,
 )
-from mtl_suite.cli.train import OPTION_KEYS, _mark_runs_killed_on_sigterm
-from mtl_suite.config import DataConfig, TrainConfig, load_config
+from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
+from mtl_suite.models.backbones import get_backbone_spec
 
 _D, _T = DataConfig(), TrainConfig()
-TUNE_KEYS = {k: v for k, v in OPTION_KEYS.items()
-             if k in ("data", "layout", "allow_outside_root", "masks", "image_size", "cell_size", "test_fraction", "data_seed", "backbone", "weights",
-                      "tracking_uri", "experiment", "early_stopping_patience")}
+TUNE_KEYS = config_keys("data", "layout", "allow_outside_root", "masks", "image_size", "cell_size", "test_fraction",
+                        "data_seed", "backbone", "weights", "tracking_uri", "experiment", "early_stopping_patience")
 
 
 @handle_user_errors
 def tune(
     ctx: typer.Context,
-    stage: Annotated[str, typer.Option("--stage", help="stage2, stage3 or classical.")] = "stage3",
-    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone to tune (see `mtl-suite stage3 "
-                        "--help`).")] = _T.backbone,
-    task: Annotated[str, typer.Option("--task", help="binary or multiclass (stage 2 is always binary).")] = "multiclass",
+    stage: Annotated[str, typer.Option("--stage", help=f"Stage to tune: {', '.join(TUNABLE_STAGES)}.")] = Stage.STAGE3.value,
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help=backbone_help("Backbone to tune: "))] = _T.backbone,
+    task: Annotated[str, typer.Option("--task", help="binary or multiclass (stage 2 is always binary).")
+                    ] = Task.MULTICLASS.value,
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished (complete or pruned) trials the study "
                       "should have; trials already in the study count.")] = 20,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Stop starting trials after this many "
@@ -73,14 +74,15 @@ def tune(
     max_retry: Annotated[int, typer.Option("--max-retry", help="Times a trial whose worker died (killed, lost) is "
                          "redone with its parameters; the limit stops a trial that kills its worker every time.")] = 3,
     tracking_uri: TrackingUri = None,
-    experiment: Experiment = "mtl-suite",
+    experiment: Experiment = DEFAULT_EXPERIMENT,
     quiet: Quiet = False,
 ) -> None:
     """Tune a stage's hyperparameters: mean CV macro-F1 over --folds, pruning, resumable and shareable studies."""
-    from mtl_suite.tuning.api import TuneRequest, tune as run_tune
+    cfg = load_config(config, explicit_options(ctx, TUNE_KEYS))  # a bad file or value fails before the heavy imports
+    get_backbone_spec(cfg.train.backbone)  # an unknown name fails here, listing the valid ones
+    from mtl_suite.workflows.tune import TuneRequest, tune as run_tune
 
-    cfg = load_config(config, explicit_options(ctx, TUNE_KEYS))
-    _mark_runs_killed_on_sigterm()
+    mark_runs_killed_on_sigterm()
     outcome = run_tune(TuneRequest(
         stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells, parent_run=parent_run,
         trials=trials, timeout=timeout, study_name=study_name, storage=storage, engine=engine, sampler=sampler,
@@ -92,23 +94,3 @@ def tune(
            + (f" --storage {outcome.storage}" if storage else "") if engine == "optuna"
            else "best parameters: study/best_params.yaml on that run")
     typer.echo(f"study {outcome.study_name}: MLflow run {outcome.study_run_id}; best {best}; {use}")
-
-
-def study_overrides(ctx: typer.Context, stage: str, name: str, storage: str | None, overrides: dict[str, Any],
-                    task: str) -> tuple[dict[str, Any], str, tuple[tuple[str, str], ...]]:
-    """For the stage commands' --params-from-study: the study's best parameters under the options the user typed
-    (typed options win). Returns (overrides, task, tags naming the study and trial)."""
-    from mtl_suite.errors import UserError
-    from mtl_suite.tuning.api import study_choice
-
-    choice = study_choice(name, storage, stage)
-    source = ctx.get_parameter_source("task")
-    typed_task = source is not None and source.name != "DEFAULT"
-    if typed_task and task != choice.task and stage != "stage2":
-        raise UserError(f"--params-from-study {name}: the study tuned the {choice.task} task; this run asks for "
-                        f"--task {task}")
-    typed_backbone = overrides.get("train.backbone")
-    if typed_backbone and typed_backbone != choice.overrides["train.backbone"]:
-        raise UserError(f"--params-from-study {name}: the study tuned backbone {choice.overrides['train.backbone']}; "
-                        f"this run asks for --backbone {typed_backbone}")
-    return {**choice.overrides, **overrides}, choice.task, choice.tags

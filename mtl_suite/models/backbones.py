@@ -3,21 +3,23 @@ saved or served model needs no preprocessing outside it (Keras applications disa
 Inception/Xception/MobileNet want [-1, 1], EfficientNet rescales itself).
 
 A backbone model maps an image to a pooled feature vector; stage heads are added on top (models/heads.py).
+
+The registry itself imports no Keras (the CLI lists its names in --help and must start fast): Keras is imported
+when a backbone is built.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
-from typing import Callable
-
-import keras
+from typing import TYPE_CHECKING, Any, Callable
 
 from mtl_suite.errors import UserError
-from mtl_suite.models.precision import precision_scope
 from mtl_suite.models.weights import WeightsChoice, keras_weights_argument, resolve_weights
 from mtl_suite.paths import MOBILENET_025_WEIGHTS
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass(frozen=True)
@@ -33,14 +35,20 @@ class BackboneSpec:
 
 
 def _to_minus_one_one() -> keras.layers.Layer:
+    import keras
+
     return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")
 
 
 def _identity() -> keras.layers.Layer:
+    import keras
+
     return keras.layers.Identity(name="normalise")  # EfficientNet rescales and normalises inside itself
 
 
 def _to_unit() -> keras.layers.Layer:
+    import keras
+
     return keras.layers.Rescaling(1.0 / 255.0, name="normalise")
 
 
@@ -48,6 +56,8 @@ def _tiny_cnn(input_shape: tuple[int, int, int], weights: str | None = None) -> 
     """About 10k parameters: lets the whole pipeline run end to end in seconds in tests."""
     if weights is not None:
         raise UserError("the tiny backbone has no pretrained weights: use --weights none")
+    import keras
+
     inputs = keras.Input(input_shape)
     x = inputs
     for i, filters in enumerate((8, 16, 32)):
@@ -57,23 +67,31 @@ def _tiny_cnn(input_shape: tuple[int, int, int], weights: str | None = None) -> 
     return keras.Model(inputs, x, name="tiny")
 
 
-def _no_top(application: Callable[..., keras.Model], **fixed) -> Callable[..., keras.Model]:
-    return functools.partial(application, include_top=False, **fixed)
+def _no_top(application: str, **fixed: Any) -> Callable[..., keras.Model]:
+    """`keras.applications.<application>` without its classifier, looked up when called (Keras loads only then)."""
+
+    def construct(**kwargs: Any) -> keras.Model:
+        import keras
+
+        return getattr(keras.applications, application)(include_top=False, **fixed, **kwargs)
+
+    construct.__name__ = construct.__qualname__ = f"{application}_no_top"
+    return construct
 
 
-_mobilenet_025 = _no_top(keras.applications.MobileNet, alpha=0.25)
+_mobilenet_025 = _no_top("MobileNet", alpha=0.25)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        BackboneSpec("inception_v3", _no_top(keras.applications.InceptionV3), 299, 75, _to_minus_one_one,
+        BackboneSpec("inception_v3", _no_top("InceptionV3"), 299, 75, _to_minus_one_one,
                      imagenet_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
                      description="paper backbone, 21.8M parameters"),
-        BackboneSpec("xception", _no_top(keras.applications.Xception), 299, 71, _to_minus_one_one,
+        BackboneSpec("xception", _no_top("Xception"), 299, 71, _to_minus_one_one,
                      imagenet_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
                      description="paper backbone, 20.9M parameters"),
-        BackboneSpec("inception_resnet_v2", _no_top(keras.applications.InceptionResNetV2), 299, 75, _to_minus_one_one,
+        BackboneSpec("inception_resnet_v2", _no_top("InceptionResNetV2"), 299, 75, _to_minus_one_one,
                      imagenet_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
                      description="paper backbone, 54.3M parameters"),
         BackboneSpec("mobilenet_025", _mobilenet_025, 224, 32, _to_minus_one_one,
@@ -81,10 +99,10 @@ BACKBONES: dict[str, BackboneSpec] = {
                      bundled_weights=(str(MOBILENET_025_WEIGHTS),
                                       "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"),
                      description="MobileNet v1 alpha 0.25, 0.2M parameters; ImageNet weights bundled (offline default)"),
-        BackboneSpec("mobilenet_v2", _no_top(keras.applications.MobileNetV2), 224, 32, _to_minus_one_one,
+        BackboneSpec("mobilenet_v2", _no_top("MobileNetV2"), 224, 32, _to_minus_one_one,
                      imagenet_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
                      description="MobileNet v2 alpha 1.0, 2.3M parameters"),
-        BackboneSpec("efficientnet_b0", _no_top(keras.applications.EfficientNetB0), 224, 32, _identity,
+        BackboneSpec("efficientnet_b0", _no_top("EfficientNetB0"), 224, 32, _identity,
                      imagenet_file="efficientnetb0_notop.h5", description="EfficientNet-B0, 4.0M parameters"),
         BackboneSpec("tiny", _tiny_cnn, 64, 16, _to_unit, description="tiny CNN for tests (no pretrained weights)"),
     ]
@@ -108,6 +126,10 @@ def build_backbone(name: str, image_size: int, weights: str = "none",
     """Raw image -> normalisation -> base network (batch norm kept in inference mode, the usual choice for
     fine-tuning small medical datasets) -> global average pooling. Returns the model and where its weights
     came from. `precision` (models/precision.py) sets the dtype policy of every layer; weights stay float32."""
+    import keras
+
+    from mtl_suite.models.precision import precision_scope
+
     spec = get_backbone_spec(name)
     check_image_size(spec, image_size)
     choice = resolve_weights(spec, weights)
@@ -151,6 +173,8 @@ def base_model(backbone: keras.Model) -> keras.Model:
 def set_trainable_top(backbone: keras.Model, n_layers: int) -> int:
     """Freeze the backbone except its top `n_layers` layers that hold weights; batch-norm layers stay frozen
     (their statistics would be ruined by small batches). Returns how many layers were unfrozen."""
+    import keras
+
     base = base_model(backbone)
     backbone.trainable = True
     for layer in base.layers:

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from mtl_suite.io_utils import atomic_path
+from mtl_suite.training.keras_private import flatten_layers, seed_generators
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 1
@@ -149,8 +150,8 @@ class EpochSeeding(keras.callbacks.Callback):
         self.seed, self.phase = seed, phase
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        for layer in self.model._flatten_layers(include_self=False):
-            for k, generator in enumerate(getattr(layer, "_seed_generators", [])):
+        for layer in flatten_layers(self.model):
+            for k, generator in enumerate(seed_generators(layer)):
                 value = derived_seed(self.seed, self.phase, epoch, layer.name, k)
                 generator.state.assign(np.array([value, 0], dtype=generator.state.dtype))
 

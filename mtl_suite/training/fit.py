@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
 from mtl_suite.config import TrainConfig
+from mtl_suite.data.arrays import ArrayData
 from mtl_suite.data.pipeline import BatchAugment, training_batches
 from mtl_suite.models.backbones import set_trainable_top
 from mtl_suite.models.heads import head_on_features
@@ -30,15 +31,6 @@ from mtl_suite.training.metrics import as_class_probabilities
 
 # (phase name, first epoch number of the phase) -> callbacks for that phase, e.g. an MLflow epoch logger.
 CallbackFactory = Callable[[str, int], list[keras.callbacks.Callback]]
-
-
-@dataclass
-class ArrayData:
-    images: np.ndarray  # (N, H, W, 3) uint8, raw pixels: the model normalises inside (a head-only fit: features)
-    labels: np.ndarray  # (N,) int class indices
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 # train.execution "auto": the most optimizer steps a phase runs eagerly; a longer phase is traced. Every fold builds

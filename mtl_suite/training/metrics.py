@@ -8,6 +8,13 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
+# The scalar scores classification_metrics() returns (per-class "auc/<class>" aside), each with the direction an
+# optimiser should take; tuning, reports and the CLI read them from here. POSITIVE_CLASS_SCORES: binary tasks only.
+SCORES: dict[str, str] = {name: "maximize" for name in (
+    "f1_macro", "accuracy", "auc_macro", "auc_micro", "precision_macro", "recall_macro", "f1_weighted",
+    "precision_weighted", "recall_weighted")}
+POSITIVE_CLASS_SCORES: dict[str, str] = {"f1": "maximize", "precision": "maximize", "recall": "maximize"}
+
 
 def as_class_probabilities(raw: np.ndarray) -> np.ndarray:
     """A single sigmoid column p becomes [1 - p, p], so binary and multiclass models are scored alike."""

@@ -11,9 +11,9 @@ from typing import Any, Callable
 import keras_tuner as kt
 import optuna
 
-from mtl_suite.tuning.api import StudyRuns, TuneOutcome, TuneRequest, study_tags, work_dir
 from mtl_suite.tuning.artifacts import write_study_artifacts
 from mtl_suite.tuning.objective import NoPruning, TuningContext, evaluate, trial_config
+from mtl_suite.tuning.study import StudyRuns, TuneOutcome, TuneRequest, study_tags, work_dir
 from mtl_suite.tuning.tracker import StudyTracker
 
 DEFAULT_DIRECTORY = "keras-tuner"

@@ -15,23 +15,20 @@ from typing import Any, Callable, Protocol
 import keras
 import numpy as np
 
+from mtl_suite.catalog import StagePlan, Task
 from mtl_suite.config import ExperimentConfig, apply_overrides
 from mtl_suite.errors import UserError
+from mtl_suite.tasks import TaskData
 from mtl_suite.training.cv import FoldResult, cross_validate
 from mtl_suite.training.features import FeatureStore
 from mtl_suite.training.fit import feature_store_for, predict_proba
-from mtl_suite.training.metrics import classification_metrics
+from mtl_suite.training.metrics import POSITIVE_CLASS_SCORES, SCORES, classification_metrics
 from mtl_suite.training.session import free_models
-from mtl_suite.training.stages import StagePlan, TaskData, model_factory
+from mtl_suite.training.stages import model_factory
 from mtl_suite.tuning.space import SearchSpace, to_overrides
 from mtl_suite.tuning.tracker import StudyTracker
 
-# metric -> direction; every key classification_metrics() returns for the task. Binary adds the positive
-# class's precision/recall/f1.
-METRICS = {name: "maximize" for name in (
-    "f1_macro", "accuracy", "auc_macro", "auc_micro", "precision_macro", "recall_macro", "f1_weighted",
-    "precision_weighted", "recall_weighted", "f1", "precision", "recall")}
-BINARY_ONLY = ("f1", "precision", "recall")
+METRICS = {**SCORES, **POSITIVE_CLASS_SCORES}  # metric -> direction
 
 
 def normalise_metric(name: str, task: str) -> tuple[str, str]:
@@ -39,7 +36,7 @@ def normalise_metric(name: str, task: str) -> tuple[str, str]:
     key = name.removeprefix("cv/").removeprefix("val/").removesuffix("_mean")
     if key not in METRICS:
         raise UserError(f"--metric {name!r}: not a CV metric. Expected one of: {', '.join(METRICS)}")
-    if key in BINARY_ONLY and task != "binary":
+    if key in POSITIVE_CLASS_SCORES and task != Task.BINARY:
         raise UserError(f"--metric {name!r} is the positive class's score of a binary task; this task is {task}. "
                         "Use a macro or weighted average instead")
     return key, METRICS[key]
@@ -65,7 +62,7 @@ class TuningContext:
     direction: str
     say: Callable[[str], None]
     quiet: bool = False
-    task: str = "multiclass"
+    task: str = Task.MULTICLASS
 
     @property
     def epoch_steps(self) -> int:

@@ -17,13 +17,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mtl_suite.errors import UserError
-from mtl_suite.tuning.api import StudyRuns, TuneOutcome, TuneRequest, study_tags, work_dir
 from mtl_suite.tuning.artifacts import write_study_artifacts
 from mtl_suite.tuning.objective import TuningContext, evaluate, trial_config
+from mtl_suite.tuning.optuna_private import heartbeat_enabled, stored_trial
 from mtl_suite.tuning.resume import (
     OWNERLESS_GRACE_S, SLOT_ATTR, STOPPED_ATTR, SlotHyperbandPruner, SlotSeededSampler, recover_dead_trials,
     repair_journal, retry_trial,
 )
+from mtl_suite.tuning.study import StudyRuns, TuneOutcome, TuneRequest, study_tags, work_dir
 from mtl_suite.tuning.tracker import StudyTracker, mask_password
 
 STORAGE_ENV = "MTL_SUITE_OPTUNA_STORAGE"
@@ -173,7 +174,7 @@ class OptunaReporter:
 def make_objective(ctx: TuningContext, tracker: StudyTracker, max_retry: int) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        frozen = _frozen(trial)
+        frozen = stored_trial(trial)
         tags = {"slot": str(frozen.system_attrs.get(SLOT_ATTR, ""))}
         if "failed_trial" in frozen.system_attrs:
             tags["retry_of"] = str(frozen.system_attrs["failed_trial"])
@@ -190,15 +191,10 @@ def make_objective(ctx: TuningContext, tracker: StudyTracker, max_retry: int) ->
                 return evaluate(ctx, params, OptunaReporter(trial), tracker, run_id, f"trial {trial.number}:")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna fails the trial; the next run redoes its configuration
             if max_retry > 0:
-                retry_trial(trial.study, _frozen(trial), max_retry)
+                retry_trial(trial.study, stored_trial(trial), max_retry)
             raise
 
     return objective
-
-
-def _frozen(trial: optuna.Trial) -> FrozenTrial:
-    """The trial as stored, with its system attributes (optuna.Trial shows only params and user attributes)."""
-    return trial.study._storage.get_trial(trial._trial_id)
 
 
 class MlflowTrialCallback:
@@ -256,7 +252,7 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
     identity = _check_identity(study, request, ctx, url)
     # Heartbeats (RDB) judge workers on any host; without them, a trial that never recorded its worker is judged
     # by its age.
-    ownerless_grace = None if _heartbeats(storage) else OWNERLESS_GRACE_S
+    ownerless_grace = None if heartbeat_enabled(storage) else OWNERLESS_GRACE_S
     recover_dead_trials(study, handler.dead, ownerless_grace, wait=True)
     finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
     remaining = request.trials - finished
@@ -317,16 +313,10 @@ def close_left_trial_runs(study: optuna.Study, tracker: StudyTracker, metric: st
             tracker.mark_trial(run.info.run_id, "KILLED", "its worker was killed")
 
 
-def _heartbeats(storage: optuna.storages.BaseStorage) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(storage)
-
-
 def _fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
     """Optuna fails stale trials when a trial starts; check once more at the end, so a worker that died during this
     worker's last trial is not left RUNNING."""
-    if _heartbeats(storage):
+    if heartbeat_enabled(storage):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)

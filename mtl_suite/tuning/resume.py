@@ -39,6 +39,8 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from mtl_suite.tuning.optuna_private import HyperbandBracketHook, storage_of, trial_id, unfiltered_study
+
 SLOT_ATTR = "mtl_suite:slot"
 OWNER_ATTR = "mtl_suite:worker"
 STOPPED_ATTR = "mtl_suite:stopped"  # why recover_dead_trials failed the trial
@@ -80,11 +82,6 @@ def _next_free(taken: set[int]) -> int:
     return slot
 
 
-def _unfiltered(study: Study) -> Study:
-    """HyperbandPruner hands the sampler a study that shows one bracket's trials; slots count all of them."""
-    return getattr(study, "_study", study)
-
-
 class SlotSeededSampler(BaseSampler):
     """Wraps a sampler factory (seed -> sampler): each trial is drawn by `factory(slot_seed(seed, slot))`, created
     for that trial alone. Records the trial's owner and slot before anything is drawn."""
@@ -94,11 +91,11 @@ class SlotSeededSampler(BaseSampler):
         self._samplers: dict[int, BaseSampler] = {}  # trial id -> its sampler, until after_trial
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        base = _unfiltered(study)
-        base._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, this_owner())
+        base = unfiltered_study(study)  # slots count the trials of every Hyperband bracket
+        storage_of(base).set_trial_system_attr(trial_id(trial), OWNER_ATTR, this_owner())
         if SLOT_ATTR not in trial.system_attrs:  # a retried trial keeps the slot it copied
             slot = assign_slot(base.get_trials(deepcopy=False), trial)
-            base._storage.set_trial_system_attr(trial._trial_id, SLOT_ATTR, slot)
+            storage_of(base).set_trial_system_attr(trial_id(trial), SLOT_ATTR, slot)
             trial.system_attrs[SLOT_ATTR] = slot  # the Trial's own cached copy, read by the pruner
         self._sampler(trial).before_trial(study, trial)
 
@@ -116,39 +113,35 @@ class SlotSeededSampler(BaseSampler):
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         self._sampler(trial).after_trial(study, trial, state, values)
-        self._samplers.pop(trial._trial_id, None)
+        self._samplers.pop(trial_id(trial), None)
 
     def reseed_rng(self) -> None:
         pass  # every trial's seed is fixed by its slot; reseeding would break a resumed study's equality
 
     def _sampler(self, trial: FrozenTrial) -> BaseSampler:
-        sampler = self._samplers.get(trial._trial_id)
+        sampler = self._samplers.get(trial_id(trial))
         if sampler is None:
             slot = slot_of(trial)
             sampler = self.factory(slot_seed(self.seed, slot if slot is not None else trial.number))
-            self._samplers[trial._trial_id] = sampler
+            self._samplers[trial_id(trial)] = sampler
         return sampler
 
 
-class SlotHyperbandPruner(optuna.pruners.HyperbandPruner):
+class SlotHyperbandPruner(HyperbandBracketHook):
     """HyperbandPruner with the bracket chosen by the trial's slot (Optuna hashes the trial number, which a redone
-    trial does not keep). Overrides Optuna's private `_get_bracket_id`; tests/unit/test_tune_resume.py checks it."""
+    trial does not keep). Optuna reaches `bracket_id` through optuna_private's hook; tests/unit/test_tune_resume.py
+    checks it."""
 
-    def _get_bracket_id(self, study: Study, trial: FrozenTrial) -> int:
-        if len(self._pruners) == 0:
+    def bracket_id(self, study: Study, trial: FrozenTrial) -> int:
+        if not self.brackets_ready():
             return 0  # as Optuna: no bracket before initialisation
         key = slot_of(trial)
         if key is None and trial.state in (TrialState.RUNNING, TrialState.WAITING) \
                 and SLOT_ATTR not in trial.system_attrs:
-            key = assign_slot(_unfiltered(study).get_trials(deepcopy=False), trial)  # before before_trial
+            key = assign_slot(unfiltered_study(study).get_trials(deepcopy=False), trial)  # before before_trial
         if key is None:
             key = trial.number
-        n = binascii.crc32(f"{study.study_name}_{key}".encode()) % self._total_trial_allocation_budget
-        for bracket_id in range(self._n_brackets):
-            n -= self._trial_allocation_budgets[bracket_id]
-            if n < 0:
-                return bracket_id
-        raise AssertionError("unreachable: the budgets sum to the total")
+        return self.bracket_of_hash(binascii.crc32(f"{study.study_name}_{key}".encode()))
 
 
 # --- owners -----------------------------------------------------------------------------------------------------
@@ -230,7 +223,7 @@ def recover_dead_trials(study: Study, on_dead: Callable[[Study, FrozenTrial], No
     worker failing the same trial at the same time wins or loses atomically). With `wait`, a trial too young to
     judge is waited for (at most `ownerless_grace_s`), so a command started right after a kill sees a settled
     study. Returns the failed trials' numbers."""
-    storage = study._storage
+    storage = storage_of(study)
     deadline = time.monotonic() + (ownerless_grace_s or 0) + 1
     failed: list[int] = []
     while True:
@@ -260,14 +253,14 @@ def recover_dead_trials(study: Study, on_dead: Callable[[Study, FrozenTrial], No
 
 def _fail(storage: optuna.storages.BaseStorage, trial: FrozenTrial, note: str) -> FrozenTrial | None:
     try:
-        storage.set_trial_system_attr(trial._trial_id, STOPPED_ATTR, note)
+        storage.set_trial_system_attr(trial_id(trial), STOPPED_ATTR, note)
         if SLOT_ATTR not in trial.system_attrs:
-            storage.set_trial_system_attr(trial._trial_id, SLOT_ATTR, NO_SLOT)
-        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            storage.set_trial_system_attr(trial_id(trial), SLOT_ATTR, NO_SLOT)
+        if not storage.set_trial_state_values(trial_id(trial), TrialState.FAIL):
             return None
     except optuna.exceptions.UpdateFinishedTrialError:
         return None  # another worker failed (or the owner finished) it first
-    return storage.get_trial(trial._trial_id)
+    return storage.get_trial(trial_id(trial))
 
 
 # --- the journal file -------------------------------------------------------------------------------------------

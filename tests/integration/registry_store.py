@@ -30,7 +30,7 @@ class Store:
 @functools.lru_cache(maxsize=1)
 def trained_store() -> Store:
     from mtl_suite.config import load_config
-    from mtl_suite.tracking.stage_runs import StageRequest, run_stage
+    from mtl_suite.workflows.stage import StageRequest, run_stage
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     root = Path(tempfile.mkdtemp(prefix="mtl-registry-tests-"))

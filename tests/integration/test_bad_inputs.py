@@ -228,9 +228,9 @@ def test_a_link_out_of_the_manifest_folder_is_outside_too(runner, tmp_path, outs
 
 
 @pytest.mark.parametrize("command, target", [
-    ("stage3", "mtl_suite.tracking.stage_runs.run_stage"),
-    ("tune", "mtl_suite.tuning.api.tune"),
-    ("compare", "mtl_suite.tracking.comparison.run_comparison"),
+    ("stage3", "mtl_suite.workflows.stage.run_stage"),
+    ("tune", "mtl_suite.workflows.tune.tune"),
+    ("compare", "mtl_suite.workflows.compare.run_comparison"),
 ])
 def test_the_flag_reaches_the_training_commands(runner, monkeypatch, outside_manifest, command, target):
     """The flag lands in the config those commands train from, and that config reads the manifest (smear_task is
@@ -239,7 +239,7 @@ def test_the_flag_reaches_the_training_commands(runner, monkeypatch, outside_man
     import importlib
 
     from mtl_suite.errors import UserError
-    from mtl_suite.training.stages import smear_task
+    from mtl_suite.tasks import smear_task
 
     module_name, function = target.rsplit(".", 1)
     seen = []
@@ -251,7 +251,7 @@ def test_the_flag_reaches_the_training_commands(runner, monkeypatch, outside_man
 
     monkeypatch.setattr(importlib.import_module(module_name), function, fake)
     for module in ("mtl_suite.cli.train", "mtl_suite.cli.tune"):  # leave pytest's SIGTERM handling alone
-        monkeypatch.setattr(f"{module}._mark_runs_killed_on_sigterm", lambda: None)
+        monkeypatch.setattr(f"{module}.mark_runs_killed_on_sigterm", lambda: None)
     for flag in ([], ["--allow-outside-root"]):
         result = invoke(runner, command, "--data", outside_manifest, *flag, "-q")
         assert result.exit_code == 0, result.output

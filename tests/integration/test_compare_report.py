@@ -130,7 +130,7 @@ def test_compare_rejects_too_few_runs_and_unknown_study(tmp_path):
 def test_failed_arms_are_reported_and_excluded(tmp_path, monkeypatch):
     """Every CTL arm raises: both pairs are listed as excluded with the reason, MTL is not trained for them, and
     with fewer than 2 usable pairs the command ends with a clear error after writing the report."""
-    from mtl_suite.tracking import stage_runs
+    from mtl_suite.workflows import stage
 
     calls = []
 
@@ -138,7 +138,7 @@ def test_failed_arms_are_reported_and_excluded(tmp_path, monkeypatch):
         calls.append(request.stage)
         raise RuntimeError(f"simulated out-of-memory in {request.stage}")
 
-    monkeypatch.setattr(stage_runs, "run_stage", failing)
+    monkeypatch.setattr(stage, "run_stage", failing)  # workflows/compare.py looks it up there per call
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = invoke(["compare", *TINY, "--task", "binary", "--runs", "2", "--tracking-uri", uri,
                      "--experiment", "flaky", "--report-dir", str(tmp_path / "reports"), "-q"])

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from mtl_suite.cli import app
 from mtl_suite.config import load_config
-from mtl_suite.tuning.api import TuneRequest, tune
+from mtl_suite.tuning.study import TuneRequest
+from mtl_suite.workflows.tune import tune
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

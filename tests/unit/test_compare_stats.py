@@ -89,7 +89,8 @@ def test_as_dict_is_json_ready():
 def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
     """A failed pair appears in Table V and under 'Failed or excluded pairs'; the statistics use the others."""
     from mtl_suite.config import load_config
-    from mtl_suite.tracking.comparison import CompareRequest, Pair, render_report, table_v
+    from mtl_suite.analysis.comparison_report import render_report, table_v
+    from mtl_suite.workflows.compare import CompareRequest, Pair
 
     pairs = [Pair(i, 42 + i, 42 + i) for i in range(3)]
     for p, (a, b) in zip(pairs[:2], [(0.80, 0.83), (0.82, 0.84)]):
@@ -97,8 +98,10 @@ def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
     pairs[2].excluded = "MTL stage3 failed: RuntimeError: boom"
     comparisons = {m: c.compare_arms([0.80, 0.82], [0.83, 0.84], 0.25, m) for m in ("accuracy", "f1_macro")}
     request = CompareRequest(config=load_config(None, {}), task="binary", runs=3, command="mtl-suite compare x")
-    text = render_report(request, pairs, comparisons, 0.25, table_v(pairs), "plot.png", "run1", "sqlite://", "1")
+    text = render_report(request, pairs, comparisons, 0.25, table_v(pairs), "plot.png", "run1", "sqlite://", "1",
+                         dataset_digests=["ab" * 32], commit="0123456789abcdef")
     assert "- run 3 (seed 44): MTL stage3 failed: RuntimeError: boom" in text
     assert "| 3 | 44 | n/a | n/a | n/a | n/a | n/a | excluded: MTL stage3 failed" in text
     assert comparisons["accuracy"].verdict in text and "n = 2 pairs" in text
     assert "mtl-suite compare x" in text
+    assert "dataset digest abababababababab;" in text and "code: git 0123456789ab\n" in text  # provenance passed in

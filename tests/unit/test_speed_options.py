@@ -15,7 +15,7 @@ def stage_app() -> typer.Typer:
 
 
 def test_speed_options_override_the_train_config(runner, monkeypatch):
-    from mtl_suite.tracking import stage_runs
+    from mtl_suite.workflows import stage as stage_runs
 
     seen = []
 
@@ -24,7 +24,7 @@ def test_speed_options_override_the_train_config(runner, monkeypatch):
         return stage_runs.StageOutcome("run", request.stage, {}, "sqlite:///x.db", "0")
 
     monkeypatch.setattr(stage_runs, "run_stage", fake_run_stage)
-    monkeypatch.setattr(train_cli, "_mark_runs_killed_on_sigterm", lambda: None)
+    monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
     result = runner.invoke(stage_app(), ["stage3", "--no-feature-cache", "--precision", "mixed", "--jit-compile",
                                          "--execution", "graph"])
     assert result.exit_code == 0, result.output
@@ -36,14 +36,14 @@ def test_speed_options_override_the_train_config(runner, monkeypatch):
 
 
 def test_unknown_precision_names_the_key(runner, monkeypatch):
-    monkeypatch.setattr(train_cli, "_mark_runs_killed_on_sigterm", lambda: None)
+    monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
     result = runner.invoke(stage_app(), ["stage3", "--precision", "half"])
     assert result.exit_code == 2
     assert "command line: 'train.precision' must be one of float32, mixed, mixed_float16, mixed_bfloat16" in result.output
 
 
 def test_eager_execution_with_xla_is_refused_in_one_line(runner, monkeypatch):
-    monkeypatch.setattr(train_cli, "_mark_runs_killed_on_sigterm", lambda: None)
+    monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
     result = runner.invoke(stage_app(), ["stage3", "--execution", "eager", "--jit-compile"])
     assert result.exit_code == 2
     assert ("command line: 'train.execution + train.jit_compile' must be compatible: eager steps are never "

@@ -8,7 +8,7 @@ import pytest
 from mtl_suite.config import TrainConfig
 from mtl_suite.errors import UserError
 from mtl_suite.training.metrics import as_class_probabilities, classification_metrics, summarise_folds
-from mtl_suite.training.stages import class_map_for
+from mtl_suite.tasks import class_map_for
 
 
 def test_binary_metrics_from_a_sigmoid_column_match_hand_computed_values():

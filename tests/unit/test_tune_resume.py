@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from mtl_suite.tuning.optuna_private import bracket_as_optuna_asks, storage_of, study_id, trial_id
 from mtl_suite.tuning.resume import (
     FAILED_TRIAL, NO_SLOT, OWNER_ATTR, SLOT_ATTR, STOPPED_ATTR, SlotHyperbandPruner, SlotSeededSampler,
     owner_is_dead, owner_of, recover_dead_trials, repair_journal, retry_trial, this_owner,
@@ -79,9 +80,9 @@ def test_a_killed_and_resumed_study_equals_an_uninterrupted_one(tmp_path, pruner
     killed = crashed.ask()
     draw(killed)
     killed.report(0.1, 0)
-    crashed._storage.set_trial_system_attr(killed._trial_id, OWNER_ATTR, dead_owner())
+    storage_of(crashed).set_trial_system_attr(trial_id(killed), OWNER_ATTR, dead_owner())
     # a second worker died between creating its trial and recording it: no owner, no slot, nothing drawn
-    crashed._storage.create_new_trial(crashed._study_id)
+    storage_of(crashed).create_new_trial(study_id(crashed))
 
     resumed = new_study(tmp_path / "b.log", pruner)  # the same command again, in a new process
     retries = []
@@ -104,8 +105,8 @@ def test_a_killed_and_resumed_study_equals_an_uninterrupted_one(tmp_path, pruner
     assert len(by_slot(resumed)) == TARGET
     if pruner == "hyperband":
         hb = resumed.pruner
-        assert hb._get_bracket_id(resumed, resumed.trials[killed.number]) == \
-            hb._get_bracket_id(resumed, resumed.trials[retry.number])
+        assert bracket_as_optuna_asks(hb, resumed, resumed.trials[killed.number]) == \
+            bracket_as_optuna_asks(hb, resumed, resumed.trials[retry.number])
     # the slot-4 trial of the uninterrupted study had the parameters the killed trial drew
     assert by_slot(uninterrupted)[4][1] == killed.params
 
@@ -127,15 +128,15 @@ def test_retry_is_queued_once_and_within_max_retry(tmp_path):
     study = new_study(tmp_path / "r.log", "none")
     trial = study.ask()
     draw(trial)
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = storage_of(study).get_trial(trial_id(trial))
     assert retry_trial(study, frozen, 1) is not None
     assert retry_trial(study, frozen, 1) is None  # already queued: an interrupt and a recovery may both ask
     study.tell(trial, state=TrialState.FAIL)
     again = study.ask()  # the retry, popped
     assert again.params == trial.params
     study.tell(again, state=TrialState.FAIL)
-    assert retry_trial(study, study._storage.get_trial(again._trial_id), 1) is None  # one retry allowed
-    assert retry_trial(study, study._storage.get_trial(again._trial_id), 2) is not None
+    assert retry_trial(study, storage_of(study).get_trial(trial_id(again)), 1) is None  # one retry allowed
+    assert retry_trial(study, storage_of(study).get_trial(trial_id(again)), 2) is not None
     assert retry_trial(study, frozen, 0) is None
 
 

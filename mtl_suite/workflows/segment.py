@@ -1,6 +1,7 @@
-"""MLflow runs for WBC segmentation: `segment train` (a run with per-epoch curves, overlays and the logged
-model) and `segment evaluate` (a run with Dice/IoU per image and WBC box recall). The imaging code itself stays
-framework-light; this module only wires it to MLflow."""
+"""`mtl-suite segment train|evaluate` end to end: `segment train` (a run with per-epoch curves, overlays and the
+logged model) and `segment evaluate` (a run with Dice/IoU per image and WBC box recall), and loading a trained run
+for `segment predict|crops`. The imaging code itself (imaging/) stays framework-light; this module wires it to its
+MLflow run, which it logs to directly: the few calls are specific to these runs, not worth a tracking/ module."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mtl_suite.tracking.runs import git_commit, log_split
 from mtl_suite.tracking.setup import use_tracking
 
 OVERLAY_COUNT = 6
+SEGMENTATION = "segmentation"  # the `stage` tag of segmentation runs; their `task` tag is "train" or "evaluate"
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def train_segmentation(options: SegTrainOptions, tracking_uri: str | None, exper
         say(f"pairs: {len(data.train.paths)} train, {len(data.val.paths)} validation, {len(data.test.paths)} test "
             f"(mask kind: {data.kind})")
         with mlflow.start_run() as run:
-            mlflow.set_tags({"stage": "segmentation", "task": "train", "git_commit": git_commit(),
+            mlflow.set_tags({"stage": SEGMENTATION, "task": "train", "git_commit": git_commit(),
                              "seed": str(options.seed), "mask_kind": data.kind})
             log_split(split_path, split_digest, split.to_json(), context="segmentation")
             mlflow.log_params(_flat_params(options, data.kind))
@@ -153,7 +155,7 @@ def load_trained(run_id: str, tracking_uri: str | None, experiment: str) -> Trai
         run = mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise UserError(f"run not found in the tracking store: {run_id}") from None
-    if run.data.tags.get("stage") != "segmentation" or run.data.tags.get("task") != "train":
+    if run.data.tags.get("stage") != SEGMENTATION or run.data.tags.get("task") != "train":
         raise UserError(f"run {run_id} is not a `segment train` run (tags stage=segmentation, task=train)")
     model = mlflow.keras.load_model(f"runs:/{run_id}/model", load_model_kwargs={"safe_mode": True})
     return TrainedRun(run_id, model, dict(run.data.params))
@@ -178,7 +180,7 @@ def evaluate_segmentation(run_id: str, tracking_uri: str | None, experiment: str
     data = split_pairs(split, trained.size, trained.params.get("mask_kind_resolved", "auto"),
                        Path(masks) if masks and masks != "None" else None, trained.roi)
     with mlflow.start_run() as run:
-        mlflow.set_tags({"stage": "segmentation", "task": "evaluate", "source_run_id": run_id,
+        mlflow.set_tags({"stage": SEGMENTATION, "task": "evaluate", "source_run_id": run_id,
                          "git_commit": git_commit(), "split_digest": _run_tag(run_id, "split_digest"),
                          "dataset_digest": _run_tag(run_id, "dataset_digest")})
         metrics = _log_per_image(trained.model, data.test, "test") if len(data.test.paths) else {}

@@ -1,0 +1,187 @@
+"""The `mtl-suite report` sections that are text and tables: header, data, Tables II-IV and the colour shortcut
+check, as report blocks (analysis/report.py renders them). The figure sections are in report_figures.py; what they
+read from MLflow arrives as `RunData`, fetched by tracking/report_queries.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from mtl_suite.analysis import report as rp
+from mtl_suite.analysis.tables import mean_sd, pct
+from mtl_suite.catalog import ARM_STAGES, STAGES, Task, get_stage
+from mtl_suite.training import metrics as m
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+TABLE_METRICS = {
+    Task.BINARY: [("accuracy", "accuracy"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1")],
+    Task.MULTICLASS: [("accuracy", "accuracy"), ("precision_macro", "precision (macro)"),
+                      ("recall_macro", "recall (macro)"), ("f1_macro", "F1 (macro)")],
+}
+
+
+@dataclass
+class RunData:
+    """What the figures need from one stage run (artifacts downloaded once)."""
+
+    run: Run
+    class_names: list[str]
+    image_size: int
+    oof: pd.DataFrame | None
+    test: pd.DataFrame | None
+    split: dict | None
+    dropped_duplicates: int
+
+    @property
+    def title(self) -> str:
+        t = self.run.data.tags
+        stage = t.get("stage")
+        return f"{t.get('backbone')} {t.get('task')} {STAGES[stage].label if stage in STAGES else stage}"
+
+    @property
+    def slug(self) -> str:
+        t = self.run.data.tags
+        return f"{t.get('backbone')}-{t.get('task')}-{t.get('stage')}"
+
+
+def labels_proba(frame: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    index = {c: i for i, c in enumerate(class_names)}
+    y = frame["label"].map(index).to_numpy(dtype=int)
+    proba = frame[[f"p_{c}" for c in class_names]].to_numpy(dtype=float)
+    return y, proba
+
+
+def none_found(what: str) -> list[rp.Block]:
+    return [rp.Para(f"No finished runs of this kind in the experiment: {what} cannot be shown.")]
+
+
+def report_header(experiment: str, uri: str, runs: list[Run], out: Path, given_uri: str | None) -> list[rp.Block]:
+    store = f" --tracking-uri {given_uri}" if given_uri else ""
+    return [rp.Heading(f"mtl-suite report: {experiment}", 1),
+            rp.Code(f"mtl-suite report --experiment {experiment}{store} --out {out}"),
+            rp.Bullets((f"MLflow store: `{uri}`", f"generated {dt.datetime.now().isoformat(timespec='seconds')}",
+                        f"{len(runs)} finished stage runs; tables show the newest run of each kind, figures the "
+                        "newest stage-3 (MTL) run per backbone and task (classical where there is none)",
+                        "Reproduces Maaliw et al. (2022), Tables II-IV and Figs. 9-11, then checks the paper "
+                        "lacks: calibration, a colour-only shortcut baseline, Grad-CAM."))]
+
+
+def data_section(headline: list[RunData]) -> list[rp.Block]:
+    blocks: list[rp.Block] = [rp.Heading("Data")]
+    seen = set()
+    for rd in headline:
+        if rd.split is None:
+            continue
+        key = (rd.split.get("manifest_digest"), rd.split.get("seed"), rd.run.data.tags.get("task"))
+        if key in seen:
+            continue
+        seen.add(key)
+        rows = pd.DataFrame(rd.split["rows"])
+        rows["part"] = np.where(rows["role"] == "test", "test", "development")
+        counts = rows.groupby(["label", "part"]).size().unstack(fill_value=0)
+        table_rows = [(label, int(r.get("development", 0)), int(r.get("test", 0)), int(r.sum()))
+                      for label, r in counts.iterrows()]
+        table_rows.append(("total", int(counts.get("development", pd.Series(dtype=int)).sum()),
+                           int(counts.get("test", pd.Series(dtype=int)).sum()), int(counts.values.sum())))
+        params = rd.run.data.params
+        folds = sorted(r for r in rows["role"].unique() if r.startswith("fold-"))
+        blocks += [
+            rp.Table(("class", "development", "outer test", "total"), tuple(table_rows),
+                     f"{rd.title}: images per class after deduplication (run `{rd.run.info.run_id[:12]}`)"),
+            rp.Bullets((f"source: `{rd.split.get('root')}`; dataset digest {str(rd.split.get('manifest_digest'))[:16]}",
+                        f"byte-identical duplicates removed before the split: {rd.dropped_duplicates}",
+                        f"split: outer test fraction {rd.split.get('test_fraction')}, {len(folds)} CV fold(s) over "
+                        f"the development part, split seed {rd.split.get('seed')}; groups of related images never "
+                        f"straddle parts; split digest {rd.run.data.tags.get('split_digest', '')[:16]}",
+                        f"augmentation (training folds only): {params.get('train.augment', 'none')}; input "
+                        f"{rd.image_size} px; backbone weights {rd.run.data.tags.get('weights', '?')}")),
+        ]
+    if len(blocks) == 1:
+        blocks += none_found("the data section")
+    return blocks
+
+
+def metric_table(groups: dict, task: Task, title: str) -> list[rp.Block]:
+    blocks: list[rp.Block] = [rp.Heading(title)]
+    rows = []
+    for (stage, backbone, t), runs in sorted(groups.items()):
+        if t != task or stage not in ARM_STAGES:
+            continue
+        run = runs[0]
+        mt = run.data.metrics
+        row = [backbone, get_stage(stage).label]
+        row += [mean_sd(mt.get(f"cv/{k}_mean"), mt.get(f"cv/{k}_std")) for k, _ in TABLE_METRICS[task]]
+        row += [pct(mt.get(f"test/{k}")) for k, _ in TABLE_METRICS[task]]
+        row += [len(runs), f"`{run.info.run_id[:12]}`"]
+        rows.append(tuple(row))
+    if not rows:
+        return blocks + none_found(f"{task} stage-3 or classical runs, so {title.split(':')[0]}")
+    header = ["backbone", "configuration"] + [f"CV {n} (%)" for _, n in TABLE_METRICS[task]] + \
+             [f"test {n} (%)" for _, n in TABLE_METRICS[task]] + ["runs of this kind", "run shown"]
+    note = ("CV: mean ± sd over folds; test: the outer held-out part after refitting on all development images."
+            + (" Binary precision/recall/F1 are for the leukemia class." if task == Task.BINARY else ""))
+    return blocks + [rp.Table(tuple(header), tuple(rows)), rp.Para(note)]
+
+
+def confusion_tables(headline: list[RunData]) -> list[rp.Block]:
+    blocks: list[rp.Block] = [rp.Heading("Table IV: confusion matrices (cross-validation, out-of-fold)")]
+    for rd in headline:
+        if rd.oof is None:
+            continue
+        y, proba = labels_proba(rd.oof, rd.class_names)
+        matrix = m.confusion(y, proba, len(rd.class_names))
+        totals = matrix.sum(axis=1, keepdims=True)
+        percent = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0) * 100
+        rows = tuple((name, *(f"{matrix[i, j]} ({percent[i, j]:.1f}%)" for j in range(len(rd.class_names))))
+                     for i, name in enumerate(rd.class_names))
+        blocks.append(rp.Table(("true \\ predicted", *rd.class_names), rows,
+                               f"{rd.title}: counts (row %), run `{rd.run.info.run_id[:12]}`"))
+    if len(blocks) == 1:
+        blocks += none_found("confusion matrices")
+    return blocks
+
+
+def shortcut_section(headline: list[RunData]) -> list[rp.Block]:
+    from mtl_suite.analysis.shortcut import features, shortcut_scores
+
+    blocks: list[rp.Block] = [
+        rp.Heading("Beyond the paper: shortcut check (colour only)"),
+        rp.Para("A logistic regression on per-channel colour histograms (no shape, no cells) trained and scored on "
+                "the same split and folds as the CNN. If it comes close to the CNN, the data let a model score by "
+                "stain and background, and accuracy overstates what was learnt about cells.")]
+    rows = []
+    for rd in headline:
+        if rd.split is None or rd.oof is None:
+            continue
+        frame = pd.DataFrame(rd.split["rows"])
+        known = pd.concat([rd.oof[["path", "label"]]] + ([rd.test[["path", "label"]]] if rd.test is not None else []))
+        task_label = dict(zip(known["path"], known["label"]))
+        class_map = {orig: task_label[p] for p, orig in zip(frame["path"], frame["label"]) if p in task_label}
+        frame["task_label"] = frame["label"].map(class_map)
+        missing = [p for p in frame["path"] if not Path(p).is_file()]
+        if missing or frame["task_label"].isna().any():
+            rows.append((rd.title, "n/a", "n/a", "n/a", "n/a", f"images not readable here ({len(missing)} missing)"))
+            continue
+        index = {c: i for i, c in enumerate(rd.class_names)}
+        y = frame["task_label"].map(index).to_numpy(dtype=int)
+        is_test = (frame["role"] == "test").to_numpy()
+        fold = frame["role"].map(lambda r: int(r.split("-")[1]) if str(r).startswith("fold-") else -1).to_numpy()
+        x = features(list(frame["path"]))
+        s = shortcut_scores(x[~is_test], y[~is_test], fold[~is_test], x[is_test], y[is_test])
+        mt = rd.run.data.metrics
+        rows.append((rd.title, f"{pct(s.cv_accuracy)} / {pct(mt.get('cv/accuracy_mean'))}",
+                     f"{pct(s.cv_f1_macro)} / {pct(mt.get('cv/f1_macro_mean'))}",
+                     f"{pct(s.test_accuracy)} / {pct(mt.get('test/accuracy'))}",
+                     f"{pct(s.test_f1_macro)} / {pct(mt.get('test/f1_macro'))}", f"{len(frame)} images"))
+    if not rows:
+        return blocks + none_found("the shortcut check")
+    return blocks + [rp.Table(("model", "CV accuracy: colour / CNN (%)", "CV macro-F1: colour / CNN (%)",
+                               "test accuracy: colour / CNN (%)", "test macro-F1: colour / CNN (%)", "data"),
+                              tuple(rows))]

@@ -1,0 +1,122 @@
+"""The one typed source of truth for stages, tasks and run kinds: the CLI, tuning, compare, report and the tests read
+them from here. Adding a stage is one `StagePlan` entry (plus its training specifics in training/stages.py); the
+enums are `StrEnum`s, so a member is its own string in MLflow tags, YAML and comparisons.
+
+Kept free of heavy imports: the CLI builds its choices and help from this module at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import yaml
+
+from mtl_suite.errors import UserError
+
+
+# yaml.safe_dump refuses str subclasses; the catalog's members are written as the plain strings they are.
+yaml.SafeDumper.add_multi_representer(StrEnum, lambda dumper, member: dumper.represent_str(str(member)))
+
+
+class Stage(StrEnum):
+    STAGE1 = "stage1"
+    STAGE2 = "stage2"
+    STAGE3 = "stage3"
+    CLASSICAL = "classical"
+
+
+class Task(StrEnum):
+    BINARY = "binary"  # normal vs leukemia (smears) or normal vs blast (cells)
+    MULTICLASS = "multiclass"  # the data's own classes
+
+
+class StageData(StrEnum):
+    """What a stage trains on."""
+
+    SOURCE = "source"  # stage 1: ImageNet only, or an optional source dataset
+    CELLS = "cells"  # single-cell crops or a single-cell dataset
+    SMEARS = "smears"  # multi-cell smear fields
+
+
+class RunKind(StrEnum):
+    """The `run_kind` tag of every run the suite makes."""
+
+    STAGE = "stage"
+    FOLD = "fold"
+    STUDY = "study"
+    TRIAL = "trial"
+    COMPARISON = "comparison"
+
+
+class Arm(StrEnum):
+    """The two sides of a CTL-vs-MTL comparison."""
+
+    CTL = "ctl"
+    MTL = "mtl"
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stage: Stage
+    previous: Stage | None  # the stage whose backbone this one starts from; None: ImageNet
+    head: str  # a name in models/heads.py
+    data: StageData
+    description: str  # one line, printed when the run starts
+    help: str  # the CLI command's help
+    label: str  # how reports name the configuration
+    tunable: bool = False
+    arm: Arm | None = None  # the comparison arm whose result this stage is
+    fixed_task: Task | None = None  # a stage that always trains the same task (stage 2: blast vs normal)
+
+    @property
+    def name(self) -> str:
+        return str(self.stage)
+
+    def task_for(self, requested: Task | str) -> Task:
+        """The task this stage trains when the user asked for `requested` (stage 2 is binary whatever is asked)."""
+        return self.fixed_task or Task(requested)
+
+    def run_task(self, requested: Task | str, has_source: bool = False) -> str:
+        """The `task` tag of this stage's run: stage 1 has no smear task, it is ImageNet or a source dataset."""
+        if self.data is StageData.SOURCE:
+            return "source" if has_source else "imagenet"
+        return str(self.task_for(requested))
+
+
+STAGES: dict[Stage, StagePlan] = {plan.stage: plan for plan in [
+    StagePlan(Stage.STAGE1, None, "gap_softmax", StageData.SOURCE, "ImageNet weights W0 -> W1",
+              "Stage 1: ImageNet weights W0 -> W1 (GAP + softmax head; fine-tuned only if --source is given).",
+              "stage 1 (ImageNet)"),
+    StagePlan(Stage.STAGE2, Stage.STAGE1, "dense_dropout", StageData.CELLS, "single cells, blast vs normal: W1 -> W2",
+              "Stage 2: W1 -> W2 on single cells, blast vs normal (crops of the smears' training images, or --cells).",
+              "stage 2 (2 transfers)", tunable=True, fixed_task=Task.BINARY),
+    StagePlan(Stage.STAGE3, Stage.STAGE2, "dense_dropout", StageData.SMEARS, "multi-cell smear fields: W2 -> W3",
+              "Stage 3: W2 -> W3 on multi-cell smears (--task binary|multiclass). Runs missing stages first.",
+              "MTL (3 transfers)", tunable=True, arm=Arm.MTL),
+    StagePlan(Stage.CLASSICAL, None, "dense_dropout", StageData.SMEARS, "classical TL: ImageNet -> smear task (baseline)",
+              "Classical transfer learning baseline: ImageNet -> the stage-3 task directly, same head and budget.",
+              "CTL (1 transfer)", tunable=True, arm=Arm.CTL),
+]}
+
+
+def get_stage(name: Stage | str) -> StagePlan:
+    try:
+        return STAGES[Stage(name)]
+    except ValueError:
+        raise UserError(f"unknown stage {name!r}. Expected one of: {', '.join(STAGES)}") from None
+
+
+def chain(stage: Stage | str) -> tuple[StagePlan, ...]:
+    """The stages a run of `stage` stands on, first to last: chain(stage3) = (stage1, stage2, stage3)."""
+    plan = get_stage(stage)
+    earlier = chain(plan.previous) if plan.previous else ()
+    return (*earlier, plan)
+
+
+def arm_stage(arm: Arm) -> StagePlan:
+    """The stage whose runs are the comparison arm's result (CTL: classical; MTL: stage3)."""
+    return next(plan for plan in STAGES.values() if plan.arm is arm)
+
+
+TUNABLE_STAGES: tuple[Stage, ...] = tuple(plan.stage for plan in STAGES.values() if plan.tunable)
+ARM_STAGES: tuple[Stage, ...] = tuple(plan.stage for plan in STAGES.values() if plan.arm)

@@ -1,0 +1,115 @@
+"""MLflow I/O of `mtl-suite compare`: the comparison parent run (found again by its key, so a rerun resumes it),
+the finished stage runs of a pair, an arm's test scores, and what the comparison logs on its parent. The protocol
+that decides what to run and what counts is workflows/compare.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus
+
+from mtl_suite.catalog import RunKind, Stage
+from mtl_suite.config import ExperimentConfig, to_flat_dict
+from mtl_suite.tracking.runs import git_commit
+
+if TYPE_CHECKING:
+    from mtl_suite.analysis.compare import Comparison
+
+
+def find_or_create_parent(client, experiment_id: str, key: str, config: ExperimentConfig, task: str, runs: int,
+                          command: str, study: str | None, say: Callable[[str], None]) -> str:
+    """The comparison run with this key (reopened, its run count raised to `runs`), else a new one."""
+    found = client.search_runs([experiment_id],
+                               f"tags.run_kind = '{RunKind.COMPARISON}' AND tags.comparison_key = '{key}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "comparison_runs", str(max(runs, int(found[0].data.tags.get(
+            "comparison_runs", "0") or 0))))
+        say(f"resuming comparison run {run_id} (same settings: key {key})")
+        return run_id
+    tags = {"run_kind": str(RunKind.COMPARISON), "comparison_key": key, "backbone": config.train.backbone,
+            "task": task, "comparison_runs": str(runs), "folds": str(config.data.folds), "git_commit": git_commit(),
+            "command": command[:5000], "mlflow.runName": f"compare-{config.train.backbone}-{task}"}
+    if study:
+        tags["study"] = study
+    run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
+    params = {k: str(v)[:500] for k, v in to_flat_dict(config).items()
+              if k not in ("tracking.tracking_uri", "train.seed", "data.seed")}
+    params.update({"base_seed": str(config.train.seed), "base_data_seed": str(config.data.seed), "task": task})
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    return run.info.run_id
+
+
+def end_parent(client, parent: str, status: int) -> None:
+    """`status`: a RunStatus (FINISHED, FAILED, KILLED)."""
+    client.set_terminated(parent, RunStatus.to_string(status))
+
+
+def finished_stage_runs(client, experiment_id: str, parent: str, index: int) -> dict[str, str]:
+    """Stage name -> the newest FINISHED stage run of pair `index`, for a resumed comparison to reuse."""
+    query = (f"tags.comparison_run = '{parent}' AND tags.comparison_pair = '{index}' "
+             f"AND tags.run_kind = '{RunKind.STAGE}' AND attributes.status = 'FINISHED'")
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
+    found: dict[str, str] = {}
+    for run in runs:
+        found.setdefault(run.data.tags["stage"], run.info.run_id)
+    # a stage run only counts if its own predecessor in this pair is the one we reuse
+    if Stage.STAGE3 in found and found.get(Stage.STAGE2) and \
+            client.get_run(found[Stage.STAGE3]).data.tags.get("parent_stage_run") != found[Stage.STAGE2]:
+        found.pop(Stage.STAGE3)
+    return found
+
+
+def read_test_scores(client, run_id: str, metrics: Sequence[str]) -> tuple[dict[str, float | None], str]:
+    """A stage run's `test/<metric>` values (None where missing) and its split digest."""
+    run = client.get_run(run_id)
+    return {m: run.data.metrics.get(f"test/{m}") for m in metrics}, run.data.tags.get("split_digest", "")
+
+
+def read_test_train_ratio(client, stage_run_id: str) -> float | None:
+    """From the nested 'final' run: trained on n_train development images, tested on n_validation test images."""
+    run = client.get_run(stage_run_id)
+    finals = client.search_runs([run.info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{stage_run_id}' AND tags.fold = 'final'", max_results=1)
+    if not finals:
+        return None
+    params = finals[0].data.params
+    n_train, n_test = int(params.get("n_train", 0)), int(params.get("n_validation", 0))
+    return n_test / n_train if n_train else None
+
+
+def read_dataset_digest(client, run_id: str | None) -> str:
+    """The digest of the manifest a stage run read ("" without a run)."""
+    return client.get_run(run_id).data.tags.get("dataset_digest", "") if run_id else ""
+
+
+def log_to_parent(client, parent: str, pairs_used: int, pairs_excluded: int, comparisons: dict[str, Comparison],
+                  table: pd.DataFrame, report: str, plot_path: Path, ratio: float) -> None:
+    now = int(dt.datetime.now().timestamp() * 1000)
+    metrics = [Metric("compare/pairs_used", float(pairs_used), now, 0),
+               Metric("compare/pairs_excluded", float(pairs_excluded), now, 0),
+               Metric("compare/test_train_ratio", float(ratio), now, 0)]
+    for name, c in comparisons.items():
+        values = {"ctl_mean": c.ctl.mean, "mtl_mean": c.mtl.mean, "mean_difference": c.mean_difference,
+                  "p_paired": c.paired.p_value, "p_welch": c.welch.p_value, "p_corrected": c.corrected.p_value,
+                  "t_corrected": c.corrected.statistic, "cohens_d": c.cohens_d}
+        metrics += [Metric(f"compare/{name}/{k}", float(v), now, 0) for k, v in values.items() if math.isfinite(v)]
+    client.log_batch(parent, metrics=metrics)
+    client.set_tag(parent, "verdict", (comparisons["accuracy"].verdict if comparisons else "no verdict")[:5000])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "comparison"
+        folder.mkdir()
+        table.to_csv(folder / "table_v.csv", index=False)
+        (folder / "report.md").write_text(report, encoding="utf-8")
+        (folder / "statistics.json").write_text(json.dumps({k: c.as_dict() for k, c in comparisons.items()},
+                                                           indent=2, default=float), encoding="utf-8")
+        (folder / plot_path.name).write_bytes(plot_path.read_bytes())
+        client.log_artifacts(parent, str(folder), artifact_path="comparison")

@@ -1,0 +1,112 @@
+"""MLflow I/O of a stage run: lineage queries (which run a stage may start from), what a run records at its start
+(tags, params, config, split), its artifacts, and the logged Keras model."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow.entities import RunStatus
+from mlflow.models import infer_signature
+
+from mtl_suite.catalog import RunKind
+from mtl_suite.config import ExperimentConfig, to_flat_dict
+from mtl_suite.data.splits import save_split
+from mtl_suite.errors import UserError
+from mtl_suite.tasks import TaskData
+from mtl_suite.tracking.runs import git_commit, log_split
+
+BACKBONE_ARTIFACT = "backbone/backbone.npz"
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+
+
+def find_latest_run(experiment_id: str, stage: str, backbone: str) -> str | None:
+    """The newest finished stage run of this backbone that a user launched: the runs that `compare` makes are left
+    out (they belong to their comparison, and it may have trained them on other data)."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.stage = '{stage}' AND tags.backbone = '{backbone}' AND attributes.status = '{FINISHED}' "
+                      f"AND tags.run_kind = '{RunKind.STAGE}'",
+        order_by=["attributes.start_time DESC"], max_results=200, output_format="list",
+    )
+    # MLflow's filter language has no "tag is absent", so the comparison runs are dropped here.
+    own = [run for run in runs if "comparison_run" not in run.data.tags]
+    return own[0].info.run_id if own else None
+
+
+def check_parent(run_id: str, stage: str, backbone: str) -> str:
+    """An explicit --parent-run must be a finished run of the previous stage with the same backbone."""
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"--parent-run {run_id}: no such run in the tracking store") from None
+    tags = run.data.tags
+    if tags.get("stage") != stage:
+        raise UserError(f"--parent-run {run_id} is a {tags.get('stage', 'non-stage')} run; expected a {stage} run")
+    if tags.get("backbone") != backbone:
+        raise UserError(f"--parent-run {run_id} used backbone {tags.get('backbone')!r}; this run uses "
+                        f"{backbone!r}. Received: --backbone {backbone}")
+    if run.info.status != FINISHED:
+        raise UserError(f"--parent-run {run_id} did not finish (status {run.info.status}); pick a finished run")
+    return run_id
+
+
+def download_backbone(run_id: str, dst: Path) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BACKBONE_ARTIFACT,
+                                                    dst_path=str(dst)))
+
+
+def log_setup(tags: dict[str, str], config: ExperimentConfig, task_data: TaskData | None, workdir: Path) -> None:
+    """What the run records before training: its tags, the resolved config as params and YAML, and the split."""
+    mlflow.set_tags({"run_kind": RunKind.STAGE, "git_commit": git_commit(), **tags})
+    params = {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in to_flat_dict(config).items()}
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items() if k != "tracking.tracking_uri"})
+    mlflow.log_text(yaml.safe_dump(_yaml_ready(dataclasses.asdict(config)), sort_keys=False), "config.yaml")
+    if task_data is None:
+        return
+    split_path, digest = save_split(task_data.split, workdir / "split.json")
+    log_split(split_path, digest, task_data.split.to_json())
+    mlflow.set_tags({"data": task_data.description[:250], "classes": ",".join(task_data.class_names)})
+    if task_data.manifest.dropped_duplicates:
+        mlflow.log_text("\n".join(task_data.manifest.dropped_duplicates) + "\n", "data/dropped_duplicates.txt")
+    if task_data.manifest.skipped:
+        mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in task_data.manifest.skipped), "data/skipped_images.tsv")
+
+
+def log_metrics_and_folder(metrics: dict[str, float], folder: Path | None, artifact_path: str) -> None:
+    mlflow.log_metrics(metrics)
+    if folder is not None:
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def log_backbone(archive: Path) -> None:
+    mlflow.log_artifact(str(archive), artifact_path="backbone")
+
+
+def log_keras_model(model, example, info: dict) -> None:
+    """The classifier (raw pixels in, probabilities out) with a signature, and what serving needs to know."""
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # input_example is left out on purpose: mlflow 3.17.2's keras flavour fails on it (FileNotFoundError).
+    # Requirements are given, not inferred: inference reloads the model in a subprocess (most of a minute).
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=model_requirements())
+    mlflow.log_dict(info, "model_info.json")
+
+
+def model_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("tensorflow", "keras", "numpy", "mlflow")]
+
+
+def active_run_id() -> str:
+    return mlflow.active_run().info.run_id
+
+
+def _yaml_ready(value):
+    if isinstance(value, dict):
+        return {k: _yaml_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_ready(v) for v in value]
+    return value

@@ -1,0 +1,211 @@
+"""`mtl-suite promote`: pick the best finished stage run by a metric, compare it with the current champion, check
+that its Keras model loads and predicts, wrap it in the raw-image pyfunc and register it with the champion alias.
+The registry and run I/O is tracking/registry.py; this module decides."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+
+from mtl_suite.catalog import RunKind, Stage
+from mtl_suite.config import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, PREVIOUS_ALIAS
+from mtl_suite.errors import UserError
+from mtl_suite.tracking import registry
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRIC = "cv/f1_macro_mean"
+SHOWN_METRICS = ("cv/accuracy_mean", "cv/f1_macro_mean", "cv/f1_macro_std", "cv/auc_macro_mean", "test/accuracy",
+                 "test/f1_macro", "test/auc_macro")
+
+
+@dataclass(frozen=True)
+class PromoteRequest:
+    experiment_ids: list[str]
+    stage: Stage | str = Stage.STAGE3
+    task: str | None = None
+    metric: str = DEFAULT_METRIC
+    greater_is_better: bool = True
+    name: str = DEFAULT_MODEL_NAME
+    run_id: str | None = None  # promote this run instead of searching
+    dry_run: bool = False
+    force: bool = False
+
+
+@dataclass
+class PromotePlan:
+    candidate: Run
+    value: float
+    ranking: pd.DataFrame
+    champion: ModelVersion | None = None
+    champion_value: float | None = None
+    action: str = "register"  # register | refuse | already
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PromoteOutcome:
+    plan: PromotePlan
+    version: ModelVersion | None
+    model_uri: str | None
+
+
+# --- choosing ---------------------------------------------------------------------------------------------------
+
+def candidate_runs(request: PromoteRequest) -> list[Run]:
+    if request.run_id:
+        return [registry.finished_stage_run(request.run_id)]
+    runs = registry.finished_stage_runs(request.experiment_ids, request.stage, request.task)
+    if not runs:
+        task = f", task {request.task}" if request.task else ""
+        raise UserError(f"no finished {request.stage} run (run_kind={RunKind.STAGE}{task}) in the experiment(s) "
+                        f"searched; train one first, e.g. `mtl-suite {request.stage}`")
+    return runs
+
+
+def rank(runs: list[Run], metric: str, greater_is_better: bool = True) -> pd.DataFrame:
+    """Runs that have the metric, best first; ties go to the newer run."""
+    rows = [{"run_id": r.info.run_id, "value": r.data.metrics[metric], "start_time": r.info.start_time,
+             "backbone": r.data.tags.get("backbone", ""), "task": r.data.tags.get("task", ""),
+             "seed": r.data.tags.get("seed", ""), "run_name": r.info.run_name}
+            for r in runs if metric in r.data.metrics]
+    if not rows:
+        known = sorted({k for r in runs for k in r.data.metrics if k.startswith(("cv/", "test/"))})
+        raise UserError(f"no candidate run has the metric {metric!r}. Metrics they have: "
+                        f"{', '.join(known[:30]) or 'none'}{' ...' if len(known) > 30 else ''}")
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["value", "start_time"], ascending=[not greater_is_better, False],
+                             kind="mergesort").reset_index(drop=True)
+
+
+def plan_promotion(request: PromoteRequest, client: MlflowClient) -> PromotePlan:
+    runs = candidate_runs(request)
+    ranking = rank(runs, request.metric, request.greater_is_better)
+    by_id = {r.info.run_id: r for r in runs}
+    best = by_id[ranking.loc[0, "run_id"]]
+    plan = PromotePlan(candidate=best, value=float(ranking.loc[0, "value"]), ranking=ranking)
+    plan.champion = registry.current_champion(client, request.name)
+    if plan.champion is None:
+        plan.reason = f"no version of {request.name!r} holds the alias {CHAMPION_ALIAS!r} yet"
+        return plan
+    if plan.champion.run_id == best.info.run_id:
+        plan.action = "already"
+        plan.reason = f"run {best.info.run_id} is already {CHAMPION_ALIAS} (version {plan.champion.version})"
+        return plan
+    plan.champion_value = registry.version_metric(client, plan.champion, request.metric)
+    better = "higher" if request.greater_is_better else "lower"
+    if plan.champion_value is None:
+        plan.action = "refuse" if not request.force else "register"
+        plan.reason = (f"the {CHAMPION_ALIAS} (version {plan.champion.version}) has no {request.metric} to compare "
+                       f"with" + ("; replacing it (--force)" if request.force else "; use --force to replace it anyway"))
+        return plan
+    worse = (plan.value < plan.champion_value) if request.greater_is_better else (plan.value > plan.champion_value)
+    if worse:
+        plan.action = "register" if request.force else "refuse"
+        plan.reason = (f"{request.metric} {plan.value:.4f} is worse than the {CHAMPION_ALIAS}'s "
+                       f"{plan.champion_value:.4f} (version {plan.champion.version}; {better} is better)"
+                       + ("; replacing it (--force)" if request.force else "; use --force to promote it anyway"))
+    else:
+        plan.reason = (f"{request.metric} {plan.value:.4f} vs {CHAMPION_ALIAS} {plan.champion_value:.4f} "
+                       f"(version {plan.champion.version})")
+    return plan
+
+
+# --- building and registering -----------------------------------------------------------------------------------
+
+def promote(request: PromoteRequest, say: Callable[[str], None] = print) -> PromoteOutcome:
+    client = MlflowClient()
+    plan = plan_promotion(request, client)
+    run_id = plan.candidate.info.run_id
+    say(f"best {request.stage} run by {request.metric}: {run_id} ({plan.value:.4f}; "
+        f"{len(plan.ranking)} candidate(s)). {plan.reason}")
+    if plan.action == "already":
+        return PromoteOutcome(plan, plan.champion, f"models:/{request.name}@{CHAMPION_ALIAS}")
+    if plan.action == "refuse":
+        raise UserError(f"not promoting run {run_id}: {plan.reason}")
+    with tempfile.TemporaryDirectory(prefix="mtl-promote-") as tmp:
+        keras_dir, info_path, info = registry.fetch_model(run_id, Path(tmp))
+        check_servable(run_id, info)
+        check_loads(run_id, keras_dir, info)  # a model that cannot be loaded never becomes champion
+        if request.dry_run:
+            say(f"dry run: would register run {run_id} as a new version of {request.name!r} with alias "
+                f"{CHAMPION_ALIAS!r}" + (f" (version {plan.champion.version} would get {PREVIOUS_ALIAS!r})"
+                                         if plan.champion else ""))
+            return PromoteOutcome(plan, None, None)
+        example = pd.DataFrame({"image": [example_image(info)]})
+        model_uri = registry.log_pyfunc(plan.candidate, keras_dir, info_path, info, example)
+    version = registry.register(
+        client, request.name, plan.candidate, model_uri, previous=plan.champion,
+        extra_tags={"stage_run": run_id, "promotion_metric": request.metric, "promotion_value": f"{plan.value:.6g}"},
+        description=version_description(plan.candidate, request, plan))
+    say(f"registered {request.name} version {version.version} (run {run_id}) as {CHAMPION_ALIAS}"
+        + (f"; version {plan.champion.version} is now {PREVIOUS_ALIAS}" if plan.champion else "")
+        + f". Serve with: mtl-suite serve --model models:/{request.name}@{CHAMPION_ALIAS}")
+    return PromoteOutcome(plan, version, model_uri)
+
+
+def check_servable(run_id: str, info: dict) -> None:
+    """The serving pyfunc applies only the resize: a model trained on masked (segmented) images would be fed
+    unmasked ones."""
+    if info.get("masks") or info.get("input_masking"):
+        raise UserError(f"run {run_id} was trained on masked (segmented) images; the serving model applies only "
+                        f"the resize, so it cannot be promoted yet")
+
+
+def check_loads(run_id: str, keras_dir: Path, info: dict) -> None:
+    """Load the Keras model and run one blank image through it: it must give one probability per class."""
+    import mlflow
+    import numpy as np
+
+    try:
+        model = mlflow.keras.load_model(str(keras_dir), load_model_kwargs={"safe_mode": True})
+        size = int(info["image_size"])
+        out = np.asarray(model.predict_on_batch(np.zeros((1, size, size, 3), "float32")))
+    except Exception as exc:  # any failure here means the artifact is unusable, which is the user's to fix
+        raise UserError(f"the model of run {run_id} fails to load or predict: {registry.first_line(exc)}") from None
+    classes = len(info["class_names"])
+    if out.shape[-1] not in (classes, 1 if classes == 2 else classes):
+        raise UserError(f"the model of run {run_id} gives {out.shape[-1]} outputs for {classes} classes")
+
+
+def example_image(info: dict) -> str:
+    """A bundled sample image at the model's size, base64 PNG: small, and a real input the model accepts."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from mtl_suite.data.images import read_resized
+    from mtl_suite.paths import SAMPLE_IMAGES
+
+    files = sorted(SAMPLE_IMAGES.rglob("*.jpg"))
+    size = min(int(info["image_size"]), 96)
+    buffer = io.BytesIO()
+    Image.fromarray(read_resized(files[0], size)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def version_description(run: Run, request: PromoteRequest, plan: PromotePlan) -> str:
+    tags, metrics = run.data.tags, run.data.metrics
+    shown = [request.metric] + [k for k in SHOWN_METRICS if k != request.metric]
+    lines = [f"Promoted by `mtl-suite promote`: best finished {request.stage} run by {request.metric} "
+             f"({plan.value:.4f}, {len(plan.ranking)} candidate(s)).", "",
+             f"- stage run: {run.info.run_id} ({run.info.run_name}), backbone {tags.get('backbone', '?')}, "
+             f"task {tags.get('task', '?')}, image size {tags.get('image_size', '?')}, seed {tags.get('seed', '?')}",
+             "- metrics: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics),
+             f"- lineage: stage-2 run {tags.get('stage2_run') or '-'}, stage-1 run {tags.get('stage1_run') or '-'}, "
+             f"weights {tags.get('weights') or '-'} sha256 {tags.get('weights_sha256') or '-'}",
+             f"- data: dataset digest {tags.get('dataset_digest', '-')}, split digest {tags.get('split_digest', '-')}",
+             f"- code: git commit {tags.get('git_commit', '-')}"]
+    if plan.champion is not None:
+        lines.append(f"- replaces version {plan.champion.version} (now '{PREVIOUS_ALIAS}'): {plan.reason}")
+    return "\n".join(lines)

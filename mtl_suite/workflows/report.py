@@ -1,0 +1,79 @@
+"""`mtl-suite report`: read finished stage runs from MLflow and build the paper's tables and figures (Tables II-IV,
+Figs. 9-11), a data section, and three checks the paper lacks: calibration, a colour-only shortcut baseline on
+the same split, and Grad-CAM overlays. The reads are tracking/report_queries.py; the sections, statistics and
+drawing analysis/report_sections.py and report_figures.py; this module chooses the runs and assembles.
+
+Which runs: for every (stage, backbone, task) the newest FINISHED stage run is shown (with how many runs of that
+kind exist). The figures follow the "headline" runs: the newest stage-3 (MTL) run per backbone and task, or the
+newest classical run where a backbone/task has no stage-3 run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import mlflow
+from mlflow.entities import Run
+
+from mtl_suite.analysis import report as rp
+from mtl_suite.analysis import report_figures as figs
+from mtl_suite.analysis import report_sections as sections
+from mtl_suite.catalog import Stage, Task
+from mtl_suite.io_utils import write_text_atomic
+from mtl_suite.tracking import report_queries as queries
+from mtl_suite.tracking.setup import resolve_tracking_uri
+
+
+def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gradcam_per_class: int = 2,
+                 say: Callable[[str], None] = print) -> tuple[Path, Path]:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars would interleave with our lines
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    exp = queries.experiment_or_error(client, experiment, uri)
+    out = out or Path("reports") / f"{experiment}-{dt.date.today().isoformat()}"
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    runs = queries.finished_stage_runs(client, exp.experiment_id)
+    groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        t = run.data.tags
+        groups[(t.get("stage", ""), t.get("backbone", ""), t.get("task", ""))].append(run)
+    say(f"report on experiment {experiment!r}: {len(runs)} finished stage runs in {uri}")
+
+    def histories(run_id: str) -> list[dict[str, list[float]]]:
+        return queries.fold_histories(client, run_id)
+
+    with tempfile.TemporaryDirectory(prefix="mtl-report-") as tmp:
+        headline = [queries.run_data(client, r, Path(tmp)) for r in headline_runs(groups)]
+        blocks = sections.report_header(experiment, uri, runs, out, tracking_uri)
+        blocks += sections.data_section(headline)
+        blocks += sections.metric_table(groups, Task.BINARY, "Table II: binary classification (normal vs leukemia)")
+        blocks += sections.metric_table(groups, Task.MULTICLASS, "Table III: multiclass classification")
+        blocks += sections.confusion_tables(headline)
+        blocks += figs.convergence_section(histories, groups, headline, figures)
+        blocks += figs.roc_section(headline, figures)
+        blocks += figs.curves_section(histories, headline, figures)
+        blocks += figs.calibration_section(headline, figures)
+        blocks += sections.shortcut_section(headline)
+        blocks += figs.gradcam_section(headline, figures, gradcam_per_class, say, queries.load_run_model)
+    md_path, html_path = out / "report.md", out / "report.html"
+    write_text_atomic(md_path, rp.to_markdown(blocks, out))
+    write_text_atomic(html_path, rp.to_html(blocks, f"mtl-suite report: {experiment}"))
+    say(f"report written: {md_path} and {html_path}")
+    return md_path, html_path
+
+
+def headline_runs(groups: dict[tuple[str, str, str], list[Run]]) -> list[Run]:
+    """Per backbone and task: the newest stage-3 run, else the newest classical run."""
+    chosen = {}
+    for (stage, backbone, task), runs in sorted(groups.items()):
+        if task not in sections.TABLE_METRICS:
+            continue
+        if stage == Stage.STAGE3 or (stage == Stage.CLASSICAL and (Stage.STAGE3, backbone, task) not in groups):
+            chosen[(backbone, task)] = runs[0]
+    return list(chosen.values())

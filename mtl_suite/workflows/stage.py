@@ -1,0 +1,265 @@
+"""A transfer stage end to end: find (or first run) the stage it starts from, assemble its task data, open its
+MLflow run (adopting an interrupted one), cross-validate and refit (plain Keras, training/), and keep the results
+(files from analysis/, MLflow I/O from tracking/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import mlflow
+from mlflow.entities import RunStatus
+
+from mtl_suite.analysis.stage_files import write_cv_files, write_test_files
+from mtl_suite.cache import default_cache_root
+from mtl_suite.catalog import Stage, StageData, StagePlan, Task, get_stage
+from mtl_suite.config import ExperimentConfig, to_flat_dict
+from mtl_suite.errors import UserError
+from mtl_suite.io_utils import sha256_text
+from mtl_suite.tasks import TaskData, TaskRequest, describe, load_task_data
+from mtl_suite.tracking import resume, stage_log
+from mtl_suite.tracking.folds import MlflowFoldObserver
+from mtl_suite.tracking.setup import use_tracking
+from mtl_suite.training.cv import FoldResult, TestResult, cross_validate, refit_and_test
+from mtl_suite.training.stages import imagenet_backbone_file, model_factory
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    stage: Stage | str
+    config: ExperimentConfig
+    task: Task | str = Task.MULTICLASS
+    normal_class: str | None = None
+    cells: str | None = None  # stage 2: a single-cell dataset instead of crops of the smears
+    source: str | None = None  # stage 1: optional source dataset to fine-tune on
+    parent_run: str | None = None
+    quiet: bool = False
+    extra_tags: tuple[tuple[str, str], ...] = ()
+    resume: str = "auto"  # auto: adopt an interrupted run with the same settings; never; or a run id
+
+    def task_request(self) -> TaskRequest:
+        return TaskRequest(self.config.data, self.task, self.normal_class, self.cells, self.source)
+
+    def run_task(self, plan: StagePlan) -> str:
+        return plan.run_task(self.task, has_source=bool(self.source))
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    run_id: str
+    stage: str
+    metrics: dict[str, float]
+    tracking_uri: str
+    experiment_id: str
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """What an interrupted attempt left: finished folds (from the tracking store) and epoch checkpoints."""
+
+    folds: dict[str, FoldResult]
+    checkpoints: Path
+
+
+def run_stage(request: StageRequest, say: Callable[[str], None] = print) -> StageOutcome:
+    """Run one stage (running missing earlier stages first) and return where its results went."""
+    launcher_run = os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: becomes this stage's run
+    tracking = request.config.tracking
+    uri, experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)
+    if launcher_run:
+        experiment_id = mlflow.get_run(launcher_run).info.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+    return _run(request, uri, experiment_id, launcher_run, say)
+
+
+def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None,
+         say: Callable[[str], None]) -> StageOutcome:
+    plan = get_stage(request.stage)
+    backbone = request.config.train.backbone
+    parent_id = resolve_parent_run(plan, request, uri, experiment_id, say)
+    with tempfile.TemporaryDirectory(prefix=f"mtl-{plan.name}-") as tmp:
+        workdir = Path(tmp)
+        task_data = stage_task_data(plan, request, say)
+        key = _resume_key(plan, request, parent_id, task_data)
+        interrupted = resume.find_interrupted_run(experiment_id, key, request.resume)
+        run_name = f"{plan.name}-{backbone}-{request.run_task(plan)}"
+        with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=experiment_id) as run:
+            say(f"{plan.name} ({plan.description}), backbone {backbone}: MLflow run {run.info.run_id} in {uri}")
+            try:
+                # Tagged before adopting: if this attempt dies too, the next one finds it (and what it adopted).
+                origin = resume.origin_of(interrupted) if interrupted else run.info.run_id
+                mlflow.set_tags({resume.RESUME_KEY: key, resume.ORIGIN: origin, **resume.owner_tags()})
+                adopted = resume.adopt(interrupted, run.info.run_id, say) if interrupted else {}
+                checkpoints = resume.checkpoint_folder(origin)
+                stage_log.log_setup(_run_tags(plan, request, task_data, parent_id), request.config, task_data,
+                                    workdir)
+                initial = initial_backbone_weights(plan, request, parent_id, workdir)
+                metrics = _train_and_log(plan, request, task_data, initial, workdir, say,
+                                         Resumption(adopted, checkpoints))
+            except KeyboardInterrupt:
+                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))  # the context manager would say FAILED
+                raise
+            outcome = StageOutcome(run.info.run_id, plan.name, metrics, uri, experiment_id)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # every fold is in the tracking store now
+    say(f"{plan.name} finished: run {outcome.run_id} ({_summary(metrics)}); "
+        f"view with: mlflow ui --backend-store-uri {uri}")
+    return outcome
+
+
+# --- lineage ----------------------------------------------------------------------------------------------------
+
+def resolve_parent_run(plan: StagePlan, request: StageRequest, uri: str, experiment_id: str,
+                       say: Callable[[str], None]) -> str | None:
+    """The run whose backbone this stage starts from: the explicit one (checked), else the newest finished run of
+    the previous stage with the same backbone, else a new run of the previous stage made now."""
+    if plan.previous is None:
+        return None
+    backbone = request.config.train.backbone
+    if request.parent_run:
+        return stage_log.check_parent(request.parent_run, plan.previous, backbone)
+    found = stage_log.find_latest_run(experiment_id, plan.previous, backbone)
+    if found:
+        say(f"{plan.name}: starting from {plan.previous} run {found}")
+        return found
+    say(f"{plan.name}: no finished {plan.previous} run for backbone {backbone} in this experiment; "
+        f"running {plan.previous} first")
+    previous = get_stage(plan.previous)
+    earlier = replace(request, stage=previous.stage, parent_run=None, resume="auto",
+                      task=previous.task_for(request.task))
+    return _run(earlier, uri, experiment_id, None, say).run_id
+
+
+def stage_task_data(plan: StagePlan, request: StageRequest, say: Callable[[str], None]) -> TaskData | None:
+    task_data = load_task_data(plan, request.task_request(), default_cache_root())
+    if task_data is not None:
+        say(describe(plan, task_data))
+    return task_data
+
+
+def initial_backbone_weights(plan: StagePlan, request: StageRequest, parent_id: str | None, workdir: Path) -> Path:
+    """W_{k-1} as a local archive: the parent run's backbone, or ImageNet (or file/none) weights for stage 1 and
+    the classical baseline. Records the weights' provenance as tags of the active run."""
+    from mtl_suite.models.transfer import read_backbone_metadata
+
+    train, size = request.config.train, request.config.data.image_size
+    if parent_id is None:
+        path, provenance = imagenet_backbone_file(train.backbone, size, train.weights, workdir / "initial.npz",
+                                                  {"stage": "imagenet"}, seed=train.seed)
+        mlflow.set_tags(dict(provenance))
+        return path
+    local = stage_log.download_backbone(parent_id, workdir / "parent")
+    meta = read_backbone_metadata(local)
+    if meta.get("backbone") != train.backbone:
+        raise UserError(f"parent run {parent_id} holds a {meta.get('backbone')} backbone, not {train.backbone}")
+    mlflow.set_tags({"weights": meta.get("weights", ""), "weights_sha256": meta.get("weights_sha256", ""),
+                     "weights_source": f"run {parent_id} ({meta.get('stage')})"})
+    earlier_runs = {key: meta[key] for key in ("stage1_run", "stage2_run") if meta.get(key)}
+    if earlier_runs:
+        mlflow.set_tags(earlier_runs)
+    return local
+
+
+def _run_tags(plan: StagePlan, request: StageRequest, task_data: TaskData | None,
+              parent_id: str | None) -> dict[str, str]:
+    config = request.config
+    return {
+        "stage": plan.name, "backbone": config.train.backbone, "task": request.run_task(plan),
+        "seed": str(config.train.seed), "parent_stage_run": parent_id or "",
+        "image_size": str(task_data.image_size if task_data else config.data.image_size),
+        **dict(request.extra_tags),
+    }
+
+
+def _resume_key(plan: StagePlan, request: StageRequest, parent_id: str | None, task_data: TaskData | None) -> str:
+    """Everything that decides this run's results: only a run with the same key may be resumed."""
+    settings = {k: v for k, v in to_flat_dict(request.config).items() if not k.startswith("tracking.")}
+    return resume.resume_key({
+        "stage": plan.name, "task": request.run_task(plan), "normal_class": request.normal_class,
+        "cells": request.cells, "source": request.source, "parent": parent_id, "settings": settings,
+        "split": sha256_text(json.dumps(task_data.split.to_json(), sort_keys=True)) if task_data else None,
+        "tags": sorted(request.extra_tags)})
+
+
+# --- training and its results -----------------------------------------------------------------------------------
+
+def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData | None, initial: Path,
+                   workdir: Path, say: Callable[[str], None], resumption: Resumption) -> dict[str, float]:
+    config = request.config
+    lineage = _lineage(plan, initial)
+    if task_data is None:  # stage 1 without a source dataset: W1 is the ImageNet backbone itself
+        from mtl_suite.models.transfer import rewrite_metadata
+
+        rewrite_metadata(initial, workdir / "backbone.npz", lineage)
+        stage_log.log_backbone(workdir / "backbone.npz")
+        return {}
+    factory = model_factory(config.train.backbone, task_data.image_size, initial, plan.head,
+                            len(task_data.class_names), config.train)
+    augment = _augment(config.train.augment)
+    observer = MlflowFoldObserver(stage_log.active_run_id(), plan.name, config.train.backbone, quiet=request.quiet)
+    verbose = 0 if request.quiet else 2
+    metrics: dict[str, float] = {}
+    if task_data.split.folds >= 1 and len(task_data.split.development_indices):
+        cv = cross_validate(task_data.data, task_data.split, task_data.class_names, factory, config.train,
+                            observer, augment, verbose, progress=None if request.quiet else say,
+                            completed=resumption.folds, checkpoints=resumption.checkpoints)
+        cv_metrics = {f"cv/{k}": v for k, v in cv.summary.items()}
+        stage_log.log_metrics_and_folder(cv_metrics, write_cv_files(cv, task_data, workdir / "cv"), "cv")
+        metrics.update(cv_metrics)
+    final = refit_and_test(task_data.data, task_data.split, task_data.class_names, factory, config.train,
+                           observer, augment, verbose, checkpoints=resumption.checkpoints)
+    metrics.update(_log_test(final, task_data, workdir))
+    _log_backbone_and_model(final, task_data, config, workdir, lineage)
+    return metrics
+
+
+def _log_test(final: TestResult, task_data: TaskData, workdir: Path) -> dict[str, float]:
+    if not len(final.index):
+        return {}
+    test_metrics = {f"test/{k}": v for k, v in final.metrics.items()}
+    stage_log.log_metrics_and_folder(test_metrics, write_test_files(final, task_data, workdir / "test"), "test")
+    return test_metrics
+
+
+def _augment(policy: str):
+    if policy == "none":
+        return None
+    from mtl_suite.imaging.augment import get_batch_augment
+
+    return get_batch_augment(policy)
+
+
+def _lineage(plan: StagePlan, initial: Path) -> dict:
+    """The run ids a backbone archive carries: which stage-1 and stage-2 runs the weights passed through."""
+    from mtl_suite.models.transfer import read_backbone_metadata
+
+    meta = read_backbone_metadata(initial)
+    run_id = stage_log.active_run_id()
+    lineage = {k: meta[k] for k in ("weights", "weights_source", "weights_sha256", "stage1_run", "stage2_run")
+               if k in meta}
+    if plan.data is not StageData.SMEARS:  # a pre-training stage: later stages record it
+        lineage[f"{plan.name}_run"] = run_id
+    return {**lineage, "stage": plan.name, "backbone": meta.get("backbone"), "run_id": run_id}
+
+
+def _log_backbone_and_model(final: TestResult, task_data: TaskData, config: ExperimentConfig, workdir: Path,
+                            lineage: dict) -> None:
+    from mtl_suite.models.transfer import save_backbone
+
+    save_backbone(final.backbone, workdir / "backbone.npz", lineage)
+    stage_log.log_backbone(workdir / "backbone.npz")
+    example = task_data.data.images[:2].astype("float32")
+    stage_log.log_keras_model(final.model, example, {
+        "class_names": task_data.class_names, "image_size": task_data.image_size, "backbone": config.train.backbone,
+        # The model sees whole images (masks only cut stage 2's crops), so serving needs no masks.
+        "input_masking": False, **lineage})
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    keys = ["cv/accuracy_mean", "cv/f1_macro_mean", "test/accuracy", "test/f1_macro"]
+    shown = [f"{k} {metrics[k]:.3f}" for k in keys if k in metrics]
+    return ", ".join(shown) or "ImageNet backbone saved"
