@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install (Debian packages), start PostgreSQL 15 on 127.0.0.1 and create a database and user for the distributed
-# tuning test. Prints the connection URL on stdout (everything else goes to stderr), so CI can do:
+# tuning and scale-out tests. Prints the connection URL on stdout (everything else goes to stderr), so CI can do:
 #
 #   export MTL_SUITE_TEST_POSTGRES_URL="$(.ci/start-postgres.sh)"
 #
 # Idempotent: rerunning it on a started server only checks the user and database. Needs root (apt-get, and
-# running commands as the postgres user). Settings: PGPORT (5432), MTL_PG_USER (mtl), MTL_PG_PASSWORD (mtl),
-# MTL_PG_DB (mtl_suite_test).
+# running commands as the postgres user). The user may create databases: the scale-out test gives the MLflow
+# tracking server a fresh backend database of its own on every run (tests/integration/test_scale_out.py).
+# Settings: PGPORT (5432), MTL_PG_USER (mtl), MTL_PG_PASSWORD (mtl), MTL_PG_DB (mtl_suite_test).
 set -euo pipefail
 
 PORT="${PGPORT:-5432}"
@@ -58,9 +59,9 @@ as_postgres psql -q -p "${PORT}" -v ON_ERROR_STOP=1 -d postgres >&2 <<SQL
 DO \$\$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${PG_USER}') THEN
-    CREATE ROLE "${PG_USER}" LOGIN PASSWORD '${PG_PASSWORD}';
+    CREATE ROLE "${PG_USER}" LOGIN CREATEDB PASSWORD '${PG_PASSWORD}';
   ELSE
-    ALTER ROLE "${PG_USER}" LOGIN PASSWORD '${PG_PASSWORD}';
+    ALTER ROLE "${PG_USER}" LOGIN CREATEDB PASSWORD '${PG_PASSWORD}';
   END IF;
 END
 \$\$;

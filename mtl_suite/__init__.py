@@ -12,3 +12,8 @@ __version__ = "0.1.0"
 # exported wins.
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+# TensorFlow's start-up lines (absl, oneDNN, CUDA probes) off on every path unless asked for: see output.py.
+from mtl_suite.output import quiet_start_up  # noqa: E402
+
+quiet_start_up()

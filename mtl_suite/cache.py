@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 # section folder -> what it holds (for `mtl-suite cache info`)
 SECTIONS = {
     "features": "backbone features of frozen warm-up phases, keyed by weights and image digests",
+    "activations": "activations at a cut inside the backbone, one file per image, for fine-tuning its top",
     "cells": "single-cell crops cut from the smears' development images (stage 2)",
     "policies": "augmentation policies at tuned strengths (albumentations YAML)",
     "images": "decoded and resized image arrays, keyed by the images' digests and the size",
@@ -31,6 +32,7 @@ SECTIONS = {
 }
 DEFAULT_FEATURE_CACHE_MB = 2048
 DEFAULT_IMAGE_CACHE_MB = 2048
+DEFAULT_ACTIVATION_CACHE_MB = 16384  # Xception's exit flow at 299 px: about 1.4 MB an image in float32
 
 
 def default_cache_root() -> Path:
@@ -45,6 +47,11 @@ def image_store() -> ArrayStore:
 def feature_cache_limit_bytes() -> int:
     """$MTL_SUITE_FEATURE_CACHE_MB (default 2048); 0 keeps features in memory only (nothing written)."""
     return _limit_bytes("MTL_SUITE_FEATURE_CACHE_MB", DEFAULT_FEATURE_CACHE_MB)
+
+
+def activation_cache_limit_bytes() -> int:
+    """$MTL_SUITE_ACTIVATION_CACHE_MB (default 16384); 0: activations are computed for each use, never written."""
+    return _limit_bytes("MTL_SUITE_ACTIVATION_CACHE_MB", DEFAULT_ACTIVATION_CACHE_MB)
 
 
 def image_cache_limit_bytes() -> int:
@@ -118,13 +125,16 @@ class ArrayStore:
         _touch(path)  # eviction goes by last use
         return array
 
-    def save(self, key: str, array: np.ndarray) -> None:
+    def save(self, key: str, array: np.ndarray, evict: bool = True) -> None:
+        """`evict=False` for many small entries in a row: listing the folder after each would cost quadratic time;
+        the caller evicts once at the end."""
         if array.nbytes > self.max_bytes:
             return  # would evict everything and still not fit
         with atomic_path(self.path(key)) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, array, allow_pickle=False)
-        self.evict(keep=self.path(key))
+        if evict:
+            self.evict(keep=self.path(key))
 
     def entries(self) -> list[tuple[Path, int, float]]:
         """(path, bytes, last use) of every entry, least recently used first."""
@@ -151,13 +161,6 @@ class ArrayStore:
             total -= size
             removed += 1
         return removed
-
-
-def _touch(path: Path) -> None:
-    try:
-        os.utime(path, (time.time(), time.time()))
-    except OSError:  # read-only cache or removed meanwhile: the entry just ages as if unused
-        pass
 
 
 def _touch(path: Path) -> None:

@@ -46,6 +46,9 @@ class RunKind(StrEnum):
     STUDY = "study"
     TRIAL = "trial"
     COMPARISON = "comparison"
+    SEGMENTATION = "segmentation"  # `mtl-suite segment train|evaluate`
+    REPORT = "report"  # `mlflow run . -e report`: the run MLflow made holds the report
+    PROMOTION = "promotion"  # `mlflow run . -e promote`: the run MLflow made names the version it registered
 
 
 class Arm(StrEnum):

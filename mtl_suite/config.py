@@ -21,6 +21,9 @@ from mtl_suite.errors import UserError
 DEFAULT_EXPERIMENT = "mtl-suite"
 PRECISIONS = ("float32", "mixed", "mixed_float16", "mixed_bfloat16")  # train.precision; see models/precision.py
 EXECUTIONS = ("auto", "graph", "eager")  # train.execution; see training/fit.py:runs_eagerly
+ACTIVATION_DTYPES = ("float32", "float16")  # train.activation_dtype; see training/activations.py
+AUGMENT_MODES = ("online", "offline")  # train.augment_mode; see training/cv.py
+STAINS = ("none", "gray", "reinhard")  # train.stain; see models/stain.py (a layer of the model graph)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_MODEL_NAME = "mtl-all-classifier"  # the registered model `promote` writes and `predict`/`serve` read
 CHAMPION_ALIAS, PREVIOUS_ALIAS = "champion", "previous"  # registry aliases: the served version, the one before it
@@ -34,8 +37,8 @@ class DataConfig:
     path: str | None = None  # None: the bundled sample
     layout: str = "auto"
     masks: str | None = None  # "segmented on black" folder or binary masks, same relative names as the images
-    image_size: int = 128
-    cell_size: int = 64  # single-cell crops (stage 2): cells are ~40-60 px in a 224 px field
+    image_size: int | None = None  # None: the backbone's own size (models/backbones.py:with_backbone_sizes)
+    cell_size: int | None = None  # single-cell crops (stage 2); None: 64 px, or the backbone's minimum if larger
     duplicates: str = "drop"  # drop: keep one copy of identical files; group: keep all, in one group
     on_bad_image: str = "fail"
     test_fraction: float = 0.2
@@ -64,12 +67,23 @@ class TrainConfig:
     early_stopping_patience: int = 5
     class_weights: bool = True
     augment: str = "none"
+    # online: every training batch is augmented afresh; offline (the paper's way): each training fold gets a fixed,
+    # class-balanced augmented copy, made once, so the cached paths (features, activations) still apply
+    augment_mode: str = "online"
+    offline_per_class: int = 0  # offline: images per class after balancing; 0: as many as the largest class has
+    # stain control inside the model (models/stain.py), so training, evaluation, predict and serving apply it alike:
+    # none | gray (luminance only) | reinhard (per-image L*a*b* mean/std matched to fixed reference statistics)
+    stain: str = "none"
     seed: int = 42
     # Speed; none of these changes the results beyond float rounding.
     feature_cache: bool = True  # warm-up without augmentation: backbone features once, then the head alone
     precision: str = "float32"  # float32 | mixed (float16 on GPU, bfloat16 elsewhere) | mixed_float16 | mixed_bfloat16
     jit_compile: bool = False  # XLA; off by default: on 2 CPU cores compiling costs more than it gains
     execution: str = "auto"  # auto (short phases eager, long ones traced) | graph | eager
+    # fine-tuning without online augmentation: cache the activations entering the trainable top and train the top
+    # alone (training/activations.py); auto: the highest single-tensor cut below the lowest trainable layer
+    activation_cut: str = "auto"  # auto | none | a layer name of the base network
+    activation_dtype: str = "float32"  # storage of cached activations: float32 | float16 (half the memory and disk)
 
 
 @dataclass(frozen=True)
@@ -253,8 +267,8 @@ def validate(config: Any) -> None:
         return
     d, t = config.data, config.train
     checks = [
-        (d.image_size >= 32, "data.image_size", "at least 32", d.image_size),
-        (d.cell_size >= 32, "data.cell_size", "at least 32", d.cell_size),
+        (d.image_size is None or d.image_size >= 32, "data.image_size", "at least 32", d.image_size),
+        (d.cell_size is None or d.cell_size >= 32, "data.cell_size", "at least 32", d.cell_size),
         (0.0 <= d.test_fraction < 1.0, "data.test_fraction", "in [0, 1)", d.test_fraction),
         (d.folds >= 1, "data.folds", "at least 1", d.folds),
         (d.duplicates in ("drop", "group"), "data.duplicates", "'drop' or 'group'", d.duplicates),
@@ -272,6 +286,11 @@ def validate(config: Any) -> None:
         (all(u >= 1 for u in t.dense_units), "train.dense_units", "positive integers", t.dense_units),
         (t.precision in PRECISIONS, "train.precision", f"one of {', '.join(PRECISIONS)}", t.precision),
         (t.execution in EXECUTIONS, "train.execution", f"one of {', '.join(EXECUTIONS)}", t.execution),
+        (t.activation_dtype in ACTIVATION_DTYPES, "train.activation_dtype", f"one of {', '.join(ACTIVATION_DTYPES)}",
+         t.activation_dtype),
+        (t.augment_mode in AUGMENT_MODES, "train.augment_mode", f"one of {', '.join(AUGMENT_MODES)}", t.augment_mode),
+        (t.offline_per_class >= 0, "train.offline_per_class", "0 or more", t.offline_per_class),
+        (t.stain in STAINS, "train.stain", f"one of {', '.join(STAINS)}", t.stain),
         (not (t.execution == "eager" and t.jit_compile), "train.execution + train.jit_compile",
          "compatible: eager steps are never XLA-compiled (use auto or graph)", f"{t.execution} + {t.jit_compile}"),
     ]

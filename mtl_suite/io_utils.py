@@ -1,5 +1,7 @@
-"""Small file helpers. Every output is written under a temporary name and renamed, so a crash leaves either the
-old file or the new one, never half of one."""
+"""Small file helpers. Every output is written under a temporary name, flushed to disk (fsync) and renamed, and the
+rename itself is flushed (fsync of the folder), so a crash or a power cut leaves either the old file or the whole
+new one, never half of one: without the first fsync a file system may commit the rename before the data (ext4 with
+delalloc, XFS), and a power cut then leaves a renamed but empty or torn file."""
 
 from __future__ import annotations
 
@@ -31,9 +33,31 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         # mkstemp creates the file owner-only (0600); give the result the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
+        fsync_path(tmp_path)  # the data is on disk before the name points at it
         os.replace(tmp_path, target)
+        fsync_path(target.parent)  # and the new name is on disk before we say it is written
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk. Folders cannot be opened on Windows and some file
+    systems refuse to fsync them (EINVAL): there the rename is as durable as the platform makes it."""
+    is_dir = path.is_dir()
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if is_dir:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not is_dir:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read_umask() -> int:

@@ -1,66 +1,206 @@
-"""The shortcut check: how far does colour alone get? A colour-histogram + logistic-regression model trained on
-the same split as the CNN. Stain and background differ between the classes of some data sets (ALL image data set:
-about 90% 4-class accuracy from colour alone), so a CNN's score means little unless it clearly beats this."""
+"""The shortcut check: how far does colour alone get? Logistic regressions on colour features with no shape at all,
+trained and scored on the same split and folds as the CNN.
+
+Stain and background differ between the classes of some data sets. On the ALL image data set (aria-all, 4 classes,
+2,739 images after deduplication, the suite's grouped split: 5 folds, 20% test, seed 42, 224 px) colour alone gives,
+CV mean / outer test: 8-bin histogram 96.9% / 96.7%, 16 bins 97.9% / 98.9%, 32 bins 98.4% / 98.5%, statistics
+97.0% / 98.7%, 32 bins + statistics 98.7% / 98.4%: above most CNNs the suite trains on it. A CNN's score therefore
+means little unless it clearly beats the strongest of these baselines, so every variant is computed and the best is
+reported, chosen by CV accuracy on the development part (never by the test part). The same best baseline falls to
+43% on the test part re-stained by imaging/augment.py:STAIN_SHIFTS.
+
+Features come from the in-memory uint8 arrays: one 256-bin histogram per channel (R, G, B and luminance) per image,
+from which every variant is derived (coarser histograms by summing bins, mean/std/percentiles from the cumulative
+counts). The regressions run on one BLAS thread: on a busy 2-core machine a multi-threaded fit of these small
+problems was ten times slower. Measured on aria-all (2,739 images at 224 px, 5 folds, 2 busy cores): about 1 s of
+histograms and 3 s of fits for all variants."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
 
+import cv2
 import numpy as np
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
-BINS = 8
-
-
-def colour_histogram(path: str, bins: int = BINS, size: int = 128) -> np.ndarray:
-    """Per-channel RGB histograms (normalised), plus per-channel mean and std: no spatial information at all."""
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32)
-    pixels = rgb.reshape(-1, 3)
-    hists = [np.histogram(pixels[:, c], bins=bins, range=(0, 256))[0] / len(pixels) for c in range(3)]
-    return np.concatenate(hists + [pixels.mean(axis=0) / 255, pixels.std(axis=0) / 255])
+SEED = 0
+PERCENTILES = (5, 25, 50, 75, 95)
+CHANNELS = ("red", "green", "blue", "luminance")
 
 
-def features(paths: Sequence[str]) -> np.ndarray:
-    return np.stack([colour_histogram(p) for p in paths]) if len(paths) else np.zeros((0, 3 * BINS + 6))
+def channel_histograms(images: np.ndarray) -> np.ndarray:
+    """(N, 4, 256) pixel fractions per value of R, G, B and luminance (OpenCV's RGB2GRAY, ITU-R BT.601 weights).
+    OpenCV counts in C: about 0.5 ms per 224 px image, where numpy's bincount takes ten times that."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) uint8 images. Received: {images.dtype} {images.shape}")
+    out = np.empty((len(images), 4, 256), dtype=np.float64)
+    for i, image in enumerate(images):
+        image = np.ascontiguousarray(image)
+        for c in range(3):
+            out[i, c] = cv2.calcHist([image], [c], None, [256], [0, 256]).ravel()
+        out[i, 3] = cv2.calcHist([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)], [0], None, [256], [0, 256]).ravel()
+    return out / float(images.shape[1] * images.shape[2] or 1)
 
 
-def _model():
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+def rgb_histogram(hist: np.ndarray, bins: int) -> np.ndarray:
+    """(N, 3 * bins): the R, G, B histograms of channel_histograms() summed into `bins` equal bins."""
+    if 256 % bins:
+        raise ValueError(f"bins must divide 256. Received: {bins}")
+    return hist[:, :3].reshape(len(hist), 3, bins, 256 // bins).sum(axis=-1).reshape(len(hist), -1)
+
+
+def colour_statistics(hist: np.ndarray) -> np.ndarray:
+    """(N, 4 * 7): mean, standard deviation and the PERCENTILES of R, G, B and luminance, from the histograms."""
+    values = np.arange(256, dtype=np.float64)
+    mean = (hist * values).sum(axis=-1)
+    std = np.sqrt(np.maximum((hist * values ** 2).sum(axis=-1) - mean ** 2, 0.0))
+    cdf = np.cumsum(hist, axis=-1)
+    quantiles = [(cdf < q / 100 - 1e-12).sum(axis=-1).astype(np.float64) for q in PERCENTILES]
+    return np.stack([mean, std, *quantiles], axis=-1).reshape(len(hist), -1)
 
 
 @dataclass(frozen=True)
-class ShortcutScores:
+class Variant:
+    name: str  # a metric-key-safe name (MLflow keys allow no '+')
+    description: str
+    features: Callable[[np.ndarray], np.ndarray]  # channel_histograms() -> feature matrix
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("hist8", "RGB histogram, 8 bins per channel", lambda h: rgb_histogram(h, 8)),
+    Variant("hist16", "RGB histogram, 16 bins per channel", lambda h: rgb_histogram(h, 16)),
+    Variant("hist32", "RGB histogram, 32 bins per channel", lambda h: rgb_histogram(h, 32)),
+    Variant("stats", "mean, sd and 5/25/50/75/95th percentiles of R, G, B and luminance", colour_statistics),
+    Variant("hist32_stats", "32-bin RGB histogram and the colour statistics",
+            lambda h: np.concatenate([rgb_histogram(h, 32), colour_statistics(h)], axis=1)),
+]}
+
+
+def _model(seed: int = SEED) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+
+
+class _Constant:
+    """Stands in for the regression when the training rows hold one class: it predicts that class."""
+
+    def __init__(self, label: int):
+        self.label = label
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), self.label, dtype=np.int64)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, seed: int):
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return _Constant(int(classes[0]) if len(classes) else 0)
+    return _model(seed).fit(x, y)
+
+
+@dataclass(frozen=True)
+class VariantScore:
+    """One colour baseline on one split: mean (and sd) over the CV folds, and the outer test part after a refit
+    on the whole development part: the protocol of the CNN's `cv/*_mean` and `test/*`."""
+
+    name: str
     cv_accuracy: float
+    cv_accuracy_std: float
     cv_f1_macro: float
     test_accuracy: float
     test_f1_macro: float
+    test_correct: int
+    test_n: int
 
 
-def shortcut_scores(dev_x: np.ndarray, dev_y: np.ndarray, dev_fold: np.ndarray, test_x: np.ndarray,
-                    test_y: np.ndarray) -> ShortcutScores:
-    """Out-of-fold scores over the CNN's own folds (fold -1: training-only rows, never held out), then a refit on
-    all development images scored on the test part: the same protocol as the CNN runs."""
-    validated = dev_fold >= 0
-    oof = np.full_like(dev_y, -1)
-    for fold in np.unique(dev_fold[validated]):
-        held = dev_fold == fold
-        train_y = dev_y[~held]
-        if len(np.unique(train_y)) < 2:
-            oof[held] = np.bincount(train_y).argmax() if len(train_y) else 0
-            continue
-        oof[held] = _model().fit(dev_x[~held], train_y).predict(dev_x[held])
-    y, p = dev_y[validated], oof[validated]
-    cv_acc = float(accuracy_score(y, p)) if len(y) else float("nan")
-    cv_f1 = float(f1_score(y, p, average="macro")) if len(y) else float("nan")
-    if len(test_y) and len(np.unique(dev_y)) > 1:
-        pred = _model().fit(dev_x, dev_y).predict(test_x)
-        test_acc, test_f1 = float(accuracy_score(test_y, pred)), float(f1_score(test_y, pred, average="macro"))
-    else:
+@dataclass
+class ShortcutCheck:
+    scores: dict[str, VariantScore]
+    best: str  # highest CV accuracy (the first listed on a tie; the test part never chooses)
+    best_model: object = field(repr=False, default=None)  # the best variant refit on the development part
+
+    @property
+    def best_score(self) -> VariantScore:
+        return self.scores[self.best]
+
+    def label(self, name: str | None = None) -> str:
+        """'hist32+lr': the variant and its classifier, as the stage commands print it."""
+        return f"{name or self.best}+lr"
+
+    def metrics(self) -> dict[str, float]:
+        """`shortcut/<variant>/<score>` for every variant and `shortcut/best/<score>` for the best."""
+        out: dict[str, float] = {}
+        for key, score in [*self.scores.items(), ("best", self.best_score)]:
+            for metric in ("cv_accuracy", "cv_accuracy_std", "cv_f1_macro", "test_accuracy", "test_f1_macro"):
+                value = getattr(score, metric)
+                if not math.isnan(value):
+                    out[f"shortcut/{key}/{metric}"] = float(value)
+        return out
+
+    def predict_best(self, images: np.ndarray) -> np.ndarray:
+        """Labels the best variant (refit on the development part) gives `images`: e.g. re-stained test images."""
+        x = VARIANTS[self.best].features(channel_histograms(images))
+        with threadpool_limits(1):
+            return self.best_model.predict(x)
+
+
+def shortcut_check(images: np.ndarray, labels: np.ndarray, folds: Iterable[tuple[np.ndarray, np.ndarray]],
+                   development: np.ndarray, test: np.ndarray, variants: Sequence[str] = tuple(VARIANTS),
+                   seed: int = SEED) -> ShortcutCheck:
+    """Every colour baseline in `variants` on the given split: `folds` are (train, validation) index arrays into
+    `images`, `development` what the refit trains on, `test` the outer test part (indices may be empty)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    folds = [(np.asarray(t), np.asarray(v)) for t, v in folds]
+    hist = channel_histograms(images)
+    with threadpool_limits(1):
+        scores, models = _score_variants(hist, labels, folds, development, test, variants, seed)
+    best = max(variants, key=lambda n: (_finite(scores[n].cv_accuracy), -list(variants).index(n)))
+    return ShortcutCheck(scores, best, models.get(best))
+
+
+def _score_variants(hist: np.ndarray, labels: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+                    development: np.ndarray, test: np.ndarray, variants: Sequence[str],
+                    seed: int) -> tuple[dict[str, VariantScore], dict[str, object]]:
+    scores, models = {}, {}
+    for name in variants:
+        x = VARIANTS[name].features(hist)
+        fold_acc, fold_f1 = [], []
+        for train, val in folds:
+            if not len(val):
+                continue
+            pred = _fit(x[train], labels[train], seed).predict(x[val])
+            fold_acc.append(accuracy_score(labels[val], pred))
+            fold_f1.append(f1_score(labels[val], pred, average="macro"))
         test_acc = test_f1 = float("nan")
-    return ShortcutScores(cv_acc, cv_f1, test_acc, test_f1)
+        correct = 0
+        if len(development):
+            models[name] = _fit(x[development], labels[development], seed)
+            if len(test):
+                pred = models[name].predict(x[test])
+                correct = int((pred == labels[test]).sum())
+                test_acc = correct / len(test)
+                test_f1 = float(f1_score(labels[test], pred, average="macro"))
+        scores[name] = VariantScore(
+            name, _mean(fold_acc), float(np.std(fold_acc, ddof=1)) if len(fold_acc) > 1 else float("nan"),
+            _mean(fold_f1), test_acc, test_f1, correct, len(test))
+    return scores, models
+
+
+def split_check(images: np.ndarray, labels: np.ndarray, split, seed: int = SEED) -> ShortcutCheck:
+    """shortcut_check on a data/splits.py `Split` (its images and the task's labels in split order)."""
+    folds = [(train, val) for _, train, val in split.fold_indices()]
+    return shortcut_check(images, labels, folds, split.development_indices, split.test_indices, seed=seed)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _finite(value: float) -> float:
+    return -1.0 if math.isnan(value) else value

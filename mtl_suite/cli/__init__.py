@@ -3,27 +3,49 @@
 from __future__ import annotations
 
 import logging
-import os
+from typing import Annotated
 
-# TensorFlow's start-up INFO lines (CPU features, no CUDA) say nothing a user can act on; warnings and errors stay.
-# Set before any command imports TensorFlow; a value the user exported wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# TensorFlow's start-up lines are kept off the terminal by mtl_suite/output.py (installed when the package is
+# imported, before any command can import TensorFlow); --verbose below brings them back.
+import typer
 
-import typer  # noqa: E402
-
-from mtl_suite.cli import analysis, cache, data, registry, train, tune  # noqa: E402
-from mtl_suite.cli import augment as augment_cli  # noqa: E402
-from mtl_suite.cli import preprocess as preprocess_cli  # noqa: E402
-from mtl_suite.cli import segment as segment_cli  # noqa: E402
+from mtl_suite import __version__, output
+from mtl_suite.cli import analysis, cache, data, registry, train, tune
+from mtl_suite.cli import augment as augment_cli
+from mtl_suite.cli import preprocess as preprocess_cli
+from mtl_suite.cli import segment as segment_cli
+from mtl_suite.cli.common import SuiteGroup
 
 app = typer.Typer(
     name="mtl-suite",
+    cls=SuiteGroup,
     help="Multistage transfer learning for ALL classification: MLflow-tracked stages, Optuna tuning, "
          "registry and serving. Results go to the MLflow store given by --tracking-uri, $MLFLOW_TRACKING_URI, "
          "or sqlite:///mlflow.db in the working directory.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mtl-suite {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", envvar=output.VERBOSE_ENV, help="Show TensorFlow's and "
+                                          "MLflow's start-up lines (hidden unless this or TF_CPP_MIN_LOG_LEVEL is "
+                                          "set).")] = False,
+) -> None:
+    """Multistage transfer learning for ALL classification."""
+    if verbose:
+        output.set_verbose()  # before any command imports TensorFlow
+
+
 # In the order of the workflow: data and images, the stages, tuning, statistics, then registry and serving.
 app.add_typer(data.app, name="data", help="Inspect and split datasets.")
 app.command("preprocess")(preprocess_cli.preprocess)

@@ -9,10 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, Experiment, Quiet, TrackingUri, backbone_help, config_keys, explicit_options,
-    handle_user_errors, mark_runs_killed_on_sigterm, say, study_overrides, typed,
+    AllowOutsideRoot, BackboneName, Experiment, Quiet, SystemMetrics, TaskOption, TrackingUri, check_inputs,
+    config_keys, enable_system_metrics, explicit_options, given, handle_user_errors, mark_runs_killed_on_sigterm,
+    say, study_overrides, typed,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
@@ -21,17 +23,17 @@ from mtl_suite.models.backbones import get_backbone_spec
 _D, _T = DataConfig(), TrainConfig()
 
 COMPARE_OPTION_KEYS = config_keys(
-    "data", "allow_outside_root", "masks", "image_size", "folds", "test_fraction", "data_seed", "backbone", "weights",
-    "epochs", "finetune_epochs", "batch_size", "learning_rate", "augment", "seed", "tracking_uri", "experiment",
+    "data", "allow_outside_root", "masks", "image_size", "cell_size", "folds", "test_fraction", "data_seed",
+    "backbone", "weights", "epochs", "finetune_epochs", "batch_size", "learning_rate", "augment", "seed",
+    "tracking_uri", "experiment",
 )
 
 
 @handle_user_errors
 def compare(
     ctx: typer.Context,
-    backbone: Annotated[str, typer.Option("--backbone", "-b", help=backbone_help("Backbone of both arms: "))
-                        ] = _T.backbone,
-    task: Annotated[str, typer.Option("--task", help="binary or multiclass.")] = Task.MULTICLASS.value,
+    backbone: Annotated[BackboneName, typer.Option("--backbone", "-b", help="Backbone of both arms.")] = _T.backbone,
+    task: TaskOption = Task.MULTICLASS.value,
     runs: Annotated[int, typer.Option("--runs", "-n", help="Paired runs per arm (paper: 10); at least 2.")] = 10,
     folds: Annotated[int, typer.Option("--folds", help="CV folds inside every run.")] = _D.folds,
     params_from_study: Annotated[Optional[str], typer.Option("--params-from-study", help="Train both arms with the "
@@ -49,7 +51,11 @@ def compare(
                                                  show_default=False)] = None,
     normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="The normal class for binary tasks.",
                                                         show_default=False)] = None,
-    image_size: Annotated[int, typer.Option("--image-size")] = _D.image_size,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Default: the backbone's own.",
+                          show_default=False)] = _D.image_size,
+    cell_size: Annotated[Optional[int], typer.Option("--cell-size", help="Stage 2 of the MTL arm: single-cell "
+                         "input size. Default: 64, or the backbone's minimum if larger.", show_default=False)
+                         ] = _D.cell_size,
     test_fraction: Annotated[float, typer.Option("--test-fraction")] = _D.test_fraction,
     epochs: Annotated[int, typer.Option("--epochs", help="Head warm-up epochs (each stage, each arm).")] = _T.warmup_epochs,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs")] = _T.finetune_epochs,
@@ -63,6 +69,7 @@ def compare(
                                              "and its plot go.")] = Path("reports"),
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
+    system_metrics: SystemMetrics = False,
     quiet: Quiet = False,
 ) -> None:
     """Classical TL vs multistage TL: N paired runs each (same seed and split per pair), then paired, Welch and
@@ -74,13 +81,18 @@ def compare(
         overrides, task, _ = study_overrides(ctx, Stage.STAGE3.value, params_from_study, storage, overrides, task)
     cfg = load_config(config, overrides)
     get_backbone_spec(cfg.train.backbone)  # an unknown name fails here, listing the valid ones
+    cells = given(cells)
+    check_inputs(cfg, cells=cells)
+    enable_system_metrics(system_metrics)
     from mtl_suite.workflows.compare import CompareRequest, run_comparison
 
     mark_runs_killed_on_sigterm()
     command = command_line(ctx)
-    run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,
-                                  report_dir=report_dir, command=command, study=params_from_study, quiet=quiet),
-                   say=lambda message: say(message, quiet))
+    with progress.display(quiet):
+        run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,
+                                      report_dir=report_dir, command=command, study=params_from_study,
+                                      quiet=quiet),
+                       say=lambda message: say(message, quiet))
 
 
 def command_line(ctx: typer.Context) -> str:

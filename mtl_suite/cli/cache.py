@@ -9,8 +9,8 @@ import typer
 from mtl_suite.cli.common import handle_user_errors
 from mtl_suite.errors import UserError
 
-app = typer.Typer(help="The on-disk cache: backbone features, single-cell crops, augmentation policies.",
-                  no_args_is_help=True)
+app = typer.Typer(help="The on-disk cache: backbone features and activations, decoded images, single-cell crops, "
+                       "augmentation policies, checkpoints.", no_args_is_help=True)
 
 
 @app.command("info")
@@ -25,7 +25,7 @@ def info() -> None:
     total = 0
     for section in usage(root):
         total += section.bytes
-        typer.echo(f"  {section.name:<9} {section.files:>6} files {_mb(section.bytes):>10}  {SECTIONS[section.name]}")
+        typer.echo(f"  {section.name:<11} {section.files:>6} files {_mb(section.bytes):>10}  {SECTIONS[section.name]}")
     typer.echo(f"  {'total':<9} {'':>12} {_mb(total):>10}")
     limit_text = f"{_mb(limit)}" if limit else "0 (features kept in memory only, never written)"
     typer.echo(f"feature cache limit: {limit_text}; least recently used entries go first "
@@ -35,8 +35,8 @@ def info() -> None:
 @app.command("clear")
 @handle_user_errors
 def clear(
-    sections: Annotated[Optional[list[str]], typer.Argument(help="features, cells, policies or all.",
-                                                        show_default="all")] = None,
+    sections: Annotated[Optional[list[str]], typer.Argument(help="features, activations, images, cells, policies, "
+                                                            "checkpoints or all.", show_default="all")] = None,
 ) -> None:
     """Remove cached data (rebuilt on demand, so clearing only costs time). Other files under the root stay."""
     from mtl_suite.cache import SECTIONS, clear as clear_sections, default_cache_root

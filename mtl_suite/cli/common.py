@@ -3,16 +3,25 @@ Optuna study, SIGTERM handling, progress output. Command modules import from her
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, Optional
 
 import typer
+# typer 0.29 vendors click as typer._click; its UsageError is every parse-time error (bad choice, unknown option,
+# missing value, no such command). tests/unit/test_cli_options.py checks that a bad choice still ends as one line.
+from typer._click.exceptions import UsageError
+from typer.core import TyperGroup
 
+from mtl_suite.catalog import Task
+from mtl_suite.config import EXECUTIONS, PRECISIONS, STAINS
+from mtl_suite.data.layouts import LAYOUTS
 from mtl_suite.errors import UserError
-from mtl_suite.models.backbones import BACKBONES  # keras-free: the registry's names, for --backbone's help
+from mtl_suite.models.backbones import BACKBONES  # keras-free: the registry's names, --backbone's choices
 
 # Option name -> config key, for every option that overrides a key of the --config file. Each command takes the
 # subset it has with config_keys(); only options the user typed override the file (explicit_options).
@@ -27,7 +36,9 @@ CONFIG_KEYS = {
     "dense_units": "train.dense_units", "dropout": "train.dropout",
     "early_stopping_patience": "train.early_stopping_patience", "augment": "train.augment", "seed": "train.seed",
     "feature_cache": "train.feature_cache", "precision": "train.precision", "jit_compile": "train.jit_compile",
-    "execution": "train.execution",
+    "execution": "train.execution", "activation_cut": "train.activation_cut",
+    "activation_dtype": "train.activation_dtype", "augment_mode": "train.augment_mode",
+    "offline_per_class": "train.offline_per_class", "stain": "train.stain",
     "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
 }
 
@@ -35,11 +46,6 @@ CONFIG_KEYS = {
 def config_keys(*options: str) -> dict[str, str]:
     """The part of CONFIG_KEYS a command has (an unknown option name is a KeyError at import)."""
     return {option: CONFIG_KEYS[option] for option in options}
-
-
-def backbone_help(lead: str = "") -> str:
-    """--backbone's help: the registry's names, so a new backbone shows up without touching the CLI."""
-    return f"{lead}{', '.join(BACKBONES)}."
 
 
 def handle_user_errors(command: Callable) -> Callable:
@@ -65,10 +71,11 @@ def typed(ctx: typer.Context, param: str) -> bool:
 
 def explicit_options(ctx: typer.Context, mapping: dict[str, str]) -> dict[str, Any]:
     """Config overrides from the options the user actually typed (not their defaults), so an experiment file's
-    values win over option defaults but lose to options given on the command line."""
+    values win over option defaults but lose to options given on the command line. An empty value counts as not
+    given: MLproject passes every parameter, an optional one left out as ""."""
     out = {}
     for param, key in mapping.items():
-        if typed(ctx, param):
+        if typed(ctx, param) and ctx.params[param] != "":
             value = ctx.params[param]
             out[key] = list(value) if isinstance(value, tuple) else value
     return out
@@ -99,6 +106,44 @@ def study_overrides(ctx: typer.Context, stage: str, name: str, storage: str | No
         raise UserError(f"--params-from-study {name}: the study tuned backbone {choice.overrides['train.backbone']}; "
                         f"this run asks for --backbone {typed_backbone}")
     return {**choice.overrides, **overrides}, choice.task, choice.tags
+
+
+def given(value: str | None) -> str | None:
+    """An optional path or name, None when left empty (MLproject's way of leaving a parameter out)."""
+    return value or None
+
+
+def check_inputs(cfg: Any, cells: str | None = None, source: str | None = None) -> None:
+    """What a training command reads, checked before it opens the tracking store: a missing path, weights file or
+    an unknown augmentation policy ends as one line, and no run, experiment or store is made for it."""
+    data, train = cfg.data, cfg.train
+    for option, value in (("--data (data.path)", data.path), ("--masks (data.masks)", data.masks),
+                          ("--cells", cells), ("--source", source)):
+        if value is not None and not Path(value).exists():
+            raise UserError(f"{option}: no such file or folder. Received: {value!r}")
+    if train.weights not in ("imagenet", "none") and not Path(train.weights).is_file():
+        raise UserError(f"--weights (train.weights): expected imagenet, none or a weights file. Received: "
+                        f"{train.weights!r} (no such file)")
+    if train.augment != "none":
+        from mtl_suite.imaging.augment import build_transform  # albumentations: only when a policy is asked for
+
+        build_transform(train.augment)
+
+
+SYSTEM_METRICS_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+
+
+def enable_system_metrics(on: bool) -> None:
+    """--system-metrics: every run this process starts logs CPU, memory, disk and network use (`system/*`, and GPU
+    use where pynvml finds one) through MLflow's own monitor, which needs psutil."""
+    if not on:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("psutil") is None:
+        raise UserError("--system-metrics needs the psutil package: pip install -e '.[system-metrics]' "
+                        "(or pip install psutil)")
+    os.environ[SYSTEM_METRICS_ENV] = "true"
 
 
 def mark_runs_killed_on_sigterm() -> None:
@@ -135,7 +180,24 @@ DataPath = Annotated[
     typer.Argument(help="Dataset root (folder per class, ALL-IDB, C-NMC) or CSV manifest. Default: bundled sample.",
                    show_default=False),
 ]
-Layout = Annotated[str, typer.Option("--layout", help="auto, folder, allidb, cnmc or csv.")]
+
+
+# --- typed choices: each from the registry or catalog that owns the names ------------------------------------------
+
+def choice(names: Iterable[Any]) -> Any:
+    """A `Literal` of the valid names: Typer refuses any other value while parsing, before a command runs (so before
+    any run exists), naming the valid ones; `--help` lists them; the command receives the plain string."""
+    return Literal[tuple(str(name) for name in names)]  # type: ignore[valid-type]
+
+
+BackboneName = choice(BACKBONES)
+TaskName = choice(Task)
+LayoutName = choice(("auto", *LAYOUTS))
+PrecisionName = choice(PRECISIONS)
+ExecutionName = choice(EXECUTIONS)
+StainName = choice(STAINS)
+
+Layout = Annotated[LayoutName, typer.Option("--layout", help="How the dataset is laid out; auto detects it.")]
 AllowOutsideRoot = Annotated[bool, typer.Option("--allow-outside-root", help="Let a CSV manifest list files "
                                                 "outside its own folder (refused by default).")]
 TrackingUri = Annotated[
@@ -144,5 +206,90 @@ TrackingUri = Annotated[
                  help="MLflow tracking store. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the "
                       "working directory.", show_default=False),
 ]
-Experiment = Annotated[str, typer.Option("--experiment", help="MLflow experiment name.")]
+Experiment = Annotated[str, typer.Option("--experiment", envvar="MLFLOW_EXPERIMENT_NAME",
+                                         help="MLflow experiment. Default: $MLFLOW_EXPERIMENT_NAME (as `mlflow run` "
+                                              "uses it), else mtl-suite.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Backbone = Annotated[BackboneName, typer.Option("--backbone", "-b", help="Backbone network.")]
+TaskOption = Annotated[TaskName, typer.Option("--task", help="binary (normal vs leukemia) or multiclass (the data's "
+                                                             "own classes).")]
+Precision = Annotated[PrecisionName, typer.Option("--precision", help="float32, or mixed (float16 on a GPU, bfloat16 "
+                                                  "elsewhere; float32 output), mixed_float16, mixed_bfloat16.")]
+Stain = Annotated[StainName, typer.Option("--stain", help="Stain control inside the model, so training, evaluation, "
+                  "predict and serving apply it alike: none; gray (luminance only); reinhard (each image's L*a*b* "
+                  "mean and spread matched to fixed reference statistics).")]
+SystemMetrics = Annotated[bool, typer.Option("--system-metrics/--no-system-metrics", help="Log CPU, memory (and "
+                                             "GPU) use to each run through MLflow's system metrics (needs psutil: "
+                                             "pip install -e '.[system-metrics]').")]
+
+
+# --- help panels ---------------------------------------------------------------------------------------------------
+
+DATA, MODEL, TRAINING, SPEED, TUNING, ROI, TRACKING, OUTPUT = (
+    "Data", "Model", "Training", "Speed", "Tuning", "ROI preprocessing", "Tracking", "Output")
+# Option name -> the panel `--help` shows it under, one map for every command (as CONFIG_KEYS is one map of config
+# keys). An option not listed stays under "Options"; a command's own panel= on an option wins.
+PANELS: dict[str, str] = {
+    **dict.fromkeys(("data", "path", "layout", "allow_outside_root", "masks", "mask_kind", "cells", "source",
+                     "normal_class", "image_size", "cell_size", "folds", "test_fraction", "data_seed", "split_file",
+                     "on_bad_image", "duplicates", "label_policy", "stain"), DATA),
+    **dict.fromkeys(("backbone", "task", "weights", "dense_units", "dropout", "unfreeze_layers", "depth", "width",
+                     "model", "name", "run_id"), MODEL),
+    **dict.fromkeys(("epochs", "finetune_epochs", "batch_size", "learning_rate", "finetune_learning_rate",
+                     "decay_rate", "early_stopping_patience", "augment", "augment_mode", "offline_per_class", "seed",
+                     "parent_run", "resume", "runs", "size"), TRAINING),
+    **dict.fromkeys(("feature_cache", "precision", "jit_compile", "execution", "activation_cut", "activation_dtype"),
+                    SPEED),
+    **dict.fromkeys(("trials", "timeout", "study_name", "storage", "engine", "sampler", "pruner", "metric", "space",
+                     "heartbeat_interval", "grace_period", "max_retry", "params_from_study"), TUNING),
+    **dict.fromkeys(("red", "green", "blue", "threshold", "offset_mode"), ROI),
+    **dict.fromkeys(("tracking_uri", "experiment", "system_metrics", "all_experiments"), TRACKING),
+    **dict.fromkeys(("quiet", "out", "output_format", "report_dir", "as_json"), OUTPUT),
+}
+
+
+def assign_help_panels(command: Any) -> None:
+    """Put every option of a click command (and of a group's commands, recursively) under its PANELS heading."""
+    for param in getattr(command, "params", ()):
+        if param.param_type_name != "option":
+            continue  # arguments keep Typer's own "Arguments" panel
+        if getattr(param, "rich_help_panel", None) is None and param.name in PANELS:
+            param.rich_help_panel = PANELS[param.name]
+    for sub in getattr(command, "commands", {}).values():
+        assign_help_panels(sub)
+
+
+# --- the command group: one-line usage errors, help panels ---------------------------------------------------------
+
+
+class SuiteGroup(TyperGroup):
+    """The root `mtl-suite` group. A mistake on the command line ends as one line `error: ...` naming the value and
+    the valid ones, exit code 2, like every other user error (Typer's default is a usage line plus a framed
+    panel); options are grouped under PANELS in `--help`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assign_help_panels(self)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            raise  # a bare group: Typer prints its help
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        # Typer words a bad choice "Value error, 'x' is not one of 'a', 'b'."; the first two words say nothing
+        message = " ".join(exc.format_message().replace("Value error, ", "").split())
+        typer.echo(f"error: {message}{where}", err=True)
+        raise typer.Exit(code=2) from None

@@ -10,16 +10,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import AllowOutsideRoot, DataPath, Layout, handle_user_errors, say
+from mtl_suite.cli.common import AllowOutsideRoot, DataPath, Layout, choice, handle_user_errors, say
 from mtl_suite.data import resolve_data_path
-from mtl_suite.data.manifest import Manifest, build_manifest
+from mtl_suite.data.manifest import BAD_IMAGE_POLICIES, DUPLICATE_POLICIES, Manifest, build_manifest
 from mtl_suite.data.splits import make_split, save_split
 
 app = typer.Typer(help="Inspect and split datasets.", no_args_is_help=True)
 
-OnBadImage = Annotated[str, typer.Option("--on-bad-image", help="skip: leave unusable images out and list them; "
+OnBadImage = Annotated[choice(BAD_IMAGE_POLICIES), typer.Option("--on-bad-image", help="skip: leave unusable images out and list them; "
                                                                   "fail: stop at the first one.")]
-Duplicates = Annotated[str, typer.Option("--duplicates", help="drop: keep one copy of byte-identical files; "
+Duplicates = Annotated[choice(DUPLICATE_POLICIES), typer.Option("--duplicates", help="drop: keep one copy of byte-identical files; "
                                                                "group: keep all copies, in one group.")]
 
 

@@ -11,14 +11,15 @@ import typer
 
 from mtl_suite.data.images import is_image_file
 from mtl_suite.errors import UserError
-from mtl_suite.imaging.roi import RoiParams
+from mtl_suite.cli.common import choice
+from mtl_suite.imaging.roi import OFFSET_MODES, RoiParams
 from mtl_suite.io_utils import atomic_path
 
 Red = Annotated[int, typer.Option("--red", help="ROI red offset (paper: 88).")]
 Green = Annotated[int, typer.Option("--green", help="ROI green offset (paper: 41).")]
 Blue = Annotated[int, typer.Option("--blue", help="ROI blue offset (paper: 20).")]
 Threshold = Annotated[int, typer.Option("--threshold", help="ROI threshold t; WBC = monochrome value below t.")]
-OffsetMode = Annotated[str, typer.Option("--offset-mode", help="subtract: offsets darken (finds cells); add: the "
+OffsetMode = Annotated[choice(OFFSET_MODES), typer.Option("--offset-mode", help="subtract: offsets darken (finds cells); add: the "
                                                                 "paper's literal wording (finds none on real data).")]
 
 

@@ -15,9 +15,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import Experiment, Quiet, TrackingUri, handle_user_errors, progress_printer, say
+from mtl_suite.catalog import ARM_STAGES, Stage
+from mtl_suite.cli.common import (Experiment, Quiet, TaskName, TrackingUri, choice, handle_user_errors,
+                                  progress_printer, say)
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME as DEFAULT_NAME, DEFAULT_MODEL_URI as DEFAULT_MODEL
 from mtl_suite.errors import UserError
+from mtl_suite.tracking.reachability import check_tracking_uri
 
 FORMATS = ("table", "csv", "json")
 
@@ -27,9 +30,10 @@ ModelUri = Annotated[str, typer.Option("--model", "-m", help="Model URI: models:
 
 @handle_user_errors
 def promote(
-    stage: Annotated[str, typer.Option("--stage", help="Stage whose runs compete (stage3 or classical).")] = "stage3",
-    task: Annotated[Optional[str], typer.Option("--task", help="Only runs of this task (binary or multiclass).",
-                                                show_default=False)] = None,
+    stage: Annotated[choice(ARM_STAGES), typer.Option("--stage", help="Stage whose runs compete.")
+                     ] = Stage.STAGE3.value,
+    task: Annotated[Optional[TaskName], typer.Option("--task", help="Only runs of this task.", show_default=False)
+                    ] = None,
     metric: Annotated[str, typer.Option("--metric", help="Run metric that decides, e.g. cv/accuracy_mean, "
                                         "test/f1_macro.")] = "cv/f1_macro_mean",
     lower_is_better: Annotated[bool, typer.Option("--lower-is-better", help="The metric is a loss.")] = False,
@@ -62,6 +66,7 @@ def _experiment_ids(tracking_uri: str | None, experiment: str, all_experiments: 
 
     from mtl_suite.tracking.setup import resolve_tracking_uri
 
+    check_tracking_uri(resolve_tracking_uri(tracking_uri))
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if all_experiments:
@@ -79,7 +84,8 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).",
                                                  show_default=False)],
     model: ModelUri = DEFAULT_MODEL,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    output_format: Annotated[choice(FORMATS), typer.Option("--format", "-f", help="How to print the results.")
+                             ] = "table",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 32,
     tracking_uri: TrackingUri = None,
     quiet: Quiet = False,
@@ -123,6 +129,8 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None, quiet: bool = True):
 
     from mtl_suite.tracking.setup import resolve_tracking_uri
 
+    if model_uri.startswith(("models:/", "runs:/")):  # a local folder needs no store
+        check_tracking_uri(resolve_tracking_uri(tracking_uri))
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     say(f"loading {model_uri}", quiet)
@@ -244,6 +252,7 @@ def check_model_uri(model: str, tracking_uri: str) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    check_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     ref = model[len("models:/"):]

@@ -9,13 +9,15 @@ from typing import Annotated, Callable, Optional
 import numpy as np
 import typer
 
-from mtl_suite.cli.common import (DataPath, Experiment, Layout, Quiet, TrackingUri, handle_user_errors,
-                                  progress_printer, say)
+from mtl_suite.cli.common import (DataPath, Experiment, Layout, Quiet, SystemMetrics, TrackingUri, choice,
+                                  enable_system_metrics, handle_user_errors, progress_printer, say)
 from mtl_suite.cli.imaging_options import (Blue, Green, OffsetMode, Red, Threshold, image_files, relative_name,
                                            roi_params, write_png)
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.data import default_masks_for, resolve_data_path
 from mtl_suite.errors import UserError
+from mtl_suite.imaging.crops import CROP_METHODS
+from mtl_suite.imaging.masks import MASK_KINDS
 
 app = typer.Typer(help="White-blood-cell segmentation: residual U-Net, masks, single-cell crops.",
                   no_args_is_help=True)
@@ -24,7 +26,8 @@ Masks = Annotated[Optional[Path], typer.Option(
     "--masks", help="Mask folder with the images' relative names: binary masks or cells on black "
                     "(e.g. aria-all/segmented). Default: the bundled sample's segmented/ for the sample, "
                     "else ROI weak masks.", show_default=False)]
-MaskKind = Annotated[str, typer.Option("--mask-kind", help="auto, binary, segmented or roi.")]
+MaskKind = Annotated[choice(MASK_KINDS), typer.Option("--mask-kind", help="What the mask files are; auto: "
+                                                                         "decided from their content.")]
 RunId = Annotated[str, typer.Argument(help="Run id of a `segment train` run.", show_default=False)]
 MinArea = Annotated[float, typer.Option("--min-area-fraction", help="Components smaller than this fraction of "
                                                                       "the field are ignored (platelets, debris).")]
@@ -50,10 +53,18 @@ def train(
     red: Red = 88, green: Green = 41, blue: Blue = 20, threshold: Threshold = 98, offset_mode: OffsetMode = "subtract",
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
+    system_metrics: SystemMetrics = False,
     quiet: Quiet = False,
 ) -> None:
     """Train the residual U-Net (BCE + Dice) on a leakage-safe split, as an MLflow run."""
+    from mtl_suite.imaging.augment import build_transform
     from mtl_suite.workflows.segment import SegTrainOptions, train_segmentation
+
+    build_transform(augment)  # an unknown policy fails before the store is opened
+    for option, value in (("PATH", path), ("--masks", masks)):
+        if value is not None and not Path(value).exists():
+            raise UserError(f"{option}: no such file or folder. Received: {str(value)!r}")
+    enable_system_metrics(system_metrics)
 
     masks = masks if masks is not None or mask_kind == "roi" else default_masks_for(path)
     options = SegTrainOptions(
@@ -149,7 +160,7 @@ def crops(
     path: DataPath = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <label>/*.png and cells.csv.")]
     = Path("cells"),
-    method: Annotated[str, typer.Option("--method", help="Masks from: segmented (a --masks folder), roi, or unet "
+    method: Annotated[choice(CROP_METHODS), typer.Option("--method", help="Masks from: segmented (a --masks folder), roi, or unet "
                                                          "(needs --run-id).")] = "segmented",
     masks: Masks = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="A `segment train` run (method unet).",
@@ -163,7 +174,7 @@ def crops(
     min_area_fraction: MinArea = 0.002,
     drop_border: Annotated[bool, typer.Option("--drop-border/--keep-border",
                                               help="Leave out cells cut by the field's edge.")] = False,
-    label_policy: Annotated[str, typer.Option("--label-policy", help="identity, or aria: Benign -> normal, "
+    label_policy: Annotated[choice(LABEL_POLICIES), typer.Option("--label-policy", help="identity, or aria: Benign -> normal, "
                                                                      "Early/Pre/Pro -> blast (weak labels).")]
     = "identity",
     seed: Annotated[int, typer.Option("--seed")] = 42,

@@ -10,9 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from mtl_suite import progress
 from mtl_suite.catalog import STAGES, StagePlan, Task
 from mtl_suite.cli.common import (
-    CONFIG_KEYS, AllowOutsideRoot, Experiment, Layout, Quiet, TrackingUri, backbone_help, explicit_options,
+    CONFIG_KEYS, AllowOutsideRoot, BackboneName, ExecutionName, Experiment, Layout, Precision, Quiet, Stain,
+    SystemMetrics, TaskOption, TrackingUri, check_inputs, enable_system_metrics, explicit_options, given,
     handle_user_errors, mark_runs_killed_on_sigterm, parse_units, say, study_overrides,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
@@ -39,14 +41,17 @@ def stage_command(plan: StagePlan):
                          "C-NMC, folder, CSV) instead of crops of the smears.", show_default=False)] = None,
         source: Annotated[Optional[str], typer.Option("--source", help="Stage 1: a source dataset to fine-tune the "
                           "ImageNet backbone on.", show_default=False)] = None,
-        backbone: Annotated[str, typer.Option("--backbone", "-b", help=backbone_help())] = _T.backbone,
-        task: Annotated[str, typer.Option("--task", help="binary (normal vs leukemia) or multiclass.")
-                        ] = Task.MULTICLASS.value,
+        backbone: Annotated[BackboneName, typer.Option("--backbone", "-b", help="Backbone network.")] = _T.backbone,
+        task: TaskOption = Task.MULTICLASS.value,
         normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="Class that is 'normal' for "
                                 "binary tasks. Default: a class named normal/benign/hem/healthy.",
                                 show_default=False)] = None,
-        image_size: Annotated[int, typer.Option("--image-size", help="Input size in pixels.")] = _D.image_size,
-        cell_size: Annotated[int, typer.Option("--cell-size", help="Stage 2: single-cell input size.")] = _D.cell_size,
+        image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size in pixels. Default: "
+                              "the backbone's own (299 for the paper's, 224 for MobileNet).",
+                              show_default=False)] = _D.image_size,
+        cell_size: Annotated[Optional[int], typer.Option("--cell-size", help="Stage 2: single-cell input size. "
+                             "Default: 64, or the backbone's minimum if larger.", show_default=False)] = _D.cell_size,
+        stain: Stain = _T.stain,
         folds: Annotated[int, typer.Option("--folds", help="CV folds (paper: 10); 1 = one train/validation split.")] = _D.folds,
         test_fraction: Annotated[float, typer.Option("--test-fraction", help="Outer held-out test part.")] = _D.test_fraction,
         epochs: Annotated[int, typer.Option("--epochs", help="Head warm-up epochs, backbone frozen (paper: 160 "
@@ -67,14 +72,26 @@ def stage_command(plan: StagePlan):
         feature_cache: Annotated[bool, typer.Option("--feature-cache/--no-feature-cache", help="Warm-up without "
                                  "augmentation: compute backbone features once (cached on disk under "
                                  "$MTL_SUITE_CACHE) and train the head on them; same results, less time.")] = _T.feature_cache,
-        precision: Annotated[str, typer.Option("--precision", help="float32, or mixed (float16 on a GPU, bfloat16 "
-                             "elsewhere; float32 output), mixed_float16, mixed_bfloat16.")] = _T.precision,
+        precision: Precision = _T.precision,
         jit_compile: Annotated[bool, typer.Option("--jit-compile/--no-jit-compile", help="XLA-compile training "
                                "steps (worth it on a GPU; off by default).")] = _T.jit_compile,
-        execution: Annotated[str, typer.Option("--execution", help="auto: a short training phase (at most 16 "
+        execution: Annotated[ExecutionName, typer.Option("--execution", help="auto: a short training phase (at most 16 "
                              "steps of the head on cached features, 8 through the backbone) runs eagerly, since "
                              "tracing it would cost more, a longer one as a traced graph; or graph; or eager.")
                              ] = _T.execution,
+        activation_cut: Annotated[str, typer.Option("--activation-cut", help="Fine-tuning without online "
+                                  "augmentation: cache the activations entering the trainable top and train the "
+                                  "top alone. auto: the highest cut below the lowest trainable layer where one "
+                                  "tensor flows; none: through the whole network; or a layer name.")
+                                  ] = _T.activation_cut,
+        activation_dtype: Annotated[str, typer.Option("--activation-dtype", help="Storage of cached activations: "
+                                    "float32, or float16 (half the memory and disk).")] = _T.activation_dtype,
+        augment_mode: Annotated[str, typer.Option("--augment-mode", help="online: augment every training batch "
+                                "afresh; offline (the paper's): a fixed augmented, class-balanced copy of each "
+                                "training fold, made once, so the caches still apply.")] = _T.augment_mode,
+        offline_per_class: Annotated[int, typer.Option("--offline-per-class", help="Offline augmentation: images "
+                                     "per class after balancing (0: as many as the largest class).")
+                                     ] = _T.offline_per_class,
         data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
         parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run id of the previous stage. "
                               "Default: its newest finished run with this backbone.", show_default=False)] = None,
@@ -88,8 +105,10 @@ def stage_command(plan: StagePlan):
                            "storage of --params-from-study. Default: optuna-studies.log.", show_default=False)] = None,
         tracking_uri: TrackingUri = None,
         experiment: Experiment = DEFAULT_EXPERIMENT,
+        system_metrics: SystemMetrics = False,
         quiet: Quiet = False,
     ) -> None:
+        cells, source, parent_run, params_from_study = map(given, (cells, source, parent_run, params_from_study))
         overrides = explicit_options(ctx, CONFIG_KEYS)
         if "train.dense_units" in overrides:
             overrides["train.dense_units"] = parse_units(dense_units)
@@ -98,13 +117,16 @@ def stage_command(plan: StagePlan):
             overrides, task, study_tags = study_overrides(ctx, stage, params_from_study, storage, overrides, task)
         cfg = load_config(config, overrides)  # a bad file or value fails here, before the heavy imports
         get_backbone_spec(cfg.train.backbone)  # an unknown name fails here too, listing the valid ones
+        check_inputs(cfg, cells=cells, source=source)  # paths, weights file, augmentation policy: before any run
+        enable_system_metrics(system_metrics)
         from mtl_suite.workflows.stage import StageRequest, run_stage  # heavy imports only when training
 
         mark_runs_killed_on_sigterm()
-        outcome = run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells,
-                                         source=source, parent_run=parent_run, quiet=quiet, extra_tags=study_tags,
-                                         resume=resume),
-                            say=lambda message: say(message, quiet))
+        with progress.display(quiet) as display, display.level("stages", 1):  # grows by the missing stages run first
+            outcome = run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class,
+                                             cells=cells, source=source, parent_run=parent_run, quiet=quiet,
+                                             extra_tags=study_tags, resume=resume),
+                                say=lambda message: say(message, quiet))
         # Always said, even with --quiet: where the results went.
         typer.echo(f"{stage} run {outcome.run_id} (experiment {outcome.experiment_id}) in {outcome.tracking_uri}")
 

@@ -8,13 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from mtl_suite import progress
 from mtl_suite.catalog import TUNABLE_STAGES, Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, Experiment, Layout, Quiet, TrackingUri, backbone_help, config_keys, explicit_options,
-    handle_user_errors, mark_runs_killed_on_sigterm, say,
+    AllowOutsideRoot, BackboneName, Experiment, Layout, Quiet, SystemMetrics, TaskName, TrackingUri, check_inputs,
+    choice, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
+    mark_runs_killed_on_sigterm, say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.models.backbones import get_backbone_spec
+from mtl_suite.tuning.names import ENGINES, PRUNERS, SAMPLERS
 
 _D, _T = DataConfig(), TrainConfig()
 TUNE_KEYS = config_keys("data", "layout", "allow_outside_root", "masks", "image_size", "cell_size", "test_fraction",
@@ -24,9 +27,9 @@ TUNE_KEYS = config_keys("data", "layout", "allow_outside_root", "masks", "image_
 @handle_user_errors
 def tune(
     ctx: typer.Context,
-    stage: Annotated[str, typer.Option("--stage", help=f"Stage to tune: {', '.join(TUNABLE_STAGES)}.")] = Stage.STAGE3.value,
-    backbone: Annotated[str, typer.Option("--backbone", "-b", help=backbone_help("Backbone to tune: "))] = _T.backbone,
-    task: Annotated[str, typer.Option("--task", help="binary or multiclass (stage 2 is always binary).")
+    stage: Annotated[choice(TUNABLE_STAGES), typer.Option("--stage", help="Stage to tune.")] = Stage.STAGE3.value,
+    backbone: Annotated[BackboneName, typer.Option("--backbone", "-b", help="Backbone to tune.")] = _T.backbone,
+    task: Annotated[TaskName, typer.Option("--task", help="binary or multiclass (stage 2 is always binary).")
                     ] = Task.MULTICLASS.value,
     trials: Annotated[int, typer.Option("--trials", "-n", help="Finished (complete or pruned) trials the study "
                       "should have; trials already in the study count.")] = 20,
@@ -38,9 +41,11 @@ def tune(
                        help="Optuna storage: a journal file path (default optuna-studies.log), sqlite:///file.db, "
                             "or postgresql://user:pass@host/db for several workers. keras-tuner: its project "
                             "folder (default keras-tuner/).", show_default=False)] = None,
-    engine: Annotated[str, typer.Option("--engine", help="optuna or keras-tuner (Bayesian optimisation).")] = "optuna",
-    sampler: Annotated[str, typer.Option("--sampler", help="tpe, random, cmaes or gp (gp needs PyTorch).")] = "tpe",
-    pruner: Annotated[str, typer.Option("--pruner", help="median, hyperband or none.")] = "median",
+    engine: Annotated[choice(ENGINES), typer.Option("--engine", help="optuna, or keras-tuner (Bayesian "
+                      "optimisation).")] = "optuna",
+    sampler: Annotated[choice(SAMPLERS), typer.Option("--sampler", help="Optuna's sampler (gp needs PyTorch).")
+                       ] = "tpe",
+    pruner: Annotated[choice(PRUNERS), typer.Option("--pruner", help="Optuna's pruner.")] = "median",
     metric: Annotated[str, typer.Option("--metric", help="CV metric to optimise: f1_macro, accuracy, auc_macro, "
                       "... (direction follows the metric).")] = "f1_macro",
     folds: Annotated[int, typer.Option("--folds", help="CV folds per trial.")] = 3,
@@ -58,8 +63,10 @@ def tune(
     cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset.",
                      show_default=False)] = None,
     normal_class: Annotated[Optional[str], typer.Option("--normal-class", show_default=False)] = None,
-    image_size: Annotated[int, typer.Option("--image-size")] = _D.image_size,
-    cell_size: Annotated[int, typer.Option("--cell-size", help="Stage 2: single-cell input size.")] = _D.cell_size,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Default: the backbone's own.",
+                          show_default=False)] = _D.image_size,
+    cell_size: Annotated[Optional[int], typer.Option("--cell-size", help="Stage 2: single-cell input size. Default: "
+                         "64, or the backbone's minimum if larger.", show_default=False)] = _D.cell_size,
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Outer test part, never seen while "
                              "tuning.")] = _D.test_fraction,
     data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
@@ -75,20 +82,25 @@ def tune(
                          "redone with its parameters; the limit stops a trial that kills its worker every time.")] = 3,
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
+    system_metrics: SystemMetrics = False,
     quiet: Quiet = False,
 ) -> None:
     """Tune a stage's hyperparameters: mean CV macro-F1 over --folds, pruning, resumable and shareable studies."""
     cfg = load_config(config, explicit_options(ctx, TUNE_KEYS))  # a bad file or value fails before the heavy imports
     get_backbone_spec(cfg.train.backbone)  # an unknown name fails here, listing the valid ones
+    cells = given(cells)
+    check_inputs(cfg, cells=cells)
+    enable_system_metrics(system_metrics)
     from mtl_suite.workflows.tune import TuneRequest, tune as run_tune
 
     mark_runs_killed_on_sigterm()
-    outcome = run_tune(TuneRequest(
-        stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells, parent_run=parent_run,
-        trials=trials, timeout=timeout, study_name=study_name, storage=storage, engine=engine, sampler=sampler,
-        pruner=pruner, metric=metric, folds=folds, seed=seed, space=str(space) if space else None,
-        heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry, quiet=quiet),
-        say=lambda message: say(message, quiet))
+    with progress.display(quiet):
+        outcome = run_tune(TuneRequest(
+            stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells, parent_run=parent_run,
+            trials=trials, timeout=timeout, study_name=study_name, storage=storage, engine=engine, sampler=sampler,
+            pruner=pruner, metric=metric, folds=folds, seed=seed, space=str(space) if space else None,
+            heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry, quiet=quiet),
+            say=lambda message: say(message, quiet))
     best = "none" if outcome.best_value is None else f"{outcome.best_value:.4f} (trial {outcome.best_trial})"
     use = (f"train with: mtl-suite {stage} --params-from-study {outcome.study_name}"
            + (f" --storage {outcome.storage}" if storage else "") if engine == "optuna"

@@ -10,10 +10,12 @@ when a backbone is built.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from mtl_suite.config import ExperimentConfig
 from mtl_suite.errors import UserError
 from mtl_suite.models.weights import WeightsChoice, keras_weights_argument, resolve_weights
 from mtl_suite.paths import MOBILENET_025_WEIGHTS
@@ -32,6 +34,15 @@ class BackboneSpec:
     imagenet_file: str | None = None  # file name in Keras's cache (~/.keras/models), for provenance
     bundled_weights: tuple[str, str] | None = None  # (path, sha256) of ImageNet weights shipped in the package
     description: str = ""
+
+    @property
+    def default_cell_size(self) -> int:
+        """Single cells are 40-60 px in a 224 px field: 64 px keeps them sharp without upsampling much, raised to
+        the network's minimum input size where that is larger (Xception 71, Inception 75)."""
+        return max(CELL_SIZE, self.min_size)
+
+
+CELL_SIZE = 64
 
 
 def _to_minus_one_one() -> keras.layers.Layer:
@@ -116,19 +127,31 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         raise UserError(f"unknown backbone {name!r}. Expected one of: {', '.join(BACKBONES)}") from None
 
 
+def with_backbone_sizes(config: ExperimentConfig) -> ExperimentConfig:
+    """`config` with the sizes it leaves open (None) set for its backbone: the image size the backbone was made for
+    (299 for the paper's, 224 for MobileNet) and its default cell size, never below its minimum."""
+    data, spec = config.data, get_backbone_spec(config.train.backbone)
+    image_size = spec.default_size if data.image_size is None else data.image_size
+    cell_size = spec.default_cell_size if data.cell_size is None else data.cell_size
+    return dataclasses.replace(config, data=dataclasses.replace(data, image_size=image_size, cell_size=cell_size))
+
+
 def check_image_size(spec: BackboneSpec, size: int) -> None:
     if size < spec.min_size:
         raise UserError(f"image size {size} is below {spec.name}'s minimum of {spec.min_size} px. Received: {size}")
 
 
 def build_backbone(name: str, image_size: int, weights: str = "none",
-                   precision: str = "float32") -> tuple[keras.Model, WeightsChoice]:
-    """Raw image -> normalisation -> base network (batch norm kept in inference mode, the usual choice for
-    fine-tuning small medical datasets) -> global average pooling. Returns the model and where its weights
-    came from. `precision` (models/precision.py) sets the dtype policy of every layer; weights stay float32."""
+                   precision: str = "float32", stain: str = "none") -> tuple[keras.Model, WeightsChoice]:
+    """Raw image -> [stain control] -> normalisation -> base network (batch norm kept in inference mode, the usual
+    choice for fine-tuning small medical datasets) -> global average pooling. Returns the model and where its weights
+    came from. `precision` (models/precision.py) sets the dtype policy of every layer; weights stay float32.
+    `stain` (models/stain.py): none, or a weightless layer before the normalisation, so every path that runs the
+    model (training, the activation cache's lower part, predict, serving) applies it."""
     import keras
 
     from mtl_suite.models.precision import precision_scope
+    from mtl_suite.models.stain import stain_layer
 
     spec = get_backbone_spec(name)
     check_image_size(spec, image_size)
@@ -138,7 +161,11 @@ def build_backbone(name: str, image_size: int, weights: str = "none",
         base = _construct(spec, input_shape, choice)
         base.name = "base"  # a fixed name: weight transfer and fine-tuning find it by this name
         inputs = keras.Input(input_shape, name="image")
-        x = spec.normalisation()(inputs)
+        x = inputs
+        stain_control = stain_layer(stain)
+        if stain_control is not None:
+            x = stain_control(x)
+        x = spec.normalisation()(x)
         x = base(x, training=False)
         outputs = keras.layers.GlobalAveragePooling2D(name="gap")(x)
         return keras.Model(inputs, outputs, name="backbone"), choice

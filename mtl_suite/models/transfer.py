@@ -22,7 +22,12 @@ _META = "__meta__"
 
 
 def _walk(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
-    for i, layer in enumerate(model.layers):
+    from mtl_suite.models.stain import StainControl
+
+    # The stain-control layer is a data option without weights: left out of the positions, so an archive fits a
+    # backbone with or without it (a stage may control stain where its parent stage did not).
+    layers = [layer for layer in model.layers if not isinstance(layer, StainControl)]
+    for i, layer in enumerate(layers):
         path = f"{prefix}{i:04d}"
         if isinstance(layer, keras.Model):
             yield from _walk(layer, path + "/")

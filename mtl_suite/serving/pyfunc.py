@@ -17,7 +17,7 @@ A request with no images, or one in which no image can be used, raises MlflowExc
 the scoring server answers HTTP 400 with the message and keeps serving.
 
 Preprocessing is exactly training's: decode with `data.images.read_rgb` (same checks and limits), resize with
-`data.images.resize` to the model's size; normalisation is inside the Keras graph.
+`data.images.resize` to the model's size; normalisation and stain control (`--stain`) are inside the Keras graph.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ class MtlImageClassifier(PythonModel):
 
     def load_context(self, context) -> None:
         import mlflow.keras
+
+        import mtl_suite.models.stain  # noqa: F401  registers the stain-control layer for the safe-mode load
 
         self.info = json.loads(Path(context.artifacts[INFO_ARTIFACT]).read_text())
         self.class_names = [str(c) for c in self.info["class_names"]]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from mtl_suite.catalog import RunKind, Stage
 from mtl_suite.config import ExperimentConfig, to_flat_dict
@@ -23,13 +23,18 @@ if TYPE_CHECKING:
 
 
 def find_or_create_parent(client, experiment_id: str, key: str, config: ExperimentConfig, task: str, runs: int,
-                          command: str, study: str | None, say: Callable[[str], None]) -> str:
-    """The comparison run with this key (reopened, its run count raised to `runs`), else a new one."""
+                          command: str, study: str | None, say: Callable[[str], None],
+                          launcher_run: str | None = None) -> str:
+    """The comparison run with this key (reopened, its run count raised to `runs`), else a new one: the run
+    `mlflow run -e compare` made, when there is one."""
     found = client.search_runs([experiment_id],
                                f"tags.run_kind = '{RunKind.COMPARISON}' AND tags.comparison_key = '{key}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     if found:
         run_id = found[0].info.run_id
+        if launcher_run and launcher_run != run_id:  # `mlflow run`'s run points to the comparison it resumed
+            client.set_tag(launcher_run, "comparison_run", run_id)
+            client.set_terminated(launcher_run, "FINISHED")
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "comparison_runs", str(max(runs, int(found[0].data.tags.get(
             "comparison_runs", "0") or 0))))
@@ -40,12 +45,16 @@ def find_or_create_parent(client, experiment_id: str, key: str, config: Experime
             "command": command[:5000], "mlflow.runName": f"compare-{config.train.backbone}-{task}"}
     if study:
         tags["study"] = study
-    run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
+    if launcher_run:
+        client.log_batch(launcher_run, tags=[RunTag(k, v) for k, v in tags.items()])
+        run_id = launcher_run
+    else:
+        run_id = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"]).info.run_id
     params = {k: str(v)[:500] for k, v in to_flat_dict(config).items()
               if k not in ("tracking.tracking_uri", "train.seed", "data.seed")}
     params.update({"base_seed": str(config.train.seed), "base_data_seed": str(config.data.seed), "task": task})
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
-    return run.info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    return run_id
 
 
 def end_parent(client, parent: str, status: int) -> None:

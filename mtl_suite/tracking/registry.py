@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -102,26 +104,43 @@ def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, example: 
                                             experiment_id=run.info.experiment_id,
                                             tags={"mtl_suite.kind": "raw-image-pyfunc"})
     try:
-        info_model = mlflow.pyfunc.log_model(
-            name=PYFUNC_NAME, python_model=str(Path(serving.__file__).with_name("model_code.py")),
-            model_id=logged.model_id,
-            artifacts={serving.KERAS_ARTIFACT: str(keras_dir), serving.INFO_ARTIFACT: str(info_path)},
-            signature=signature, input_example=example, pip_requirements=_requirements(),
-            metadata={"mtl_suite": {k: info.get(k) for k in ("class_names", "image_size", "backbone")}},
-        )
+        with tempfile.TemporaryDirectory(prefix="mtl-suite-code-") as tmp:
+            info_model = mlflow.pyfunc.log_model(
+                name=PYFUNC_NAME, python_model=str(Path(serving.__file__).with_name("model_code.py")),
+                model_id=logged.model_id, code_paths=[str(package_code(Path(tmp)))],
+                artifacts={serving.KERAS_ARTIFACT: str(keras_dir), serving.INFO_ARTIFACT: str(info_path)},
+                signature=signature, input_example=example, pip_requirements=serving_requirements(),
+                metadata={"mtl_suite": {k: info.get(k) for k in ("class_names", "image_size", "backbone")}},
+            )
     except Exception:
         mlflow.MlflowClient().finalize_logged_model(logged.model_id, "FAILED")
         raise
     return info_model.model_uri
 
 
-def _requirements() -> list[str]:
-    """Pinned to what is installed; the model class itself comes from the mtl-suite package (installed)."""
+# What the served model imports (serving/pyfunc.py and the modules it loads: data/images, models/stain, config), as
+# distributions. mtl-suite itself is not among them: it is on no package index, and the model carries its code.
+SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "pyyaml")
+
+
+def package_code(folder: Path) -> Path:
+    """A copy of the mtl_suite package without its bundled data (sample images, weights) or caches, for the model's
+    code_paths: MLflow stores it with the model and puts it on sys.path when the model loads, so the model serves
+    from any environment that has its requirements, the suite installed or not."""
+    import mtl_suite
+
+    target = folder / "mtl_suite"
+    shutil.copytree(Path(mtl_suite.__file__).parent, target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "assets"))
+    return target
+
+
+def serving_requirements() -> list[str]:
+    """SERVING_PACKAGES pinned to the versions installed here, where the model was trained and checked."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for package in ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless",
-                    "scikit-learn", "mtl-suite"):
+    for package in SERVING_PACKAGES:
         try:
             out.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
@@ -143,13 +162,25 @@ def register(client: MlflowClient, name: str, run: Run, model_uri: str, *, extra
     tags.update(extra_tags)
     # Idempotent: a promotion interrupted after registering (before the aliases) left a version of this run;
     # rerunning reuses it rather than registering the same model twice.
+    # A logged model's URI (models:/m-<id>) needs its model_id alongside: a tracking server refuses the source
+    # otherwise ("The model_id request parameter must identify the resource that contains the source"); a local
+    # store never checked it.
     version = _version_of_run(client, name, run.info.run_id, model_uri) or client.create_model_version(
-        name, source=model_uri, run_id=run.info.run_id, tags=tags, description=description)
+        name, source=model_uri, run_id=run.info.run_id, model_id=logged_model_id(model_uri), tags=tags,
+        description=description)
     version = _wait_ready(client, name, version)
     if previous is not None:
         client.set_registered_model_alias(name, PREVIOUS_ALIAS, previous.version)
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
     return client.get_model_version(name, version.version)
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """`m-<id>` of a logged model's URI `models:/m-<id>`; None for any other URI (a run path, a registered model)."""
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri.removeprefix("models:/")
+    return ref if ref.startswith("m-") and "/" not in ref and "@" not in ref else None
 
 
 def _version_of_run(client: MlflowClient, name: str, run_id: str, model_uri: str) -> ModelVersion | None:

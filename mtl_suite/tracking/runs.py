@@ -5,9 +5,20 @@ from __future__ import annotations
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
+
+from mtl_suite.config import to_flat_dict
+
+
+def config_params(config: Any) -> dict[str, str]:
+    """A resolved config as MLflow params, one per dotted key (`train.learning_rate`): the same keys on stage runs
+    and trial runs, so MLflow's compare view lines them up. The tracking URI is left out (it is where the run is)."""
+    flat = to_flat_dict(config)
+    flat.pop("tracking.tracking_uri", None)
+    return {k: str(",".join(map(str, v)) if isinstance(v, tuple) else v)[:500] for k, v in flat.items()}
 
 
 def git_commit() -> str:

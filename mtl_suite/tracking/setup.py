@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
 try:
     import fcntl
@@ -16,6 +17,7 @@ except ImportError:  # Windows: no advisory locks; concurrent first use of a new
     fcntl = None
 
 from mtl_suite.config import DEFAULT_TRACKING_URI
+from mtl_suite.tracking.reachability import check_tracking_uri
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -27,10 +29,11 @@ def use_tracking(uri: str | None, experiment: str) -> tuple[str, str]:
     # Artifact download bars would interleave with our progress lines; a user can turn them back on.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     resolved = resolve_tracking_uri(uri)
+    check_tracking_uri(resolved)  # a wrong or unreachable store: one line naming it, before any work
     mlflow.set_tracking_uri(resolved)
     with _store_setup_lock(resolved):
-        experiment_obj = mlflow.set_experiment(experiment)
-    return resolved, experiment_obj.experiment_id
+        experiment_id = _set_experiment(experiment)
+    return resolved, experiment_id
 
 
 @contextlib.contextmanager
@@ -57,3 +60,66 @@ def _sqlite_path(uri: str) -> Path | None:
         return None
     path = uri.removeprefix("sqlite:///").split("?", 1)[0]
     return None if path in ("", ":memory:") else Path(path if path.startswith("/") else path).resolve()
+
+
+# --- one experiment, whichever way the suite is started --------------------------------------------------------------
+
+# MLflow 3's UI opens an experiment without this tag on its GenAI pages (traces, sessions); with it, on the training
+# runs. The values are the UI's ExperimentKind (mlflow/server/js: "genai_development", "custom_model_development").
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+LAUNCHER_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the command it starts
+MOVED_TO_TAG = "mtl_suite.moved_to_experiment"
+
+
+def _set_experiment(name: str) -> str:
+    """The command's experiment: the one `mlflow run`'s run is in when the user chose it (`--experiment-name`,
+    $MLFLOW_EXPERIMENT_NAME/_ID), else `name` (--experiment, which reads $MLFLOW_EXPERIMENT_NAME, else mtl-suite).
+    Created only when a run is about to go into it, and tagged as a model-development experiment."""
+    chosen = _chosen_launcher_experiment()
+    experiment = mlflow.set_experiment(experiment_id=chosen) if chosen else mlflow.set_experiment(name)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind the user picked in the UI stays
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def _chosen_launcher_experiment() -> str | None:
+    """The experiment of `mlflow run`'s run, unless `mlflow run` put it in MLflow's Default experiment only because
+    nobody named one (then the suite's own default applies)."""
+    run_id = os.environ.get(LAUNCHER_RUN_ENV)
+    if not run_id:
+        return None
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    named = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    return experiment_id if experiment_id != DEFAULT_EXPERIMENT_ID or named else None
+
+
+def record_in_launcher_run(experiment_id: str, tags: dict[str, str], files: tuple[Path, ...] = ()) -> str | None:
+    """For a command that makes no run of its own (report, promote): the run `mlflow run` made for it keeps what
+    the command did (tags, files), so `mlflow run . -e report` leaves a run worth opening, not an empty one."""
+    run_id = take_launcher_run(experiment_id)
+    if run_id is not None:
+        client = mlflow.MlflowClient()
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        for file in files:
+            client.log_artifact(run_id, str(file))
+    return run_id
+
+
+def take_launcher_run(experiment_id: str) -> str | None:
+    """The run `mlflow run` made for this command, to become the command's own (first) run; None without one, and
+    after the first call. `mlflow run <this project>` puts it in the suite's experiment itself (mtl_suite_mlflow.py);
+    one left in MLflow's Default (the suite not installed, so that hook missing) is closed with a note that says
+    where the work went. It cannot be deleted: `mlflow run` sets its status once more when the command ends."""
+    run_id = os.environ.pop(LAUNCHER_RUN_ENV, None)
+    if not run_id:
+        return None
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.experiment_id == experiment_id:
+        return run_id
+    name = client.get_experiment(experiment_id).name
+    client.set_tag(run_id, MOVED_TO_TAG, experiment_id)
+    client.set_tag(run_id, "mlflow.note.content", f"This command's runs are in experiment {name!r} (id "
+                   f"{experiment_id}). Name it for `mlflow run` with --experiment-name or $MLFLOW_EXPERIMENT_NAME.")
+    client.set_terminated(run_id, "FINISHED")
+    return None

@@ -12,11 +12,11 @@ from mlflow.entities import RunStatus
 from mlflow.models import infer_signature
 
 from mtl_suite.catalog import RunKind
-from mtl_suite.config import ExperimentConfig, to_flat_dict
+from mtl_suite.config import ExperimentConfig
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
 from mtl_suite.tasks import TaskData
-from mtl_suite.tracking.runs import git_commit, log_split
+from mtl_suite.tracking.runs import config_params, git_commit, log_split
 
 BACKBONE_ARTIFACT = "backbone/backbone.npz"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
@@ -61,8 +61,7 @@ def download_backbone(run_id: str, dst: Path) -> Path:
 def log_setup(tags: dict[str, str], config: ExperimentConfig, task_data: TaskData | None, workdir: Path) -> None:
     """What the run records before training: its tags, the resolved config as params and YAML, and the split."""
     mlflow.set_tags({"run_kind": RunKind.STAGE, "git_commit": git_commit(), **tags})
-    params = {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in to_flat_dict(config).items()}
-    mlflow.log_params({k: str(v)[:500] for k, v in params.items() if k != "tracking.tracking_uri"})
+    mlflow.log_params(config_params(config))
     mlflow.log_text(yaml.safe_dump(_yaml_ready(dataclasses.asdict(config)), sort_keys=False), "config.yaml")
     if task_data is None:
         return

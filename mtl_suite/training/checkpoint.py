@@ -6,7 +6,9 @@ state (best value, patience count, best weights) and the random state (data orde
 - the data order and augmentation of epoch e depend only on (seed, e) (pipeline.training_batches);
 - `EpochSeeding` resets every dropout seed generator at the start of each epoch from (seed, phase, epoch, layer);
 - `EpochCheckpoint` saves, after each epoch, the training model's weights, the optimizer's variables, the
-  early-stopping state and the history so far, in one file written atomically (a crash leaves the last one).
+  early-stopping state and the history so far, in one file written atomically and flushed to disk (a crash leaves
+  the last one). The one before it is kept: a checkpoint that cannot be read (cut by a disk or file system fault,
+  a bad copy) is discarded with a warning and the fit resumes from the epoch before, so only that epoch is redone.
 
 Plain Keras and NumPy: no tracking here; the caller chooses the folder and deletes it when the fold is done.
 """
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +31,13 @@ from mtl_suite.io_utils import atomic_path
 from mtl_suite.training.keras_private import flatten_layers, seed_generators
 
 CHECKPOINT_FILE = "checkpoint.npz"
+PREVIOUS_FILE = "checkpoint.previous.npz"  # the epoch before: what a fit resumes from if the last one is unreadable
 FORMAT = 1
+# What np.load and the reads below raise on a cut or damaged file (a cut zip has no central directory; a damaged
+# member fails its CRC; a cut member reads short).
+UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError)  # ValueError: bad JSON too
+
+logger = logging.getLogger(__name__)
 
 
 def derived_seed(*parts: int | str) -> int:
@@ -60,11 +71,26 @@ class FitCheckpoint:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.path = self.folder / CHECKPOINT_FILE
+        self.previous = self.folder / PREVIOUS_FILE
 
     def load(self) -> FitState | None:
-        if not self.path.is_file():
-            return None
-        with np.load(self.path, allow_pickle=False) as archive:
+        """The last epoch's state; the one before it when the last cannot be read (then that epoch is redone);
+        None when there is none (the fit starts from its first epoch)."""
+        for path in (self.path, self.previous):
+            if not path.is_file():
+                continue
+            try:
+                return self._read(path)
+            except UNREADABLE as exc:
+                fallback = "the epoch before it" if path == self.path and self.previous.is_file() else "the start"
+                logger.warning("epoch checkpoint %s is unreadable (%s: %s); discarded, resuming from %s",
+                               path, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "",
+                               fallback)
+                path.unlink(missing_ok=True)
+        return None
+
+    def _read(self, path: Path) -> FitState | None:
+        with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
             if meta.get("format") != FORMAT:
                 return None  # written by another version: start the fit again rather than guess
@@ -83,6 +109,8 @@ class FitCheckpoint:
                 "early_stopping": state.early_stopping, "has_best_weights": state.best_weights is not None}
         arrays = {**_pack(state.model_weights, "w"), **_pack(state.optimizer_variables, "o"),
                   **_pack(state.best_weights or [], "b")}
+        if self.path.is_file():  # the last epoch becomes the fallback (a crash before the write below leaves it)
+            os.replace(self.path, self.previous)
         with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)

@@ -20,7 +20,9 @@ from mtl_suite.config import TrainConfig
 from mtl_suite.data.pipeline import BatchAugment
 from mtl_suite.data.splits import Split
 from mtl_suite.training.checkpoint import FitCheckpoint
-from mtl_suite.training.fit import ArrayData, CallbackFactory, feature_store_for, fit_classifier, predict_proba
+from mtl_suite.training.fit import (
+    ArrayData, CallbackFactory, activation_cache_for, feature_store_for, fit_classifier, predict_proba,
+)
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
 from mtl_suite.training.session import free_models, heap_frozen
 
@@ -133,9 +135,9 @@ def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.n
         keras.utils.set_random_seed(seed)
         model, backbone = model_factory()
         val = _subset(data, val_idx)
-        history = fit_classifier(model, backbone, _subset(data, train_idx), val, cfg, len(class_names), callbacks,
-                                 augment, verbose, checkpoint=checkpoint, seed=seed)
-        proba = predict_proba(model, val.images, cfg.batch_size, feature_store_for(cfg))
+        history = fit_classifier(model, backbone, training_part(data, train_idx, cfg, seed), val, cfg,
+                                 len(class_names), callbacks, augment, verbose, checkpoint=checkpoint, seed=seed)
+        proba = predict_proba(model, val.images, cfg.batch_size, feature_store_for(cfg), activation_cache_for(cfg))
         result = FoldResult(name, classification_metrics(val.labels, proba, class_names), history, val_idx, proba)
     except BaseException as exc:
         observer.fold_failed(name, exc)
@@ -160,17 +162,30 @@ def refit_and_test(data: ArrayData, split: Split, class_names: list[str], model_
     try:
         keras.utils.set_random_seed(cfg.seed)
         model, backbone = model_factory()
-        history = fit_classifier(model, backbone, _subset(data, train_idx), None, cfg, len(class_names),
-                                 callbacks, augment, verbose, checkpoint=checkpoint, seed=cfg.seed)
+        history = fit_classifier(model, backbone, training_part(data, train_idx, cfg, cfg.seed), None, cfg,
+                                 len(class_names), callbacks, augment, verbose, checkpoint=checkpoint, seed=cfg.seed)
         test = _subset(data, test_idx)
-        proba = (predict_proba(model, test.images, cfg.batch_size, feature_store_for(cfg)) if len(test_idx)
-                 else np.zeros((0, len(class_names))))
+        proba = (predict_proba(model, test.images, cfg.batch_size, feature_store_for(cfg), activation_cache_for(cfg))
+                 if len(test_idx) else np.zeros((0, len(class_names))))
         metrics = classification_metrics(test.labels, proba, class_names) if len(test_idx) else {}
     except BaseException as exc:
         observer.fold_failed("final", exc)
         raise
     observer.fold_finished(FoldResult("final", metrics, history, test_idx, proba))
     return TestResult(model, backbone, metrics, test_idx, proba, history)
+
+
+def training_part(data: ArrayData, train_idx: np.ndarray, cfg: TrainConfig, seed: int) -> ArrayData:
+    """A fold's training images; with offline augmentation (the paper's), followed by a fixed, class-balanced
+    augmented copy of them, drawn from `seed`. Only training images are copied: a validation image's copies in
+    training would leak it."""
+    train = _subset(data, train_idx)
+    if cfg.augment_mode != "offline" or cfg.augment == "none" or not len(train):
+        return train
+    from mtl_suite.imaging.augment import balance_classes
+
+    per_class = cfg.offline_per_class or int(np.bincount(train.labels).max())
+    return ArrayData(*balance_classes(train.images, train.labels, per_class, cfg.augment, seed))
 
 
 def _subset(data: ArrayData, index: np.ndarray) -> ArrayData:

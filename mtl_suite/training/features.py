@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Callable
 
 import keras
 import numpy as np
@@ -67,16 +68,20 @@ def feature_key(backbone: keras.Model, images: np.ndarray) -> str:
 
 
 def backbone_features(backbone: keras.Model, images: np.ndarray, store: FeatureStore | None = None,
-                      batch_size: int = 48) -> np.ndarray:
+                      batch_size: int = 48,
+                      compute: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """(N, feature_dim) float32 features of `images` (raw pixels), from `store` when it has them. float32 holds a
-    mixed-precision backbone's float16/bfloat16 output exactly, so the head sees the same numbers either way."""
+    mixed-precision backbone's float16/bfloat16 output exactly, so the head sees the same numbers either way.
+    `compute`: another way to the same features (through cached activations, training/activations.py)."""
+    if compute is None:
+        compute = lambda part: _compute(backbone, part, batch_size)  # noqa: E731
     if store is None or store.max_bytes <= 0:
-        return _compute(backbone, images, batch_size)
+        return compute(images)
     key = feature_key(backbone, images)
     cached = store.load(key)
     if cached is not None and cached.shape[0] == len(images):
         return cached
-    features = _compute(backbone, images, batch_size)
+    features = compute(images)
     store.save(key, features)
     return features
 

@@ -26,6 +26,9 @@ from mtl_suite.training.checkpoint import (
     EpochCheckpoint, EpochSeeding, FitCheckpoint, FitState, ResumableEarlyStopping, derived_seed,
     restore_training_state,
 )
+from mtl_suite.training.activations import (
+    ActivationCache, ActivationStore, Cut, cut_activations, features_through_cut, find_cut, planned_cut,
+)
 from mtl_suite.training.features import FeatureStore, backbone_features
 from mtl_suite.training.metrics import as_class_probabilities
 
@@ -91,10 +94,12 @@ def fit_classifier(
     feature_store: FeatureStore | None = None,
     checkpoint: FitCheckpoint | None = None,
     seed: int | None = None,
+    activation_store: ActivationStore | None = None,
 ) -> dict[str, list[float]]:
     """Train in two phases and return the merged per-epoch history (one list per Keras metric).
 
     `feature_store`: where warm-up features are kept between runs (default: FeatureStore.default()).
+    `activation_store`: where fine-tuning's activations at the cut are kept (default: ActivationStore.default()).
     `checkpoint`: saved after every epoch; a fit given the checkpoint of an interrupted one continues after its
     last finished epoch and ends with the weights the uninterrupted fit would have had.
     `seed`: data order, augmentation and dropout draws (default cfg.seed; cross-validation passes one per fold)."""
@@ -109,8 +114,12 @@ def fit_classifier(
         state = resumed if resumed is not None and index == resumed.phase_index else None
         set_trainable_top(backbone, unfreeze)
         on_features = unfreeze == 0 and augment is None and cfg.feature_cache
-        trained, train_part, val_part = (_features_fit_inputs(model, backbone, train, val, cfg, feature_store)
-                                         if on_features else (model, train, val))
+        if on_features:
+            trained, train_part, val_part = _features_fit_inputs(model, backbone, train, val, cfg, feature_store,
+                                                                 activation_store)
+        else:
+            trained, train_part, val_part = _activations_fit_inputs(model, backbone, train, val, cfg, augment,
+                                                                    activation_store)
         steps = _steps(train, cfg)
         compile_for(trained, n_classes, learning_rate, cfg.decay_rate, steps, cfg.jit_compile,
                     runs_eagerly(cfg, epochs * steps, on_features))
@@ -121,7 +130,7 @@ def fit_classifier(
                 continue
         first_epoch = state.phase_epochs_done if state is not None else 0
         injected = list(callbacks(phase, _epochs_so_far(history) - first_epoch) if callbacks else [])
-        if on_features:  # injected callbacks see the classifier, as on the uncached path
+        if trained is not model:  # injected callbacks see the classifier, as on the uncached path
             injected = [ShowClassifier(callback, model) for callback in injected]
         stopping = _early_stopping(val, cfg, state)
         own = [EpochSeeding(seed, phase), *stopping]
@@ -132,6 +141,14 @@ def fit_classifier(
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
     return history
+
+
+def activation_cache_for(cfg: TrainConfig, store: ActivationStore | None = None) -> ActivationCache | None:
+    """How a model trained with `cfg` runs through its cut (None: through the whole network)."""
+    if cfg.activation_cut == "none":
+        return None
+    return ActivationCache(store if store is not None else ActivationStore.default(), cfg.activation_cut,
+                           cfg.activation_dtype, cfg.unfreeze_layers if cfg.finetune_epochs > 0 else 0)
 
 
 def feature_store_for(cfg: TrainConfig) -> FeatureStore | None:
@@ -164,15 +181,39 @@ def _early_stopping(val: ArrayData | None, cfg: TrainConfig, state: FitState | N
                                    restore_best_weights=True, restored=state)]
 
 
-def _features_fit_inputs(model, backbone, train, val, cfg, store):
+def _features_fit_inputs(model, backbone, train, val, cfg, store, activation_store):
     """The frozen warm-up as a fit of the head layers on backbone features. The head model shares the classifier's
     layer objects, so the classifier holds the trained (or early-stopping-restored) weights afterwards."""
     store = store if store is not None else FeatureStore.default()
-    features = ArrayData(backbone_features(backbone, train.images, store, cfg.batch_size), train.labels)
+    compute = _through_cut(model, backbone, activation_cache_for(cfg, activation_store), cfg.batch_size)
+    features = ArrayData(backbone_features(backbone, train.images, store, cfg.batch_size, compute), train.labels)
     val_features = None
     if val is not None:
-        val_features = ArrayData(backbone_features(backbone, val.images, store, cfg.batch_size), val.labels)
+        val_features = ArrayData(backbone_features(backbone, val.images, store, cfg.batch_size, compute), val.labels)
     return head_on_features(model, backbone), features, val_features
+
+
+def _through_cut(model, backbone, cache: ActivationCache | None, batch_size: int):
+    """How the frozen backbone's features are computed when fine-tuning will cut it: through cached activations,
+    so the bottom of the network runs once per image in the whole run (None: through the backbone)."""
+    cut = planned_cut(model, backbone, cache)
+    if cut is None:
+        return None
+    return lambda images: features_through_cut(cut, images, cache, batch_size)
+
+
+def _activations_fit_inputs(model, backbone, train, val, cfg, augment, store):
+    """Fine-tuning as a fit of the layers above the cut on cached activations (training/activations.py), when the
+    images are the same every epoch (no online augmentation); else the whole classifier on the images."""
+    cut = find_cut(model, backbone, cfg.activation_cut, cfg.activation_dtype) if augment is None else None
+    if cut is None:
+        return model, train, val
+    store = store if store is not None else ActivationStore.default()
+
+    def activations(part: ArrayData) -> ArrayData:
+        return ArrayData(cut_activations(cut, part.images, store, cfg.activation_dtype, cfg.batch_size), part.labels)
+
+    return cut.top, activations(train), (activations(val) if val is not None else None)
 
 
 class ShowClassifier(keras.callbacks.Callback):
@@ -229,19 +270,35 @@ def _targets(model: keras.Model, labels: np.ndarray) -> np.ndarray:
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64,
-                  feature_store: FeatureStore | None = None) -> np.ndarray:
+                  feature_store: FeatureStore | None = None,
+                  activation_cache: ActivationCache | None = None) -> np.ndarray:
     """(N, n_classes) probabilities; a single sigmoid output becomes two columns.
 
     With a `feature_store`, while the classifier's backbone is still entirely frozen (no fine-tune phase ran), the
     backbone's part comes from the store and only the head runs. A fold's validation images were featurised for its
     warm-up already, so predicting them is a lookup and a head pass, not a trace and a run of the whole network
     (tuning trials predict after every epoch). Same probabilities within float tolerance; the store is keyed by the
-    backbone's weights, so a changed backbone is never answered from stale features."""
+    backbone's weights, so a changed backbone is never answered from stale features.
+
+    With an `activation_cache`, after fine-tuning, the part below the cut comes from the cache and only the top runs,
+    the same way."""
     backbone = _frozen_backbone(model) if feature_store is not None and feature_store.max_bytes > 0 else None
     if backbone is None:
+        cut = _fine_tuned_cut(model, activation_cache)
+        if cut is not None:
+            activations = cut_activations(cut, images, activation_cache.store, activation_cache.dtype, batch_size)
+            return as_class_probabilities(cut.top.predict(activations, batch_size=batch_size, verbose=0))
         return as_class_probabilities(model.predict(images, batch_size=batch_size, verbose=0))
-    features = backbone_features(backbone, images, feature_store, batch_size)
+    compute = _through_cut(model, backbone, activation_cache, batch_size)
+    features = backbone_features(backbone, images, feature_store, batch_size, compute)
     return as_class_probabilities(_run_head(head_on_features(model, backbone), features, batch_size))
+
+
+def _fine_tuned_cut(model: keras.Model, cache: ActivationCache | None) -> Cut | None:
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if cache is None or len(nested) != 1 or not nested[0].trainable_weights:
+        return None
+    return find_cut(model, nested[0], cache.cut, cache.dtype)
 
 
 def _frozen_backbone(model: keras.Model) -> keras.Model | None:

@@ -11,13 +11,14 @@ from mtl_suite.config import TrainConfig
 def model_factory(backbone_name: str, image_size: int, initial_weights: Path, head: str, n_classes: int,
                   cfg: TrainConfig):
     """A factory that builds the classifier with the stage's initial backbone weights (W_{k-1}), the same for
-    every fold."""
+    every fold, and the stain control of `cfg.stain` inside its graph (a weightless layer: the archives of W0-W3
+    are the same with or without it, so W0 is built without it)."""
     from mtl_suite.models.backbones import build_backbone
     from mtl_suite.models.heads import build_classifier
     from mtl_suite.models.transfer import load_backbone
 
     def build():
-        backbone, _ = build_backbone(backbone_name, image_size, "none", cfg.precision)
+        backbone, _ = build_backbone(backbone_name, image_size, "none", cfg.precision, cfg.stain)
         load_backbone(backbone, initial_weights)
         return build_classifier(backbone, head, n_classes, cfg.dense_units, cfg.dropout, cfg.precision), backbone
 

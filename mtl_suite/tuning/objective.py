@@ -21,8 +21,10 @@ from mtl_suite.errors import UserError
 from mtl_suite.tasks import TaskData
 from mtl_suite.training.cv import FoldResult, cross_validate
 from mtl_suite.training.features import FeatureStore
-from mtl_suite.training.fit import feature_store_for, predict_proba
+from mtl_suite.training.activations import ActivationCache
+from mtl_suite.training.fit import activation_cache_for, feature_store_for, predict_proba
 from mtl_suite.training.metrics import POSITIVE_CLASS_SCORES, SCORES, classification_metrics
+from mtl_suite.training.progress import FoldProgress
 from mtl_suite.training.session import free_models
 from mtl_suite.training.stages import model_factory
 from mtl_suite.tuning.space import SearchSpace, to_overrides
@@ -88,11 +90,14 @@ def evaluate(ctx: TuningContext, params: dict[str, Any], reporter: Reporter, tra
     factory = model_factory(config.train.backbone, data.image_size, ctx.initial_weights, ctx.plan.head,
                             len(data.class_names), config.train)
     augment = None
-    if config.train.augment != "none":
+    if config.train.augment != "none" and config.train.augment_mode == "online":
         from mtl_suite.imaging.augment import get_batch_augment
 
         augment = get_batch_augment(config.train.augment, strength)
-    observer = TrialObserver(ctx, reporter, tracker, run_id, config.train.batch_size)
+    observer = FoldProgress(TrialObserver(ctx, reporter, tracker, run_id, config.train.batch_size),
+                            f"{label.rstrip(':')} folds", data.split.folds,
+                            config.train.warmup_epochs + config.train.finetune_epochs,
+                            last=f"fold-{data.split.folds - 1}")  # the command's progress display
     progress = None if ctx.quiet else (lambda message: ctx.say(f"{label} {message}"))
     try:
         result = cross_validate(data.data, data.split, data.class_names, factory, config.train, observer, augment,
@@ -126,10 +131,11 @@ class TrialObserver:
         images, labels = data.images[val_idx], data.labels[val_idx]
 
         store = feature_store_for(self.ctx.base.train)
+        activations = activation_cache_for(self.ctx.base.train)
 
         def factory(phase: str, first_epoch: int) -> list[keras.callbacks.Callback]:
             return [EpochMetric(images, labels, self.ctx.task_data.class_names, self.ctx.metric, first_epoch,
-                                self.batch_size, self._epoch_done, store)]
+                                self.batch_size, self._epoch_done, store, activations)]
 
         return factory
 
@@ -156,14 +162,15 @@ class EpochMetric(keras.callbacks.Callback):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: list[str], metric: str,
                  first_epoch: int, batch_size: int, done: Callable[[int, float], None],
-                 feature_store: FeatureStore | None = None):
+                 feature_store: FeatureStore | None = None, activation_cache: ActivationCache | None = None):
         super().__init__()
         self.images, self.labels, self.class_names = images, labels, class_names
         self.metric, self.first_epoch, self.batch_size, self.done = metric, first_epoch, batch_size, done
         self.feature_store = feature_store  # while the backbone is frozen: only the head runs (predict_proba)
+        self.activation_cache = activation_cache  # while fine-tuning: only the layers above the cut run
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        proba = predict_proba(self.model, self.images, self.batch_size, self.feature_store)
+        proba = predict_proba(self.model, self.images, self.batch_size, self.feature_store, self.activation_cache)
         value = classification_metrics(self.labels, proba, self.class_names).get(self.metric)
         if value is not None:
             self.done(self.first_epoch + epoch, float(value))

@@ -9,6 +9,7 @@ import importlib.util
 import math
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -16,20 +17,26 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from mtl_suite import progress
 from mtl_suite.errors import UserError
 from mtl_suite.tuning.artifacts import write_study_artifacts
 from mtl_suite.tuning.objective import TuningContext, evaluate, trial_config
 from mtl_suite.tuning.optuna_private import heartbeat_enabled, stored_trial
 from mtl_suite.tuning.resume import (
-    OWNERLESS_GRACE_S, SLOT_ATTR, STOPPED_ATTR, SlotHyperbandPruner, SlotSeededSampler, recover_dead_trials,
-    repair_journal, retry_trial,
+    FAILED_TRIAL, OWNERLESS_GRACE_S, SLOT_ATTR, STOPPED_ATTR, SlotHyperbandPruner, SlotSeededSampler, owner_is_dead,
+    recover_dead_trials, repair_journal, retry_trial, this_owner,
 )
+from mtl_suite.tuning.storage_check import check_storage
 from mtl_suite.tuning.study import StudyRuns, TuneOutcome, TuneRequest, study_tags, work_dir
 from mtl_suite.tuning.tracker import StudyTracker, mask_password
 
 STORAGE_ENV = "MTL_SUITE_OPTUNA_STORAGE"
 DEFAULT_STORAGE = "optuna-studies.log"  # Optuna's JournalFileBackend: survives interruption, safe for local workers
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# How long a worker waits for the worker that created the study to record the study's MLflow run (it resolves
+# nothing slow in between: the stage's weights and data are ready before the study opens).
+STUDY_RUN_WAIT_S = 60.0
+OPENER_ATTR = "mtl_suite:study_run_opener"  # host:pid:start of the worker that created the study
 # Attributes a resumed study must share with the command that resumes it (else its values are not comparable).
 IDENTITY = ("stage", "backbone", "task", "metric", "folds", "image_size", "data")
 
@@ -75,6 +82,17 @@ def _require(module: str, message: str) -> None:
         raise UserError(message)
 
 
+def check_request(request: TuneRequest) -> None:
+    """Everything the Optuna engine takes from the user, checked before any run, study or training exists: the
+    sampler (and its package), the pruner, the storage (reachable, writable)."""
+    if request.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {request.sampler!r}: expected one of: {', '.join(SAMPLERS)}")
+    SAMPLERS[request.sampler](request.seed)  # a missing package
+    if isinstance(request.pruner, str):
+        make_pruner(request.pruner, 2)
+    check_storage(resolve_storage(request.storage))
+
+
 # --- storage ----------------------------------------------------------------------------------------------------
 
 def resolve_storage(url: str | None) -> str:
@@ -97,7 +115,7 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                url, engine_kwargs=_engine_kwargs(url),
                 heartbeat_interval=heartbeat_interval, grace_period=grace_period or 3 * heartbeat_interval,
                 heartbeat_stale_trial_callback=stale_trial_callback)
         except Exception as exc:  # SQLAlchemy reports an unreachable server with several exception types
@@ -105,6 +123,15 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
                 raise
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot open Optuna storage {mask_password(url)}: {reason}") from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any] | None:
+    """Connections checked before use (a server restarted under a long study), and a connect timeout, so a
+    database host that stops answering fails a worker in seconds rather than at the TCP timeout."""
+    if url.startswith("sqlite"):
+        return None
+    timeout = {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
+    return {"pool_pre_ping": True, **({"connect_args": timeout} if timeout else {})}
 
 
 class StaleTrialHandler:
@@ -202,8 +229,9 @@ class MlflowTrialCallback:
     this process ran, record params, value and state on the trial's nested run and the study's progress on the
     parent run."""
 
-    def __init__(self, tracker: StudyTracker, metric: str, say: Callable[[str], None]):
-        self.tracker, self.metric, self.say = tracker, metric, say
+    def __init__(self, tracker: StudyTracker, metric: str, say: Callable[[str], None],
+                 done: Callable[[str], None] = lambda note: None):
+        self.tracker, self.metric, self.say, self.done = tracker, metric, say, done  # done: the progress display
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id") or self.tracker.start_trial(trial.number)
@@ -220,6 +248,7 @@ class MlflowTrialCallback:
         shown = f"{self.metric} {value:.4f}" if value is not None else note or state.lower()
         best_text = f"; best {best.value:.4f} (trial {best.number})" if best else ""
         self.say(f"trial {trial.number} {state.lower()}: {shown}{best_text}")
+        self.done(f"trial {trial.number} {state.lower()}")
 
 
 def study_progress(study: optuna.Study) -> tuple[dict[str, int], FrozenTrial | None]:
@@ -247,9 +276,10 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
     name = request.name
     # Each trial draws from a sampler seeded by (seed, its slot): a resumed study draws what an uninterrupted one
     # would, and a second worker's trial, which takes the next free slot, draws something else.
-    study = optuna.create_study(study_name=name, storage=storage, direction=ctx.direction, load_if_exists=True,
-                                pruner=pruner, sampler=SlotSeededSampler(SAMPLERS[request.sampler], request.seed))
+    study, founder = open_study(name, storage, ctx.direction, pruner,
+                                SlotSeededSampler(SAMPLERS[request.sampler], request.seed))
     identity = _check_identity(study, request, ctx, url)
+    name_objective(study, ctx.metric)
     # Heartbeats (RDB) judge workers on any host; without them, a trial that never recorded its worker is judged
     # by its age.
     ownerless_grace = None if heartbeat_enabled(storage) else OWNERLESS_GRACE_S
@@ -261,6 +291,8 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
 
     tags = study_tags(request, ctx, url, request.sampler, pruner_name)
     existing = study.user_attrs.get("mlflow_run_id")
+    if existing is None and not founder:  # workers started together: the one that created the study opens its run
+        existing = wait_for_study_run(study, say)
     if existing and not StudyTracker.run_exists(existing):  # the study was tracked in another MLflow store
         existing = None
     existing = existing or StudyTracker.find_study_run(runs.experiment_id, name, "optuna")
@@ -272,13 +304,21 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
         try:
             close_left_trial_runs(study, tracker, ctx.metric)
             if remaining > 0:
-                callbacks = [MlflowTrialCallback(tracker, ctx.metric, say),
-                             RecoverDeadTrials(handler, ownerless_grace),
-                             optuna.study.MaxTrialsCallback(request.trials, states=FINISHED)]
-                # no gc_after_trial: every fold ends with clear_session(free_memory=True), a gc.collect included
-                study.optimize(make_objective(ctx, tracker, request.max_retry), n_trials=remaining,
-                               timeout=request.timeout, callbacks=callbacks)
+                display = progress.current()
+                with display.level("trials", remaining) as trials:
+                    callbacks = [MlflowTrialCallback(tracker, ctx.metric, say, lambda note: display.advance(trials,
+                                                                                                          note)),
+                                 RecoverDeadTrials(handler, ownerless_grace),
+                                 optuna.study.MaxTrialsCallback(request.trials, states=FINISHED)]
+                    # no gc_after_trial: every fold ends with clear_session(free_memory=True), a gc.collect included
+                    study.optimize(make_objective(ctx, tracker, request.max_retry), n_trials=remaining,
+                                   timeout=request.timeout, callbacks=callbacks)
                 _fail_stale(study, storage)
+                recover_dead_trials(study, handler.dead, ownerless_grace)  # one that died during our last trial
+                if request.timeout is None:  # --timeout: no trial starts after it
+                    redo_queued_retries(study, make_objective(ctx, tracker, request.max_retry),
+                                        [MlflowTrialCallback(tracker, ctx.metric, say),
+                                         RecoverDeadTrials(handler, ownerless_grace)])
             write_study_artifacts(study, tracker, Path(tmp) / "study", ctx, identity, url)
         except BaseException as exc:
             error = exc
@@ -291,6 +331,61 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
     return TuneOutcome(name, mask_password(url), tracker.study_run_id, best.value if best else None,
                        dict(best.user_attrs.get("params", best.params)) if best else {},
                        best.number if best else None, counts, runs.uri)
+
+
+def name_objective(study: optuna.Study, metric: str) -> None:
+    """Name the study's objective as trial runs name their value (`cv/f1_macro_mean`): optuna-dashboard and
+    trials.csv show it instead of "Objective 0"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names != [f"cv/{metric}_mean"]:
+            study.set_metric_names([f"cv/{metric}_mean"])
+
+
+def redo_queued_retries(study: optuna.Study, objective: Callable[[optuna.Trial], float],
+                        callbacks: list[Callable]) -> None:
+    """A trial whose worker died is queued again (WAITING, same parameters and slot). When the others reach the
+    target meanwhile (one started a new trial before the death was seen), the queued one would be left undone: run
+    it here, one at a time, so every configuration is finished or redone and no trial is left waiting. The study
+    then has a trial more than --trials."""
+    while any(FAILED_TRIAL in t.system_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+        study.optimize(objective, n_trials=1, callbacks=callbacks)
+
+
+def open_study(name: str, storage: optuna.storages.BaseStorage, direction: str, pruner: optuna.pruners.BasePruner,
+               sampler: optuna.samplers.BaseSampler) -> tuple[optuna.Study, bool]:
+    """The study, and whether this worker created it. Exactly one worker does, on whichever machine (the storage
+    refuses a second study of one name), and only that one opens the study's MLflow run: workers started at the
+    same moment would otherwise each open their own and split the trials between two parent runs."""
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, pruner=pruner,
+                                    sampler=sampler)
+        study.set_user_attr(OPENER_ATTR, this_owner())
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.create_study(study_name=name, storage=storage, direction=direction, pruner=pruner,
+                                   sampler=sampler, load_if_exists=True), False
+
+
+def wait_for_study_run(study: optuna.Study, say: Callable[[str], None],
+                       timeout_s: float = STUDY_RUN_WAIT_S) -> str | None:
+    """The study's MLflow run id once the worker that created the study has recorded it; None at once when no
+    worker is known to be opening it (a study made before this was recorded) or that worker is dead on this host,
+    else after `timeout_s` (it died elsewhere): then this worker finds or opens the run itself."""
+    deadline = time.monotonic() + timeout_s
+    said = False
+    while time.monotonic() < deadline:
+        attrs = study.user_attrs
+        if attrs.get("mlflow_run_id"):
+            return attrs["mlflow_run_id"]
+        opener = attrs.get(OPENER_ATTR)
+        if opener is None or owner_is_dead(opener):
+            return None
+        if not said:
+            say(f"study {study.study_name!r}: waiting for the worker that created it to open its MLflow run")
+            said = True
+        time.sleep(0.5)
+    return None
 
 
 def close_left_trial_runs(study: optuna.Study, tracker: StudyTracker, metric: str) -> None:

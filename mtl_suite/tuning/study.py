@@ -13,8 +13,9 @@ from mlflow.entities import RunStatus
 
 from mtl_suite.catalog import RunKind, Task, get_stage
 from mtl_suite.config import ExperimentConfig
-from mtl_suite.tracking.runs import git_commit
-from mtl_suite.tuning.objective import TuningContext
+from mtl_suite.errors import UserError
+from mtl_suite.tracking.runs import config_params, git_commit
+from mtl_suite.tuning.objective import TuningContext, trial_config
 from mtl_suite.tuning.tracker import StudyTracker, mask_password
 
 
@@ -85,14 +86,14 @@ class StudyRuns:
             mlflow.start_run(run_id=existing_run)
         elif self.launcher_run:
             mlflow.start_run(run_id=self.launcher_run)
-            mlflow.set_tag("mlflow.runName", name)
+            mlflow.set_tag("mlflow.runName", study_run_name(name))
         else:
-            mlflow.start_run(run_name=name, experiment_id=self.experiment_id)
+            mlflow.start_run(run_name=study_run_name(name), experiment_id=self.experiment_id)
         mlflow.set_tags({**tags, "git_commit": git_commit(), "parent_stage_run": self.parent_id or ""})
         ctx.initial_weights = self.initial_weights(workdir)
         run_id = mlflow.active_run().info.run_id
         trial_tags = {k: tags[k] for k in ("study", "stage", "backbone", "task", "engine")}
-        return StudyTracker(run_id, trial_tags)
+        return StudyTracker(run_id, trial_tags, lambda params: trial_run_params(ctx, params))
 
     @staticmethod
     def close(error: BaseException | None) -> None:
@@ -104,6 +105,23 @@ class StudyRuns:
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         else:
             mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+
+
+def study_run_name(study: str) -> str:
+    """`tune-<study>`: with the default study name, tune-<stage>-<backbone>-<task>, told apart from stage runs."""
+    return f"tune-{study}"
+
+
+def trial_run_params(ctx: TuningContext, params: dict[str, Any]) -> dict[str, str]:
+    """A trial run's params: its resolved config under the keys stage runs use (`train.learning_rate`, ...), so
+    the MLflow UI's compare view lines trials and stage runs up; the drawn values as the search space names them
+    under `search.<name>` (augment_strength and dense_layers have no config key of their own)."""
+    drawn = {f"search.{k}": str(v)[:500] for k, v in params.items()}
+    try:
+        config, _, _ = trial_config(ctx, dict(params))
+    except (UserError, KeyError, TypeError, ValueError):  # a trial that failed while drawing: only what it drew
+        return drawn
+    return {**config_params(config), **drawn}
 
 
 def study_tags(request: TuneRequest, ctx: TuningContext, storage: str, sampler: str, pruner: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 import optuna
@@ -20,11 +20,13 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "K
 
 
 class StudyTracker:
-    def __init__(self, study_run_id: str, tags: Mapping[str, str]):
+    def __init__(self, study_run_id: str, tags: Mapping[str, str],
+                 run_params: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None):
         self.client = mlflow.MlflowClient()
         self.study_run_id = study_run_id
         self.experiment_id = self.client.get_run(study_run_id).info.experiment_id
         self.tags = dict(tags)  # stage, backbone, task, study, engine: copied onto every trial run
+        self.run_params = run_params  # a trial's drawn values -> the params its run logs (study.trial_run_params)
 
     @staticmethod
     def find_study_run(experiment_id: str, study: str, engine: str) -> str | None:
@@ -57,6 +59,10 @@ class StudyTracker:
         return run.info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """A trial's drawn values, logged as `run_params` turns them into params (the same on every call, so
+        logging them again at the end of the trial changes nothing)."""
+        if params and self.run_params is not None:
+            params = self.run_params(params)
         if params:
             self.client.log_batch(run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()],
                                   synchronous=True)

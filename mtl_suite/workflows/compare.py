@@ -28,16 +28,18 @@ from typing import Callable
 import mlflow
 from mlflow.entities import RunStatus
 
+from mtl_suite import progress
 from mtl_suite.analysis import compare as stats
 from mtl_suite.analysis.comparison_report import METRICS, render_report, table_v
 from mtl_suite.analysis.figures import paired_box_strip_png
 from mtl_suite.catalog import Arm, Stage, StagePlan, arm_stage, chain
 from mtl_suite.config import ExperimentConfig, to_flat_dict
 from mtl_suite.errors import UserError
+from mtl_suite.models.backbones import with_backbone_sizes
 from mtl_suite.io_utils import sha256_text, write_text_atomic
 from mtl_suite.tracking import comparison_runs as runs_io
 from mtl_suite.tracking.runs import git_commit
-from mtl_suite.tracking.setup import use_tracking
+from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class CompareOutcome:
 def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) -> CompareOutcome:
     if request.runs < 2:
         raise UserError(f"--runs must be at least 2: a t-test needs two or more paired runs. Received: {request.runs}")
+    request = replace(request, config=with_backbone_sizes(request.config))
     cfg = request.config
     from mtl_suite.data import default_masks_for
 
@@ -85,14 +88,19 @@ def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) 
         raise UserError("the MTL arm's stage 2 trains on single cells: pass --masks PATH (segmentations of the "
                         "smears, same relative names) or --cells PATH (a single-cell dataset)")
     uri, experiment_id = use_tracking(cfg.tracking.tracking_uri, cfg.tracking.experiment)
+    check_inputs(request)  # before the comparison's run opens: a user error leaves no FAILED run
     client = mlflow.MlflowClient()
     parent = runs_io.find_or_create_parent(client, experiment_id, comparison_key(request), cfg, request.task,
-                                           request.runs, request.command, request.study, say)
+                                           request.runs, request.command, request.study, say,
+                                           take_launcher_run(experiment_id))  # `mlflow run . -e compare`'s run
     say(f"comparison run {parent} ({request.runs} pairs, backbone {cfg.train.backbone}, task {request.task}) in {uri}")
     pairs = []
     try:
-        for i in range(request.runs):
-            pairs.append(_run_pair(client, experiment_id, parent, request, i, say))
+        display = progress.current()
+        with display.level("pairs", request.runs) as pair_level:
+            for i in range(request.runs):
+                pairs.append(_run_pair(client, experiment_id, parent, request, i, say))
+                display.advance(pair_level, f"pair {i}")
     except KeyboardInterrupt:
         runs_io.end_parent(client, parent, RunStatus.KILLED)
         raise
@@ -106,6 +114,21 @@ def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) 
         raise
     runs_io.end_parent(client, parent, RunStatus.FINISHED)
     return outcome
+
+
+def check_inputs(request: CompareRequest) -> None:
+    """What every pair's stages read from the user (data, task, normal class, cells, weights), for pair 0."""
+    import tempfile
+
+    from mtl_suite.workflows.stage import StageRequest, check_stage_inputs
+
+    cfg = pair_config(request.config, 0)
+    plans = {plan.name: plan for plan in (arm_stage(Arm.CTL), *chain(arm_stage(Arm.MTL).stage))}
+    with tempfile.TemporaryDirectory(prefix="mtl-compare-check-") as tmp:
+        for name in plans:
+            check_stage_inputs(StageRequest(stage=name, config=cfg, task=request.task,
+                                            normal_class=request.normal_class, cells=request.cells, quiet=True),
+                               Path(tmp) / name)
 
 
 def comparison_key(request: CompareRequest) -> str:
@@ -143,7 +166,8 @@ def _run_pair(client, experiment_id: str, parent: str, request: CompareRequest, 
         try:
             outcome = run_stage(StageRequest(stage=name, config=cfg, task=request.task,
                                              normal_class=request.normal_class, cells=request.cells,
-                                             parent_run=parent_run, quiet=request.quiet, extra_tags=tags), say=say)
+                                             parent_run=parent_run, quiet=request.quiet, extra_tags=tags,
+                                             name_prefix=f"pair{index}-"), say=say)
         except (KeyboardInterrupt, UserError):
             raise  # an interrupt, or the user's input (bad path, value): every pair would fail the same way
         except Exception as exc:  # noqa: BLE001 - an arm's failure is recorded and its pair excluded, not fatal

@@ -15,10 +15,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
+from mtl_suite.analysis.intervals import context_from_metrics
 from mtl_suite.catalog import RunKind, Stage
 from mtl_suite.config import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, PREVIOUS_ALIAS
 from mtl_suite.errors import UserError
 from mtl_suite.tracking import registry
+from mtl_suite.tracking.setup import record_in_launcher_run
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +128,10 @@ def promote(request: PromoteRequest, say: Callable[[str], None] = print) -> Prom
     client = MlflowClient()
     plan = plan_promotion(request, client)
     run_id = plan.candidate.info.run_id
-    say(f"best {request.stage} run by {request.metric}: {run_id} ({plan.value:.4f}; "
-        f"{len(plan.ranking)} candidate(s)). {plan.reason}")
+    # a test accuracy is said with its n, 95% interval and majority class (runs logged before those: the bare value)
+    context = context_from_metrics(plan.candidate.data.metrics) if request.metric == "test/accuracy" else None
+    say(f"best {request.stage} run by {request.metric}: {run_id} ({context.text() if context else f'{plan.value:.4f}'}"
+        f"; {len(plan.ranking)} candidate(s)). {plan.reason}")
     if plan.action == "already":
         return PromoteOutcome(plan, plan.champion, f"models:/{request.name}@{CHAMPION_ALIAS}")
     if plan.action == "refuse":
@@ -150,6 +154,9 @@ def promote(request: PromoteRequest, say: Callable[[str], None] = print) -> Prom
     say(f"registered {request.name} version {version.version} (run {run_id}) as {CHAMPION_ALIAS}"
         + (f"; version {plan.champion.version} is now {PREVIOUS_ALIAS}" if plan.champion else "")
         + f". Serve with: mtl-suite serve --model models:/{request.name}@{CHAMPION_ALIAS}")
+    record_in_launcher_run(plan.candidate.info.experiment_id, {  # `mlflow run . -e promote`'s run
+        "run_kind": RunKind.PROMOTION, "mlflow.runName": f"promote-{request.name}-v{version.version}",
+        "registered_model": request.name, "registered_version": str(version.version), "stage_run": run_id})
     return PromoteOutcome(plan, version, model_uri)
 
 
@@ -165,6 +172,8 @@ def check_loads(run_id: str, keras_dir: Path, info: dict) -> None:
     """Load the Keras model and run one blank image through it: it must give one probability per class."""
     import mlflow
     import numpy as np
+
+    import mtl_suite.models.stain  # noqa: F401  registers the stain-control layer for the safe-mode load
 
     try:
         model = mlflow.keras.load_model(str(keras_dir), load_model_kwargs={"safe_mode": True})

@@ -22,16 +22,18 @@ from mlflow.entities import Run
 from mtl_suite.analysis import report as rp
 from mtl_suite.analysis import report_figures as figs
 from mtl_suite.analysis import report_sections as sections
-from mtl_suite.catalog import Stage, Task
+from mtl_suite.catalog import RunKind, Stage, Task
 from mtl_suite.io_utils import write_text_atomic
 from mtl_suite.tracking import report_queries as queries
-from mtl_suite.tracking.setup import resolve_tracking_uri
+from mtl_suite.tracking.reachability import check_tracking_uri
+from mtl_suite.tracking.setup import record_in_launcher_run, resolve_tracking_uri
 
 
 def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gradcam_per_class: int = 2,
                  say: Callable[[str], None] = print) -> tuple[Path, Path]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars would interleave with our lines
     uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     exp = queries.experiment_or_error(client, experiment, uri)
@@ -65,6 +67,8 @@ def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gr
     write_text_atomic(md_path, rp.to_markdown(blocks, out))
     write_text_atomic(html_path, rp.to_html(blocks, f"mtl-suite report: {experiment}"))
     say(f"report written: {md_path} and {html_path}")
+    record_in_launcher_run(exp.experiment_id, {"run_kind": RunKind.REPORT, "mlflow.runName": f"report-{experiment}"},
+                           (md_path, html_path))
     return md_path, html_path
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from mtl_suite.catalog import RunKind
 from mtl_suite.errors import UserError
 from mtl_suite.imaging.roi import RoiParams
 from mtl_suite.tracking.runs import git_commit, log_split
-from mtl_suite.tracking.setup import use_tracking
+from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 
 OVERLAY_COUNT = 6
 SEGMENTATION = "segmentation"  # the `stage` tag of segmentation runs; their `task` tag is "train" or "evaluate"
@@ -61,7 +62,7 @@ def train_segmentation(options: SegTrainOptions, tracking_uri: str | None, exper
     from mtl_suite.tracking.callbacks import MlflowEpochLogger
 
     augment = get_pair_augment(options.augment, options.strength)  # fail on a bad name before any work
-    use_tracking(tracking_uri, experiment)
+    _, experiment_id = use_tracking(tracking_uri, experiment)
     with tempfile.TemporaryDirectory() as tmp:
         split, split_path, split_digest, manifest = _split_for(options, Path(tmp))
         mask_root = Path(options.masks) if options.masks else None
@@ -70,9 +71,11 @@ def train_segmentation(options: SegTrainOptions, tracking_uri: str | None, exper
             say(f"left out {line}")
         say(f"pairs: {len(data.train.paths)} train, {len(data.val.paths)} validation, {len(data.test.paths)} test "
             f"(mask kind: {data.kind})")
-        with mlflow.start_run() as run:
-            mlflow.set_tags({"stage": SEGMENTATION, "task": "train", "git_commit": git_commit(),
-                             "seed": str(options.seed), "mask_kind": data.kind})
+        # `mlflow run . -e segment`'s run, or a new one
+        with mlflow.start_run(run_id=take_launcher_run(experiment_id), experiment_id=experiment_id,
+                              run_name=f"segment-train-{data.kind}-{options.size}px") as run:
+            mlflow.set_tags({"run_kind": RunKind.SEGMENTATION, "stage": SEGMENTATION, "task": "train",
+                             "git_commit": git_commit(), "seed": str(options.seed), "mask_kind": data.kind})
             log_split(split_path, split_digest, split.to_json(), context="segmentation")
             mlflow.log_params(_flat_params(options, data.kind))
             mlflow.log_metrics({"data/train_pairs": len(data.train.paths), "data/val_pairs": len(data.val.paths),
@@ -179,8 +182,11 @@ def evaluate_segmentation(run_id: str, tracking_uri: str | None, experiment: str
     masks = trained.params.get("masks")
     data = split_pairs(split, trained.size, trained.params.get("mask_kind_resolved", "auto"),
                        Path(masks) if masks and masks != "None" else None, trained.roi)
-    with mlflow.start_run() as run:
-        mlflow.set_tags({"stage": SEGMENTATION, "task": "evaluate", "source_run_id": run_id,
+    _, experiment_id = use_tracking(tracking_uri, experiment)
+    with mlflow.start_run(run_id=take_launcher_run(experiment_id), experiment_id=experiment_id,
+                          run_name=f"segment-evaluate-{run_id[:8]}") as run:
+        mlflow.set_tags({"run_kind": RunKind.SEGMENTATION, "stage": SEGMENTATION, "task": "evaluate",
+                         "source_run_id": run_id,
                          "git_commit": git_commit(), "split_digest": _run_tag(run_id, "split_digest"),
                          "dataset_digest": _run_tag(run_id, "dataset_digest")})
         metrics = _log_per_image(trained.model, data.test, "test") if len(data.test.paths) else {}

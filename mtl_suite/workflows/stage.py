@@ -5,7 +5,6 @@ MLflow run (adopting an interrupted one), cross-validate and refit (plain Keras,
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -15,18 +14,24 @@ from typing import Callable
 import mlflow
 from mlflow.entities import RunStatus
 
+from mtl_suite import progress
+from mtl_suite.analysis.intervals import context_from_metrics
 from mtl_suite.analysis.stage_files import write_cv_files, write_test_files
 from mtl_suite.cache import default_cache_root
 from mtl_suite.catalog import Stage, StageData, StagePlan, Task, get_stage
-from mtl_suite.config import ExperimentConfig, to_flat_dict
+from mtl_suite.config import ExperimentConfig, TrainConfig, to_flat_dict
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_text
+from mtl_suite.models.backbones import with_backbone_sizes
 from mtl_suite.tasks import TaskData, TaskRequest, describe, load_task_data
 from mtl_suite.tracking import resume, stage_log
 from mtl_suite.tracking.folds import MlflowFoldObserver
-from mtl_suite.tracking.setup import use_tracking
+from mtl_suite.tracking.setup import take_launcher_run, use_tracking
+from mtl_suite.training.activations import describe_finetuning
 from mtl_suite.training.cv import FoldResult, TestResult, cross_validate, refit_and_test
+from mtl_suite.training.progress import FoldProgress
 from mtl_suite.training.stages import imagenet_backbone_file, model_factory
+from mtl_suite.workflows import stage_checks
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class StageRequest:
     quiet: bool = False
     extra_tags: tuple[tuple[str, str], ...] = ()
     resume: str = "auto"  # auto: adopt an interrupted run with the same settings; never; or a run id
+    name_prefix: str = ""  # before the run name, e.g. a comparison's "pair3-"
 
     def task_request(self) -> TaskRequest:
         return TaskRequest(self.config.data, self.task, self.normal_class, self.cells, self.source)
@@ -68,12 +74,10 @@ class Resumption:
 
 def run_stage(request: StageRequest, say: Callable[[str], None] = print) -> StageOutcome:
     """Run one stage (running missing earlier stages first) and return where its results went."""
-    launcher_run = os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: becomes this stage's run
+    request = replace(request, config=with_backbone_sizes(request.config))
     tracking = request.config.tracking
     uri, experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)
-    if launcher_run:
-        experiment_id = mlflow.get_run(launcher_run).info.experiment_id
-        mlflow.set_experiment(experiment_id=experiment_id)
+    launcher_run = take_launcher_run(experiment_id)  # `mlflow run`'s run becomes this stage's run
     return _run(request, uri, experiment_id, launcher_run, say)
 
 
@@ -87,7 +91,9 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
         task_data = stage_task_data(plan, request, say)
         key = _resume_key(plan, request, parent_id, task_data)
         interrupted = resume.find_interrupted_run(experiment_id, key, request.resume)
-        run_name = f"{plan.name}-{backbone}-{request.run_task(plan)}"
+        # before the run opens: a weights file that does not fit the backbone leaves no FAILED run
+        initial, initial_tags = prepare_initial_weights(plan, request, parent_id, workdir)
+        run_name = f"{request.name_prefix}{plan.name}-{backbone}-{request.run_task(plan)}"
         with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=experiment_id) as run:
             say(f"{plan.name} ({plan.description}), backbone {backbone}: MLflow run {run.info.run_id} in {uri}")
             try:
@@ -98,7 +104,7 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
                 checkpoints = resume.checkpoint_folder(origin)
                 stage_log.log_setup(_run_tags(plan, request, task_data, parent_id), request.config, task_data,
                                     workdir)
-                initial = initial_backbone_weights(plan, request, parent_id, workdir)
+                mlflow.set_tags(initial_tags)
                 metrics = _train_and_log(plan, request, task_data, initial, workdir, say,
                                          Resumption(adopted, checkpoints))
             except KeyboardInterrupt:
@@ -107,8 +113,23 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
             outcome = StageOutcome(run.info.run_id, plan.name, metrics, uri, experiment_id)
         shutil.rmtree(checkpoints, ignore_errors=True)  # every fold is in the tracking store now
     say(f"{plan.name} finished: run {outcome.run_id} ({_summary(metrics)}); "
-        f"view with: mlflow ui --backend-store-uri {uri}")
+        f"view with: mlflow ui --backend-store-uri {uri}, then {ui_link(experiment_id)}")
+    _stage_done(plan.name)
     return outcome
+
+
+def ui_link(experiment_id: str) -> str:
+    """The experiment in `mlflow ui` (default address), on its training runs: MLflow 3.17's UI opens a fresh browser
+    on its GenAI pages whatever the experiment's kind tag says, unless the address names the workflow."""
+    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def _stage_done(name: str, extra: int = 0) -> None:
+    """The command's "stages" level (`mtl-suite stage3` and the missing stages it runs first), when it has one."""
+    display = progress.current()
+    stages = display.find("stages")
+    if stages is not None:
+        display.grow(stages, extra) if extra else display.advance(stages, name)
 
 
 # --- lineage ----------------------------------------------------------------------------------------------------
@@ -129,6 +150,7 @@ def resolve_parent_run(plan: StagePlan, request: StageRequest, uri: str, experim
     say(f"{plan.name}: no finished {plan.previous} run for backbone {backbone} in this experiment; "
         f"running {plan.previous} first")
     previous = get_stage(plan.previous)
+    _stage_done(previous.name, extra=1)
     earlier = replace(request, stage=previous.stage, parent_run=None, resume="auto",
                       task=previous.task_for(request.task))
     return _run(earlier, uri, experiment_id, None, say).run_id
@@ -142,26 +164,42 @@ def stage_task_data(plan: StagePlan, request: StageRequest, say: Callable[[str],
 
 
 def initial_backbone_weights(plan: StagePlan, request: StageRequest, parent_id: str | None, workdir: Path) -> Path:
-    """W_{k-1} as a local archive: the parent run's backbone, or ImageNet (or file/none) weights for stage 1 and
-    the classical baseline. Records the weights' provenance as tags of the active run."""
+    """W_{k-1} as a local archive (prepare_initial_weights), its provenance recorded as tags of the active run."""
+    path, tags = prepare_initial_weights(plan, request, parent_id, workdir)
+    mlflow.set_tags(tags)
+    return path
+
+
+def prepare_initial_weights(plan: StagePlan, request: StageRequest, parent_id: str | None,
+                            workdir: Path) -> tuple[Path, dict[str, str]]:
+    """W_{k-1} as a local archive and the tags naming where it came from: the parent run's backbone, or ImageNet
+    (or file/none) weights for stage 1 and the classical baseline. Needs no open run, so a command makes it before
+    opening one: a weights file that does not fit the backbone fails with no run left behind."""
     from mtl_suite.models.transfer import read_backbone_metadata
 
     train, size = request.config.train, request.config.data.image_size
     if parent_id is None:
         path, provenance = imagenet_backbone_file(train.backbone, size, train.weights, workdir / "initial.npz",
                                                   {"stage": "imagenet"}, seed=train.seed)
-        mlflow.set_tags(dict(provenance))
-        return path
+        return path, dict(provenance)
     local = stage_log.download_backbone(parent_id, workdir / "parent")
     meta = read_backbone_metadata(local)
     if meta.get("backbone") != train.backbone:
         raise UserError(f"parent run {parent_id} holds a {meta.get('backbone')} backbone, not {train.backbone}")
-    mlflow.set_tags({"weights": meta.get("weights", ""), "weights_sha256": meta.get("weights_sha256", ""),
-                     "weights_source": f"run {parent_id} ({meta.get('stage')})"})
-    earlier_runs = {key: meta[key] for key in ("stage1_run", "stage2_run") if meta.get(key)}
-    if earlier_runs:
-        mlflow.set_tags(earlier_runs)
-    return local
+    tags = {"weights": meta.get("weights", ""), "weights_sha256": meta.get("weights_sha256", ""),
+            "weights_source": f"run {parent_id} ({meta.get('stage')})"}
+    tags.update({key: meta[key] for key in ("stage1_run", "stage2_run") if meta.get(key)})
+    return local, tags
+
+
+def check_stage_inputs(request: StageRequest, workdir: Path) -> None:
+    """Everything a stage run reads from the user (data, task, normal class, cells; the weights of a first stage),
+    read once without opening a run: for commands that open a run of their own before their stages run (compare),
+    so a user error leaves no FAILED run. Data and cell crops are cached: the stages read them again cheaply."""
+    plan = get_stage(request.stage)
+    stage_task_data(plan, request, lambda message: None)
+    if plan.previous is None:
+        prepare_initial_weights(plan, request, None, workdir)
 
 
 def _run_tags(plan: StagePlan, request: StageRequest, task_data: TaskData | None,
@@ -199,11 +237,15 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
         return {}
     factory = model_factory(config.train.backbone, task_data.image_size, initial, plan.head,
                             len(task_data.class_names), config.train)
-    augment = _augment(config.train.augment)
+    augment = _online_augment(config.train)
+    mlflow.set_tags(describe_finetuning(config.train.backbone, task_data.image_size, config.train, augment is not None))
     observer = MlflowFoldObserver(stage_log.active_run_id(), plan.name, config.train.backbone, quiet=request.quiet)
-    verbose = 0 if request.quiet else 2
+    cv_folds = task_data.split.folds if task_data.split.folds >= 1 and len(task_data.split.development_indices) else 0
+    observer = FoldProgress(observer, f"{plan.name} folds", cv_folds + 1,  # + the final refit
+                            config.train.warmup_epochs + config.train.finetune_epochs, already=len(resumption.folds))
+    verbose = 0 if request.quiet or progress.current().live else 2  # a live display shows the epochs itself
     metrics: dict[str, float] = {}
-    if task_data.split.folds >= 1 and len(task_data.split.development_indices):
+    if cv_folds:
         cv = cross_validate(task_data.data, task_data.split, task_data.class_names, factory, config.train,
                             observer, augment, verbose, progress=None if request.quiet else say,
                             completed=resumption.folds, checkpoints=resumption.checkpoints)
@@ -214,23 +256,26 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
                            observer, augment, verbose, checkpoints=resumption.checkpoints)
     metrics.update(_log_test(final, task_data, workdir))
     _log_backbone_and_model(final, task_data, config, workdir, lineage)
+    metrics.update(stage_checks.run_checks(plan.name, final, task_data, config.train, metrics, say))
     return metrics
 
 
 def _log_test(final: TestResult, task_data: TaskData, workdir: Path) -> dict[str, float]:
     if not len(final.index):
         return {}
-    test_metrics = {f"test/{k}": v for k, v in final.metrics.items()}
+    test_metrics = {f"test/{k}": v
+                    for k, v in {**final.metrics, **stage_checks.test_part_context(final, task_data)}.items()}
     stage_log.log_metrics_and_folder(test_metrics, write_test_files(final, task_data, workdir / "test"), "test")
     return test_metrics
 
 
-def _augment(policy: str):
-    if policy == "none":
+def _online_augment(train: TrainConfig):
+    """The per-batch augmentation (None: none, or offline copies that cross-validation adds to each fold)."""
+    if train.augment == "none" or train.augment_mode == "offline":
         return None
     from mtl_suite.imaging.augment import get_batch_augment
 
-    return get_batch_augment(policy)
+    return get_batch_augment(train.augment)
 
 
 def _lineage(plan: StagePlan, initial: Path) -> dict:
@@ -261,5 +306,7 @@ def _log_backbone_and_model(final: TestResult, task_data: TaskData, config: Expe
 
 def _summary(metrics: dict[str, float]) -> str:
     keys = ["cv/accuracy_mean", "cv/f1_macro_mean", "test/accuracy", "test/f1_macro"]
-    shown = [f"{k} {metrics[k]:.3f}" for k in keys if k in metrics]
+    context = context_from_metrics(metrics, "test/")  # n, 95% interval, majority class beside the test accuracy
+    shown = [f"test accuracy {context.text()}" if k == "test/accuracy" and context else f"{k} {metrics[k]:.3f}"
+             for k in keys if k in metrics]
     return ", ".join(shown) or "ImageNet backbone saved"

@@ -4,7 +4,7 @@ a finished study's best trial into config overrides for `mtl-suite stage3 --para
 
 from __future__ import annotations
 
-import os
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -12,12 +12,13 @@ from typing import Any, Callable
 from mtl_suite.catalog import TUNABLE_STAGES, get_stage
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import atomic_path
-from mtl_suite.tracking.setup import use_tracking
+from mtl_suite.models.backbones import with_backbone_sizes
+from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 from mtl_suite.tuning.objective import TuningContext, base_for_tuning, normalise_metric
 from mtl_suite.tuning.space import load_space, space_file
 from mtl_suite.tuning.study import StudyRuns, TuneOutcome, TuneRequest
 from mtl_suite.tuning.tracker import mask_password
-from mtl_suite.workflows.stage import StageRequest, initial_backbone_weights, resolve_parent_run, stage_task_data
+from mtl_suite.workflows.stage import StageRequest, prepare_initial_weights, resolve_parent_run, stage_task_data
 
 Engine = Callable[[TuneRequest, TuningContext, StudyRuns, Callable[[str], None]], TuneOutcome]
 
@@ -33,6 +34,15 @@ def _keras_tuner() -> Engine:
 
     return run_keras_tuner
 
+
+def _optuna_checks(request: TuneRequest) -> None:
+    from mtl_suite.tuning.optuna_engine import check_request
+
+    check_request(request)
+
+
+# engine name -> the checks of its own options (storage, sampler, pruner), run before any work
+ENGINE_CHECKS: dict[str, Callable[[TuneRequest], None]] = {"optuna": _optuna_checks}
 
 # engine name -> loader (each engine imports its library only when chosen)
 ENGINES: dict[str, Callable[[], Engine]] = {"optuna": _optuna, "keras-tuner": _keras_tuner}
@@ -52,19 +62,31 @@ def tune(request: TuneRequest, say: Callable[[str], None] = print) -> TuneOutcom
     metric, direction = normalise_metric(request.metric, task)
     backbone = request.config.train.backbone
     space = load_space(request.space or space_file(request.stage), request.stage, backbone)
-    base = base_for_tuning(request.config, request.folds)
+    base = base_for_tuning(with_backbone_sizes(request.config), request.folds)
     base = replace(base, train=replace(base.train, seed=request.seed))
+    ENGINE_CHECKS.get(request.engine, lambda r: None)(request)  # sampler, pruner, storage: before any run exists
 
-    launcher_run = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run . -e tune`
     uri, experiment_id = use_tracking(base.tracking.tracking_uri, base.tracking.experiment)
+    launcher_run = take_launcher_run(experiment_id)  # `mlflow run . -e tune`: the study's run
     stage_request = StageRequest(stage=request.stage, config=base, task=task, normal_class=request.normal_class,
                                  cells=request.cells, parent_run=request.parent_run, quiet=request.quiet)
     parent_id = resolve_parent_run(plan, stage_request, uri, experiment_id, say)
     task_data = stage_task_data(plan, stage_request, say)
     ctx = TuningContext(plan, base, task_data, Path(), space, metric, direction, say, request.quiet, task)
-    runs = StudyRuns(uri, experiment_id, launcher_run, parent_id,
-                     lambda workdir: initial_backbone_weights(plan, stage_request, parent_id, workdir))
-    return ENGINES[request.engine]()(request, ctx, runs, say)
+    with tempfile.TemporaryDirectory(prefix="mtl-tune-weights-") as weights_dir:
+        # before the study's run opens: weights that do not fit the backbone leave no FAILED run
+        initial, initial_tags = prepare_initial_weights(plan, stage_request, parent_id, Path(weights_dir))
+        runs = StudyRuns(uri, experiment_id, launcher_run, parent_id,
+                         lambda workdir: _tag_active_run(initial, initial_tags))
+        return ENGINES[request.engine]()(request, ctx, runs, say)
+
+
+def _tag_active_run(initial: Path, tags: dict[str, str]) -> Path:
+    """The study run (open by now) records where the weights came from; the trials start from `initial`."""
+    import mlflow
+
+    mlflow.set_tags(tags)
+    return initial
 
 
 # --- using a study's result -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,7 +60,8 @@ def corpus_items() -> list[str]:
 def test_every_corpus_file_has_an_expectation():
     """A file added without an expectation (or an expectation without its file) would go untested."""
     assert corpus_items() == sorted(EXPECTED)
-    assert {name.split("/")[0] for name in EXPECTED} == {"images", "configs", "manifests", "spaces", "payloads"}
+    assert {name.split("/")[0] for name in EXPECTED} == {"images", "configs", "manifests", "spaces", "payloads",
+                                                         "stores"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -91,6 +93,15 @@ def test_corpus_item(name, runner, tmp_path, monkeypatch, make_tree, request):
     elif folder == "configs":
         result = invoke(runner, "stage3", "--config", path, "-q")
         shown = str(path)
+    elif folder == "stores":  # a wrong or unreachable store: refused before any work, within seconds
+        line = path.read_text(encoding="utf-8").strip()
+        option = ["--tracking-uri", line] if path.name.startswith("tracking-") else ["--storage", line]
+        command = "stage3" if path.name.startswith("tracking-") else "tune"
+        started = time.monotonic()
+        result = invoke(runner, command, *(["--stage", "stage3"] if command == "tune" else []), "--backbone", "tiny",
+                        "--weights", "none", *option, "-q")
+        assert time.monotonic() - started < 30, "a store that does not answer must not hold the command up"
+        shown = line
     else:  # spaces
         result = invoke(runner, "tune", "--stage", "stage3", "--backbone", "tiny", "--space", path, "-q")
         shown = str(path)

@@ -227,14 +227,14 @@ def test_valid_unusual_modes_are_read(runner, good_tree, make_image):
 def test_unknown_layout(runner, good_tree):
     for command in ("inspect", "split"):
         assert_user_error(invoke(runner, "data", command, good_tree, "--layout", "coco"),
-                          "Received: 'coco'", "folder", "allidb", "cnmc", "csv")
+                          "'coco' is not one of", "folder", "allidb", "cnmc", "csv")
 
 
 def test_unknown_policy_values(runner, good_tree):
     assert_user_error(invoke(runner, "data", "inspect", good_tree, "--on-bad-image", "ignore"),
-                      "--on-bad-image", "Received: 'ignore'")
+                      "--on-bad-image", "'ignore' is not one of", "skip", "fail")
     assert_user_error(invoke(runner, "data", "split", good_tree, "--duplicates", "keep"),
-                      "--duplicates", "Received: 'keep'")
+                      "--duplicates", "'keep' is not one of", "drop", "group")
 
 
 def test_allidb_names_that_do_not_parse(runner, tmp_path, make_image):

@@ -64,6 +64,7 @@ def test_preprocess_reports_fields_without_cells_and_bad_paths(tmp_path):
 def test_train_logs_tags_curves_overlays_and_a_model(trained, store):
     tags, params = trained.data.tags, trained.data.params
     assert tags["stage"] == "segmentation" and tags["task"] == "train" and tags["seed"] == "42"
+    assert tags["run_kind"] == "segmentation" and trained.info.run_name.startswith("segment-train-segmented-")
     assert len(tags["split_digest"]) == 64 and len(tags["dataset_digest"]) == 64 and tags["git_commit"]
     assert params["depth"] == "2" and params["mask_kind_resolved"] == "segmented"
     client = mlflow.MlflowClient(store)
@@ -87,6 +88,8 @@ def test_evaluate_logs_held_out_dice_in_a_linked_run(trained, store):
     figures = json.loads(result.output[result.output.index("{"):])
     run = mlflow.get_run(figures["run_id"])
     assert run.data.tags["source_run_id"] == trained.info.run_id and run.data.tags["task"] == "evaluate"
+    assert run.data.tags["run_kind"] == "segmentation"
+    assert run.info.run_name == f"segment-evaluate-{trained.info.run_id[:8]}"
     assert 0 <= run.data.metrics["test/dice_mean"] <= 1 and run.data.metrics["test/images"] >= 10
     per_image = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/test_per_image.csv").splitlines()
     assert per_image[0] == "image,dice,iou" and len(per_image) == run.data.metrics["test/images"] + 1
@@ -151,9 +154,9 @@ def test_augment_preview_writes_a_grid(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["augment", "preview", "--policy", "wild"], "unknown augmentation policy 'wild'"),
     (["segment", "train", "--augment", "wild"], "unknown augmentation policy 'wild'"),
-    (["segment", "crops", "--method", "magic"], "unknown crop method 'magic'"),
+    (["segment", "crops", "--method", "magic"], "'magic' is not one of 'segmented', 'roi', 'unet'"),
     (["segment", "crops", "--method", "unet"], "--method unet needs --run-id"),
-    (["preprocess", "--offset-mode", "multiply"], "unknown ROI offset mode 'multiply'"),
+    (["preprocess", "--offset-mode", "multiply"], "'multiply' is not one of 'subtract', 'add'"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path, store):
     result = invoke(*args, "--tracking-uri", store) if args[1] == "train" else invoke(*args)

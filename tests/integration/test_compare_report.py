@@ -75,6 +75,8 @@ def test_compare_makes_paired_runs_report_and_plot(compared):
         assert ctl.data.tags["seed"] == mtl.data.tags["seed"] == str(42 + int(pair))
         assert ctl.data.params["data.seed"] == mtl.data.params["data.seed"] == str(42 + int(pair))
         assert ctl.data.tags["split_digest"] == mtl.data.tags["split_digest"]
+        assert (ctl.info.run_name, mtl.info.run_name) == (f"pair{pair}-classical-tiny-binary",
+                                                          f"pair{pair}-stage3-tiny-binary")
         # MTL's lineage is this pair's own stage 2 (explicit parent, same split seed), not "the newest" run
         stage2 = client.get_run(mtl.data.tags["parent_stage_run"])
         assert stage2.data.tags["stage"] == "stage2"

@@ -168,10 +168,65 @@ def test_failed_parent_is_refused(store):
     assert result.exit_code == 2 and "did not finish (status FAILED)" in result.output
 
 
+VARIANTS = ("hist8", "hist16", "hist32", "stats", "hist32_stats")
+
+
+def test_trained_stages_log_the_colour_shortcut_and_say_it_beside_the_cnn(store):
+    """Every trained stage logs each colour baseline on its own split, the best (by CV) under shortcut/best, the
+    stain-shift robustness of both, and the test accuracy's interval and majority class; stage 3 says it."""
+    import re
+
+    for stage in ("stage2", "stage3", "classical"):
+        run = stage_run(store, stage)
+        m, best = run.data.metrics, run.data.tags["shortcut/best_variant"]
+        for variant in VARIANTS:
+            assert 0 <= m[f"shortcut/{variant}/cv_accuracy"] <= 1 and 0 <= m[f"shortcut/{variant}/test_accuracy"] <= 1
+        assert m["shortcut/best/cv_accuracy"] == max(m[f"shortcut/{v}/cv_accuracy"] for v in VARIANTS)
+        assert m["shortcut/best/test_accuracy"] == m[f"shortcut/{best}/test_accuracy"]
+        n = m["test/n"]
+        assert n > 0 and m["test/accuracy"] * n == pytest.approx(round(m["test/accuracy"] * n))
+        assert 0 <= m["test/accuracy_ci_low"] <= m["test/accuracy"] <= m["test/accuracy_ci_high"] <= 1
+        assert m["test/accuracy_ci_high"] - m["test/accuracy_ci_low"] > 0.1  # some dozen test images: a wide interval
+        assert 1 / len(run.data.tags["classes"].split(",")) <= m["test/majority_class_accuracy"] <= 1
+        assert 0 <= m["robustness/stain_shift_accuracy"] <= 1
+        assert 0 <= m["robustness/shortcut_stain_shift_accuracy"] <= 1
+    m3 = stage_run(store, "stage3").data.metrics
+    best3 = stage_run(store, "stage3").data.tags["shortcut/best_variant"]
+    assert (f"stage3: CNN test accuracy {m3['test/accuracy']:.3f} vs colour alone "
+            f"{m3['shortcut/best/test_accuracy']:.3f} ({best3}+lr)") in store["output"]
+    n3 = int(m3["test/n"])
+    said = re.search(rf"stage3 finished: .*test accuracy {m3['test/accuracy']:.3f} \((\d+)/{n3}; 95% CI "
+                     rf"(\d\.\d\d)-(\d\.\d\d); majority class (\d\.\d\d)\)", store["output"])
+    assert said, store["output"][-2000:]
+    assert int(said.group(1)) == round(m3["test/accuracy"] * n3)
+    assert float(said.group(2)) == pytest.approx(m3["test/accuracy_ci_low"], abs=0.005)
+    assert float(said.group(4)) == pytest.approx(m3["test/majority_class_accuracy"], abs=0.005)
+
+
+def test_stain_control_is_a_layer_of_the_logged_model(tmp_path):
+    """--stain reaches the model: the logged Keras model holds the layer (safe-mode load) and the run its param."""
+    from mtl_suite.tracking.report_queries import load_run_model
+
+    uri, previous = f"sqlite:///{tmp_path}/m.db", mlflow.get_tracking_uri()
+    try:
+        result = invoke("classical", *FAST, "--folds", "1", "--finetune-epochs", "0", "--stain", "gray",
+                        "--tracking-uri", uri, "--experiment", "stain")
+        assert result.exit_code == 0, result.output
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient(uri)
+        run = client.search_runs([client.get_experiment_by_name("stain").experiment_id], "tags.run_kind = 'stage'")[0]
+        assert run.data.params["train.stain"] == "gray"
+        model = load_run_model(run.info.run_id)
+        assert model.get_layer("backbone").get_layer("stain").mode == "gray"
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'. Expected one of: inception_v3"),
+    (["--stain", "macenko"], "'macenko' is not one of 'none', 'gray', 'reinhard'"),
+    (["--backbone", "resnet9000"], "'resnet9000' is not one of 'inception_v3', 'xception'"),
     (["--backbone", "inception_v3", "--image-size", "64"], "below inception_v3's minimum of 75"),
-    (["--task", "ternary"], "unknown task 'ternary'"),
+    (["--task", "ternary"], "'ternary' is not one of 'binary', 'multiclass'"),
     (["--epochs", "-1"], "'train.warmup_epochs' must be 0 or more"),
 ])
 def test_bad_options_are_one_clear_line(tmp_path, args, message):

@@ -20,7 +20,7 @@ def test_none_policy_is_no_hook_and_unknown_names_list_the_valid_ones():
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("policy", ["paper", "paper+color"])
+@pytest.mark.parametrize("policy", ["paper", "paper+color", "hed", "paper+hed"])
 def test_policies_change_images_keep_shape_and_repeat_under_a_seed(policy):
     images = batch()
     augment = get_batch_augment(policy)
@@ -99,3 +99,29 @@ def test_preview_grid_has_one_row_per_image_and_a_column_per_copy():
     grid = preview_grid(batch(3), "paper", copies=4, tile=32)
     assert grid.shape == (3 * 36 + 4, 5 * 36 + 4, 3)
     assert set(POLICIES) >= {"none", "paper", "paper+color"}
+
+
+def test_hed_jitter_changes_stain_not_geometry():
+    """HED jitter recolours every pixel by its own colour: two pixels of equal colour stay equal, wherever they are."""
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    images[:, :16] = (150, 60, 160)  # a purple (stained) half and a pink half
+    images[:, 16:] = (230, 180, 200)
+    out = get_batch_augment("hed")(images, np.random.default_rng(0))
+    assert not np.array_equal(out, images)
+    for image in out:
+        assert len(np.unique(image[:16].reshape(-1, 3), axis=0)) == 1
+        assert len(np.unique(image[16:].reshape(-1, 3), axis=0)) == 1
+
+
+def test_stain_shifts_are_fixed_and_cover_disjoint_thirds():
+    from mtl_suite.imaging.augment import STAIN_SHIFTS, stain_shifted
+
+    images = np.repeat(batch(n=1, seed=5), 6, axis=0)  # six copies of one image
+    out = stain_shifted(images)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, stain_shifted(images))  # nothing drawn at random
+    assert len(STAIN_SHIFTS) == 3
+    for k in range(3):  # image k and k + 3 get the same shift; the three shifts differ and all change the image
+        np.testing.assert_array_equal(out[k], out[k + 3])
+        assert np.abs(out[k].astype(int) - images[k]).mean() > 3
+    assert not np.array_equal(out[0], out[1]) and not np.array_equal(out[1], out[2])

@@ -53,7 +53,7 @@ def test_clear_one_section_then_everything_but_never_foreign_files(cli, tmp_path
 def test_unknown_section_is_a_user_error(cli):
     result = cli("clear", "weights")
     assert result.exit_code == 2
-    assert "unknown cache section 'weights'. Expected one of: features, cells, policies, images, checkpoints, all" in result.output
+    assert "unknown cache section 'weights'. Expected one of: features, activations, cells, policies, images, checkpoints, all" in result.output
 
 
 def test_bad_limit_in_the_environment_is_a_user_error(cli, monkeypatch):

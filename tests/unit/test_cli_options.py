@@ -1,6 +1,7 @@
-"""The CLI's shared option handling: --backbone's help and check come from the backbone registry, `import
-mtl_suite.cli` stays free of Keras/TensorFlow/MLflow/Optuna, and compare's "made by" command line lists only the
-options the user typed."""
+"""The CLI's shared option handling: every closed choice (backbone, task, stage, engine, sampler, ...) comes from the
+registry or catalog that owns it and is checked while parsing, so a typo ends as one line before any run exists;
+options are grouped in help; `import mtl_suite.cli` stays free of Keras/TensorFlow/MLflow/Optuna; compare's "made by"
+command line lists only the options the user typed."""
 
 from __future__ import annotations
 
@@ -12,47 +13,123 @@ import pytest
 import typer
 import typer.main
 
-from mtl_suite.catalog import STAGES, TUNABLE_STAGES
+from mtl_suite.catalog import ARM_STAGES, STAGES, TUNABLE_STAGES, Task
 from mtl_suite.cli import app
 from mtl_suite.cli.analysis import command_line
+from mtl_suite.config import EXECUTIONS, PRECISIONS
+from mtl_suite.data.layouts import LAYOUTS
 from mtl_suite.models.backbones import BACKBONES
+from mtl_suite.tuning.names import ENGINES, PRUNERS, SAMPLERS
 
 
-def _option(command: str, name: str):
-    group = typer.main.get_command(app)
-    return next(param for param in group.commands[command].params if param.name == name)
+def _refusal(runner, *args: str) -> str:
+    """The one line a bad command line ends with (exit 2, no traceback)."""
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
 
 
-def _listed_names(help_text: str) -> list[str]:
-    """"Backbone to tune: a, b, c." -> [a, b, c]."""
-    return help_text.rpartition(": ")[2].rstrip(".").split(", ")
+def _names(values) -> str:
+    return ", ".join(repr(str(v)) for v in values)
 
 
 @pytest.mark.parametrize("command", [*map(str, STAGES), "tune", "compare"])
-def test_backbone_help_lists_exactly_the_registry(command):
-    assert _listed_names(_option(command, "backbone").help) == list(BACKBONES)
+def test_backbone_choices_are_exactly_the_registry(runner, monkeypatch, tmp_path, command):
+    """A typo is refused while parsing: before the command body, so before any store, experiment or run exists."""
+    from mtl_suite.cli import analysis, train, tune
+
+    def never(*args, **kwargs):
+        raise AssertionError("reached the command with an unknown backbone")
+
+    for module in (train, analysis, tune):
+        monkeypatch.setattr(module, "load_config", never)
+    monkeypatch.chdir(tmp_path)
+    line = _refusal(runner, command, "--backbone", "resnet_9000", "-q")
+    assert f"'resnet_9000' is not one of {_names(BACKBONES)}" in line
+    assert "--backbone" in line
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no mlruns/
 
 
-def test_stage_commands_come_from_the_catalog():
+def test_stage_commands_come_from_the_catalog(runner):
     group = typer.main.get_command(app)
     for stage, plan in STAGES.items():
         assert group.commands[str(stage)].help == plan.help
-    assert _listed_names(_option("tune", "stage").help) == list(map(str, TUNABLE_STAGES))
+    assert f"'stage1' is not one of {_names(TUNABLE_STAGES)}" in _refusal(runner, "tune", "--stage", "stage1")
+    assert f"'stage2' is not one of {_names(ARM_STAGES)}" in _refusal(runner, "promote", "--stage", "stage2")
 
 
-@pytest.mark.parametrize("command", ["stage3", "compare"])
-def test_an_unknown_backbone_is_refused_in_one_line(runner, monkeypatch, command):
-    from mtl_suite.cli import analysis, train
+@pytest.mark.parametrize(("args", "bad", "names"), [
+    (["stage3", "--task"], "tri", list(Task)),
+    (["stage3", "--precision"], "half", list(PRECISIONS)),
+    (["stage3", "--execution"], "lazy", list(EXECUTIONS)),
+    (["stage3", "--layout"], "flat", ["auto", *LAYOUTS]),
+    (["tune", "--engine"], "hyperopt", list(ENGINES)),
+    (["tune", "--sampler"], "grid", list(SAMPLERS)),
+    (["tune", "--pruner"], "asha", list(PRUNERS)),
+    (["predict", "x.png", "--format"], "xml", ["table", "csv", "json"]),
+    (["data", "split", "--duplicates"], "keep", ["drop", "group"]),
+])
+def test_every_choice_is_checked_while_parsing(runner, args, bad, names):
+    assert f"'{bad}' is not one of {_names(names)}" in _refusal(runner, *args, bad)
 
-    def never(*args, **kwargs):
-        raise AssertionError("reached training with an unknown backbone")
 
-    for module in (train, analysis):  # the check comes before the SIGTERM handler and any heavy import
-        monkeypatch.setattr(module, "mark_runs_killed_on_sigterm", never)
-    result = runner.invoke(app, [command, "--backbone", "resnet_9000", "-q"])
-    assert result.exit_code == 2, result.output
-    assert f"unknown backbone 'resnet_9000'. Expected one of: {', '.join(BACKBONES)}" in result.output
-    assert "Traceback" not in result.output
+def test_tuning_choices_are_the_engines_own():
+    from mtl_suite.tuning.optuna_engine import SAMPLERS as OPTUNA_SAMPLERS, make_pruner
+    from mtl_suite.workflows.tune import ENGINES as WORKFLOW_ENGINES
+
+    assert tuple(OPTUNA_SAMPLERS) == SAMPLERS
+    assert tuple(WORKFLOW_ENGINES) == ENGINES
+    for name in PRUNERS:
+        make_pruner(name, max_steps=4)  # each offered pruner is one the engine builds
+
+
+def test_missing_inputs_are_refused_before_the_store_is_opened(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert "--data (data.path): no such file or folder" in _refusal(runner, "stage3", "--data", "missing/", "-q")
+    assert "--weights (train.weights): expected imagenet, none or a weights file" in _refusal(
+        runner, "stage3", "--weights", "w.h5")
+    assert "unknown augmentation policy 'swirl'" in _refusal(runner, "stage3", "--augment", "swirl")
+    assert "unknown augmentation policy 'swirl'" in _refusal(runner, "segment", "train", "--augment", "swirl")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_options_and_commands_end_in_one_line(runner):
+    assert "No such option: --epoch" in _refusal(runner, "stage3", "--epoch", "3")
+    assert "No such command 'stag3'" in _refusal(runner, "stag3")
+
+
+def test_version(runner):
+    from mtl_suite import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mtl-suite {__version__}"
+
+
+def _panel_of(help_text: str, option: str) -> str | None:
+    """The help panel ("╭─ Speed ───╮") whose box lists `option`."""
+    panel = None
+    for line in help_text.splitlines():
+        if line.startswith("╭─"):
+            panel = line.strip("╭─╮ ").rstrip("─").strip()
+        elif f" {option} " in line:
+            return panel
+    return None
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("stage3", {"--data": "Data", "--folds": "Data", "--backbone": "Model", "--epochs": "Training",
+                "--precision": "Speed", "--feature-cache": "Speed", "--experiment": "Tracking",
+                "--params-from-study": "Tuning", "--quiet": "Output"}),
+    ("tune", {"--sampler": "Tuning", "--backbone": "Model", "--tracking-uri": "Tracking"}),
+])
+def test_options_are_grouped_in_help(runner, command, expected):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert {option: _panel_of(result.output, option) for option in expected} == expected
 
 
 def test_importing_the_cli_loads_no_heavy_library():

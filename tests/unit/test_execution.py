@@ -32,7 +32,8 @@ def test_auto_runs_a_phase_eagerly_up_to_the_step_limit():
 
 def record_compiled_modes(monkeypatch) -> list[tuple[str, str]]:
     """(model name, execution) of every model fit_classifier compiles, in order: "head" is the head trained on
-    cached features, "classifier" the whole network. Wraps the real compile_for; nothing else changes."""
+    cached features, "top" the layers above the activation cut, "classifier" the whole network. Wraps the real
+    compile_for; nothing else changes."""
     seen: list[tuple[str, str]] = []
     real = fit_module.compile_for
 
@@ -74,9 +75,10 @@ def test_eager_and_graph_fits_give_the_same_results(tmp_path, monkeypatch, warmu
     # (warm-up, fine-tuning): under auto the 12-step warm-up on features runs eagerly, the 16-step one on images is
     # traced, and the 8-step fine-tuning (at the limit through the backbone) runs eagerly
     auto_warmup = "eager" if feature_cache else "graph"
-    assert graph_modes == [(warmup_model, "graph"), ("classifier", "graph")]
-    assert eager_modes == [(warmup_model, "eager"), ("classifier", "eager")]
-    assert auto_modes == [(warmup_model, auto_warmup), ("classifier", "eager")]
+    finetune_model = "top"  # the layers above the cut, on cached activations (training/activations.py)
+    assert graph_modes == [(warmup_model, "graph"), (finetune_model, "graph")]
+    assert eager_modes == [(warmup_model, "eager"), (finetune_model, "eager")]
+    assert auto_modes == [(warmup_model, auto_warmup), (finetune_model, "eager")]
     for history, weights in ((eager_history, eager_weights), (auto_history, auto_weights)):
         assert history.keys() == graph_history.keys()
         for key in graph_history:

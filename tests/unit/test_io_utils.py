@@ -48,3 +48,34 @@ def test_json_is_stable_and_hashes_match(tmp_path):
     assert a.read_bytes() == b.read_bytes()  # sorted keys: same content, same digest
     assert sha256_file(a) == hashlib.sha256(a.read_bytes()).hexdigest() == sha256_file(b)
     assert sha256_text("abc") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_the_data_then_the_rename_are_flushed_to_disk(tmp_path, monkeypatch):
+    """fsync of the temporary file before the rename (else a power cut can leave the new name on empty or torn
+    data), then of the folder after it (else the rename itself can be lost); the order is what matters."""
+    target = write_text_atomic(tmp_path / "out.txt", "old")
+    synced: list[tuple[str, str]] = []  # (what was flushed, what the target held then)
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.read_text()))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+        temp_name = str(tmp)
+    assert synced == [(temp_name, "old"), (str(tmp_path), "new")]
+    assert target.read_text() == "new" and os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_a_failed_fsync_fails_the_write_and_keeps_the_old_file(tmp_path, monkeypatch):
+    target = write_text_atomic(tmp_path / "out.txt", "old")
+
+    def broken_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_text_atomic(target, "new")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]

@@ -1,4 +1,4 @@
-"""Calibration, the colour shortcut baseline, Grad-CAM and the HTML renderer on small fixed inputs."""
+"""Calibration, the report's colour shortcut section, Grad-CAM and the HTML renderer on small fixed inputs."""
 
 import base64
 import re
@@ -22,31 +22,6 @@ def test_ece_by_hand():
     assert rel2.ece == pytest.approx(0.44)
     # a single sigmoid column is read as P(class 1)
     assert reliability(np.array([1]), np.array([[0.9]])).ece == pytest.approx(0.1)
-
-
-def test_shortcut_separates_colours(tmp_path):
-    from PIL import Image
-
-    from mtl_suite.analysis.shortcut import features, shortcut_scores
-
-    rng = np.random.default_rng(0)
-    paths, labels = [], []
-    for i in range(24):
-        label = i % 2
-        base = np.array([200, 80, 80]) if label else np.array([80, 80, 200])
-        pixels = np.clip(base + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-        path = tmp_path / f"{i}.png"
-        Image.fromarray(pixels).save(path)
-        paths.append(str(path))
-        labels.append(label)
-    x, y = features(paths), np.array(labels)
-    fold = np.array([i % 3 for i in range(18)])
-    s = shortcut_scores(x[:18], y[:18], fold, x[18:], y[18:])
-    assert s.cv_accuracy == 1.0 and s.test_accuracy == 1.0
-    # labels unrelated to colour: near chance, far from perfect
-    shuffled = rng.permutation(y)
-    s2 = shortcut_scores(x[:18], shuffled[:18], fold, x[18:], shuffled[18:])
-    assert s2.cv_accuracy < 0.9
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
@@ -88,3 +63,50 @@ def test_html_embeds_every_figure(tmp_path):
     assert "&lt;b&gt;" in page and "<code>code</code>" in page and "http" not in page
     md = rp.to_markdown(blocks, tmp_path)
     assert "![caption](fig.png)" in md and "| 1 | 0.5000 |" in md
+
+
+def _run_data(tmp_path, metrics, tags, with_images: bool):
+    """A RunData of a 2-class run on 24 colour-coded images (16 development in 2 folds, 8 test)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from PIL import Image
+
+    from mtl_suite.analysis.report_sections import RunData
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        label = ("red", "blue")[i % 2]
+        path = tmp_path / f"{i}.png"
+        if with_images:
+            base = (200, 80, 80) if label == "red" else (80, 80, 200)
+            Image.fromarray(np.clip(base + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)).save(path)
+        rows.append({"path": str(path), "label": label, "role": "test" if i >= 16 else f"fold-{(i // 2) % 2}"})
+    frame = pd.DataFrame(rows)
+    oof = frame[frame["role"] != "test"][["path", "label"]]
+    test = frame[frame["role"] == "test"][["path", "label"]]
+    run = SimpleNamespace(data=SimpleNamespace(metrics=metrics, tags={"backbone": "tiny", "task": "binary",
+                                                                      "stage": "stage3", **tags}, params={}),
+                          info=SimpleNamespace(run_id="r" * 32))
+    return RunData(run, ["blue", "red"], 32, oof, test, {"rows": rows}, 0)
+
+
+def test_shortcut_section_shows_logged_baselines_and_recomputes_for_older_runs(tmp_path):
+    from mtl_suite.analysis.report_sections import shortcut_section
+
+    logged = {"cv/accuracy_mean": 0.9, "test/accuracy": 0.875, "robustness/stain_shift_accuracy": 0.8,
+              "robustness/shortcut_stain_shift_accuracy": 0.4, "shortcut/best/cv_accuracy": 0.99}
+    for variant, cv, test in (("hist8", 0.95, 0.9), ("hist32", 0.99, 0.97)):
+        logged.update({f"shortcut/{variant}/cv_accuracy": cv, f"shortcut/{variant}/test_accuracy": test})
+    blocks = shortcut_section([_run_data(tmp_path / "a", logged, {"shortcut/best_variant": "hist32"}, False)])
+    main, variants = [b for b in blocks if isinstance(b, rp.Table)]
+    assert main.rows[0][1:4] == ("99.00 / 90.00", "97.00 / 87.50", "40.00 / 80.00")
+    assert main.rows[0][4].startswith("hist32 (") and main.rows[0][5] == "logged by the stage run"
+    assert {r[1] for r in variants.rows} == {"hist8", "hist32"}
+
+    (tmp_path / "b").mkdir()
+    older = _run_data(tmp_path / "b", {"cv/accuracy_mean": 0.5, "test/accuracy": 0.5}, {}, True)
+    main = [b for b in shortcut_section([older]) if isinstance(b, rp.Table)][0]
+    assert main.rows[0][1] == "100.00 / 50.00" and main.rows[0][2] == "100.00 / 50.00"
+    assert main.rows[0][5] == "recomputed here from 24 images"

@@ -35,11 +35,23 @@ def test_speed_options_override_the_train_config(runner, monkeypatch):
         True, "float32", False, "auto")
 
 
-def test_unknown_precision_names_the_key(runner, monkeypatch):
+def test_unknown_precision_is_refused_while_parsing(runner, monkeypatch):
+    from mtl_suite.cli import app
+
     monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
-    result = runner.invoke(stage_app(), ["stage3", "--precision", "half"])
+    result = runner.invoke(app, ["stage3", "--precision", "half"])
     assert result.exit_code == 2
-    assert "command line: 'train.precision' must be one of float32, mixed, mixed_float16, mixed_bfloat16" in result.output
+    assert ("error: Invalid value for '--precision': 'half' is not one of 'float32', 'mixed', 'mixed_float16', "
+            "'mixed_bfloat16'.") in result.output
+
+
+def test_unknown_precision_in_a_config_file_names_the_key(runner, monkeypatch, tmp_path):
+    monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
+    config = tmp_path / "experiment.yaml"
+    config.write_text("train: {precision: half}\n")
+    result = runner.invoke(stage_app(), ["stage3", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "'train.precision' must be one of float32, mixed, mixed_float16, mixed_bfloat16" in result.output
 
 
 def test_eager_execution_with_xla_is_refused_in_one_line(runner, monkeypatch):
