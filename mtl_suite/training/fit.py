@@ -208,10 +208,10 @@ def _activations_fit_inputs(model, backbone, train, val, cfg, augment, store):
     cut = find_cut(model, backbone, cfg.activation_cut, cfg.activation_dtype) if augment is None else None
     if cut is None:
         return model, train, val
-    store = store if store is not None else ActivationStore.default()
+    cache = activation_cache_for(cfg, store)
 
     def activations(part: ArrayData) -> ArrayData:
-        return ArrayData(cut_activations(cut, part.images, store, cfg.activation_dtype, cfg.batch_size), part.labels)
+        return ArrayData(cut_activations(cut, part.images, cache.store, cache.dtype, cfg.batch_size), part.labels)
 
     return cut.top, activations(train), (activations(val) if val is not None else None)
 

@@ -66,8 +66,11 @@ def test_the_full_classifier_predicts_what_the_cached_top_predicted(tmp_path):
     _, model, backbone, val = fine_tune("xception", 71, cfg, store)
     cut = find_cut(model, backbone)
     assert cut is not None and cut.layer.startswith("add")  # a block boundary of Xception's middle flow
-    through_top = predict_proba(model, val.images, 8, activation_cache=activation_cache_for(cfg))
     whole = model.predict(val.images, verbose=0)
+    real_predict = model.predict
+    model.predict = lambda *args, **kwargs: pytest.fail("predicted through the whole network, not the cached top")
+    through_top = predict_proba(model, val.images, 8, activation_cache=activation_cache_for(cfg))
+    model.predict = real_predict
     np.testing.assert_allclose(through_top, whole, rtol=1e-4, atol=1e-5)
 
 
