@@ -49,6 +49,7 @@ class RunKind(StrEnum):
     SEGMENTATION = "segmentation"  # `mtl-suite segment train|evaluate`
     REPORT = "report"  # `mlflow run . -e report`: the run MLflow made holds the report
     PROMOTION = "promotion"  # `mlflow run . -e promote`: the run MLflow made names the version it registered
+    EVALUATION = "evaluation"  # `mtl-suite evaluate`: a model's metrics on a labelled dataset, linked to the model
 
 
 class Arm(StrEnum):

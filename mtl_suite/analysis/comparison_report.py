@@ -19,6 +19,14 @@ if TYPE_CHECKING:  # the caller's types, for the reader; no import at run time (
     from mtl_suite.workflows.compare import CompareRequest, Pair
 
 METRICS = ("accuracy", "f1_macro")  # the test metrics both arms are compared on (Table V's columns)
+ACCURACY = METRICS[0]
+# a pair's checks beside its scores (Pair.checks: arm -> key -> value, nan where an older run logged none)
+COLOUR = "colour_accuracy"  # the best colour-only baseline on the outer test part (read from the CTL run)
+STAIN_SHIFT = "stain_shift_accuracy"  # an arm's CNN on the re-stained test part
+COLOUR_STAIN_SHIFT = "colour_stain_shift_accuracy"  # the colour baseline on the re-stained test part (CTL run)
+CHECKS = (COLOUR, STAIN_SHIFT, COLOUR_STAIN_SHIFT)
+# the Aria data's classes (B-ALL development stages), which stand in for the paper's FAB classes
+ARIA_CLASSES = frozenset({"Benign", "Early", "Pre", "Pro"})
 
 
 def table_v(pairs: list[Pair]) -> pd.DataFrame:
@@ -29,6 +37,9 @@ def table_v(pairs: list[Pair]) -> pd.DataFrame:
         for arm in Arm:
             for m in METRICS:
                 row[f"{arm}_{m}"] = p.metrics.get(arm, {}).get(m, math.nan)
+            row[f"{arm}_{STAIN_SHIFT}"] = _check(p, arm, STAIN_SHIFT)
+        row[COLOUR] = _check(p, Arm.CTL, COLOUR)
+        row[COLOUR_STAIN_SHIFT] = _check(p, Arm.CTL, COLOUR_STAIN_SHIFT)
         row["status"] = "excluded: " + p.excluded if p.excluded else "used"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -49,6 +60,7 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
              f"- Data: `{cfg.data.path or 'bundled sample'}`, dataset digest "
              f"{', '.join(d[:16] for d in digests) or 'n/a'}; {cfg.data.image_size} px; outer test fraction "
              f"{cfg.data.test_fraction}; {cfg.data.folds} CV folds per run; n_test / n_train = {ratio:.3f}",
+             _labels_line(pairs),
              f"- Budget per arm: {cfg.train.warmup_epochs} warm-up + {cfg.train.finetune_epochs} fine-tuning "
              f"epochs, batch {cfg.train.batch_size}, lr {cfg.train.learning_rate}, head {cfg.train.dense_units}, "
              f"weights {cfg.train.weights}" + (f", parameters from study {request.study}" if request.study else ""),
@@ -60,17 +72,21 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
              "## Verdict", ""]
     if comparisons:
         lines += [f"- {c.verdict}" for c in comparisons.values()]
+        lines += [f"- {error_line(comparisons[ACCURACY])}"] if ACCURACY in comparisons else []
     else:
         lines.append(f"- No verdict: only {len(used)} of {len(pairs)} pairs finished both arms; a t-test needs 2.")
+    if used:
+        lines += [f"- {colour_line(used)}", f"- {stain_shift_line(used)}"]
     lines += ["", "The verdict uses the Nadeau-Bengio corrected resampled t-test: the runs reuse one data set, so "
               "their differences are correlated and the plain paired t-test overstates significance.", "",
               "## Table V: test scores per run (%)", ""]
     rows = []
     for _, r in table.iterrows():
         rows.append([int(r["run"]), int(r["seed"]), _pct(r["ctl_accuracy"]), _pct(r["mtl_accuracy"]),
-                     _pct(r["mtl_accuracy"] - r["ctl_accuracy"]), _pct(r["ctl_f1_macro"]),
+                     _pct(r["mtl_accuracy"] - r["ctl_accuracy"]), _pct(r[COLOUR]), _pct(r["ctl_f1_macro"]),
                      _pct(r["mtl_f1_macro"]), r["status"]])
-    lines.append(markdown_table(["run", "seed", "CTL accuracy", "MTL accuracy", "MTL - CTL", "CTL macro-F1",
+    lines.append(markdown_table(["run", "seed", "CTL accuracy", "MTL accuracy", "MTL - CTL", "colour alone",
+                                 "CTL macro-F1",
                                  "MTL macro-F1", "status"], rows))
     if comparisons:
         lines += ["## Statistics (MTL - CTL, percentage points)", ""]
@@ -80,12 +96,15 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
                           f"{100 * c.mtl.mean:.2f} ± {100 * c.mtl.std:.2f}", f"{100 * c.mean_difference:+.2f}",
                           f"[{100 * c.ci95[0]:+.2f}, {100 * c.ci95[1]:+.2f}]",
                           f"[{100 * c.ci95_corrected[0]:+.2f}, {100 * c.ci95_corrected[1]:+.2f}]",
-                          _test(c.paired), _test(c.welch), _test(c.corrected), f"{c.cohens_d:.2f}"])
+                          _test(c.paired), _test(c.welch), _test(c.pooled), _test(c.corrected),
+                          f"{c.cohens_d:.2f}", _reduction(c.error_reduction)])
         lines.append(markdown_table(["metric", "CTL mean ± sd", "MTL mean ± sd", "difference", "95% CI (paired)",
-                                     "95% CI (corrected)", "paired t", "Welch t", "corrected t (Nadeau-Bengio)",
-                                     "Cohen's d_z"], srows))
+                                     "95% CI (corrected)", "paired t", "Welch t", "pooled t (paper's test)",
+                                     "corrected t (Nadeau-Bengio)", "Cohen's d_z", "error-rate reduction"], srows))
         lines.append(f"n = {len(used)} pairs; corrected test uses n_test / n_train = {ratio:.3f}. "
-                     "All values computed by scipy from the runs above.\n")
+                     "All values computed by scipy from the runs above. Error-rate reduction: (err_CTL - err_MTL) / "
+                     "err_CTL with err = 1 - mean score; positive = MTL makes fewer errors.\n")
+        lines.append(paper_sentence() + "\n")
     failed = [p for p in pairs if p.excluded]
     lines += ["## Failed or excluded pairs", ""]
     lines += [f"- run {p.index + 1} (seed {p.seed}): {p.excluded}" for p in failed] or ["- none"]
@@ -94,6 +113,82 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
               "## Runs", ""]
     lines += [f"- run {p.index + 1}: " + ", ".join(f"{k} `{v}`" for k, v in sorted(p.runs.items())) for p in pairs]
     return "\n".join(lines) + "\n"
+
+
+def error_line(c: stats.Comparison) -> str:
+    """'MTL cuts the test error from 4.6% to 3.9% (15% fewer errors)', or says plainly that MTL raises it."""
+    before, after = 1.0 - c.ctl.mean, 1.0 - c.mtl.mean
+    span = f"from {_share(before)} to {_share(after)}"
+    name = "the test error" if c.metric == ACCURACY else f"the test shortfall 1 - {c.metric}"
+    if not math.isfinite(c.error_reduction):
+        return f"CTL made no test errors on {c.metric}; MTL's {name.removeprefix('the ')} is {_share(after)}."
+    if after < before:
+        return f"MTL cuts {name} {span} ({c.error_reduction:.0%} fewer errors)."
+    if after > before:
+        return f"MTL is worse: it raises {name} {span} ({-c.error_reduction:.0%} more errors)."
+    return f"MTL leaves {name} unchanged at {_share(before)}."
+
+
+def colour_line(used: list[Pair]) -> str:
+    """The colour baseline's mean test accuracy beside both arms', over the pairs whose CTL run logged it."""
+    rows = [(p.metrics[Arm.CTL][ACCURACY], p.metrics[Arm.MTL][ACCURACY], _check(p, Arm.CTL, COLOUR)) for p in used]
+    rows = [r for r in rows if math.isfinite(r[2])]
+    if not rows:
+        return "Colour alone: n/a (these runs logged no colour baseline)."
+    ctl, mtl, colour = (_mean(column) for column in zip(*rows))
+    line = (f"Colour alone (the best colour-only baseline on the same test parts): mean test accuracy "
+            f"{_share(colour)} vs CTL {_share(ctl)} and MTL {_share(mtl)} over {len(rows)} "
+            f"pair{'' if len(rows) == 1 else 's'}.")
+    if max(ctl, mtl) < colour:
+        line += " Both arms are below the colour baseline: stain colour alone predicts the class better than either."
+    return line
+
+
+def stain_shift_line(used: list[Pair]) -> str:
+    """Mean accuracy on the re-stained test parts: both arms and the colour baseline, n/a where not logged."""
+    means = {"CTL": _mean([_check(p, Arm.CTL, STAIN_SHIFT) for p in used]),
+             "MTL": _mean([_check(p, Arm.MTL, STAIN_SHIFT) for p in used]),
+             "colour alone": _mean([_check(p, Arm.CTL, COLOUR_STAIN_SHIFT) for p in used])}
+    if all(math.isnan(v) for v in means.values()):
+        return "Under stain shifts: n/a (these runs logged no stain-shift accuracy)."
+    return "Under stain shifts (test parts re-stained), mean accuracy: " + ", ".join(
+        f"{k} {_share(v)}" for k, v in means.items()) + "."
+
+
+def paper_sentence(check: stats.PaperCheck | None = None) -> str:
+    """The paper's pooled t-test numbers against each other; every derived number computed by scipy."""
+    k = check or stats.paper_check()
+    return (f"The paper reports t = {k.t:g}, p = {k.p:g} for its pooled t-test with df = {k.df}. These two numbers "
+            f"are inconsistent: at df = {k.df}, |t| = {k.t:g} gives a two-sided p = {k.p_for_t:.3f}, and "
+            f"p = {k.p:g} needs |t| = {k.t_for_p:.2f}. The pooled t column above is that test on these runs.")
+
+
+def _labels_line(pairs: list[Pair]) -> str:
+    """The label substitution: Aria's classes are B-ALL stages, not the paper's FAB classes."""
+    names = next((p.class_names for p in pairs if p.class_names), ())
+    if set(names) == ARIA_CLASSES:
+        return ("- Labels: the Aria data's 4 classes are B-ALL development stages (Benign, Early Pre-B, Pre-B, "
+                "Pro-B), not the paper's FAB classes (Normal, L1, L2, L3).")
+    listed = f" ({', '.join(names)})" if names else ""
+    return f"- Labels: the classes are the dataset's own{listed}, not the paper's FAB classes (Normal, L1, L2, L3)."
+
+
+def _check(pair: Pair, arm: str, key: str) -> float:
+    return pair.checks.get(arm, {}).get(key, math.nan)
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean of the finite values (older runs lack some), nan when none is."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _share(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}%"
+
+
+def _reduction(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:+.1f}%"
 
 
 def _test(t: stats.TestResult) -> str:

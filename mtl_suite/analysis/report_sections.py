@@ -1,5 +1,6 @@
-"""The `mtl-suite report` sections that are text and tables: header, data, Tables II-IV and the colour shortcut
-check, as report blocks (analysis/report.py renders them). The figure sections are in report_figures.py; what they
+"""The `mtl-suite report` sections that are text and tables: header, data, Tables I-IV (Table IV and the per-class
+sensitivity and specificity on the out-of-fold and the outer test predictions) and the colour shortcut check, as
+report blocks (analysis/report.py renders them). The figure sections are in report_figures.py; what they
 read from MLflow arrives as `RunData`, fetched by tracking/report_queries.py."""
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import numpy as np
 import pandas as pd
 
 from mtl_suite.analysis import report as rp
+from mtl_suite.analysis.comparison_report import ARIA_CLASSES
+from mtl_suite.analysis.intervals import accuracy_context
 from mtl_suite.analysis.tables import mean_sd, pct
-from mtl_suite.catalog import ARM_STAGES, STAGES, Task, get_stage
+from mtl_suite.catalog import ARM_STAGES, STAGES, StageData, Task, get_stage
 from mtl_suite.training import metrics as m
 
 if TYPE_CHECKING:
@@ -25,6 +28,25 @@ TABLE_METRICS = {
     Task.MULTICLASS: [("accuracy", "accuracy"), ("precision_macro", "precision (macro)"),
                       ("recall_macro", "recall (macro)"), ("f1_macro", "F1 (macro)")],
 }
+ACCURACY, TEST = "accuracy", "test/"
+# The outer test table's specificity: of the leukemia class for binary tasks, the mean over classes otherwise.
+SPECIFICITY_COLUMN = {Task.BINARY: (m.SPECIFICITY, "specificity"),
+                      Task.MULTICLASS: (f"{m.SPECIFICITY}_macro", "specificity (macro)")}
+OOF_PART, TEST_PART = "cross-validation, out-of-fold", "outer test part"  # the two sets of logged predictions
+# Table I: header, then the logged params it shows (config_params' dotted keys, tracking/runs.py), joined by " / "
+HYPERPARAMETERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("warm-up / fine-tune epochs", ("train.warmup_epochs", "train.finetune_epochs")),
+    ("batch size", ("train.batch_size",)),
+    ("learning rate: warm-up / fine-tune", ("train.learning_rate", "train.finetune_learning_rate")),
+    ("lr decay per epoch", ("train.decay_rate",)),
+    ("dense units", ("train.dense_units",)),
+    ("dropout", ("train.dropout",)),
+    ("unfrozen top layers", ("train.unfreeze_layers",)),
+    ("augmentation / mode", ("train.augment", "train.augment_mode")),
+    ("stain control", ("train.stain",)),
+    ("backbone weights", ("train.weights",)),
+)
+IMAGE_SIZE_PARAM = "data.image_size"  # None in a config means "the backbone's own size": the run's tag has the size
 
 
 @dataclass
@@ -69,7 +91,7 @@ def report_header(experiment: str, uri: str, runs: list[Run], out: Path, given_u
             rp.Bullets((f"MLflow store: `{uri}`", f"generated {dt.datetime.now().isoformat(timespec='seconds')}",
                         f"{len(runs)} finished stage runs; tables show the newest run of each kind, figures the "
                         "newest stage-3 (MTL) run per backbone and task (classical where there is none)",
-                        "Reproduces Maaliw et al. (2022), Tables II-IV and Figs. 9-11, then checks the paper "
+                        "Reproduces Maaliw et al. (2022), Tables I-IV and Figs. 9-11, then checks the paper "
                         "lacks: calibration, a colour-only shortcut baseline, Grad-CAM."))]
 
 
@@ -104,8 +126,26 @@ def data_section(headline: list[RunData]) -> list[rp.Block]:
                         f"{rd.image_size} px; backbone weights {rd.run.data.tags.get('weights', '?')}")),
         ]
     if len(blocks) == 1:
-        blocks += none_found("the data section")
-    return blocks
+        return blocks + none_found("the data section")
+    return blocks + labels_note(headline)
+
+
+def labels_note(headline: list[RunData]) -> list[rp.Block]:
+    """What the classes are, beside the paper's: the Aria data stand in for ALL-IDB, with other labels."""
+    labels = {str(row["label"]) for rd in headline if rd.split for row in rd.split["rows"]}
+    fab = "not the paper's FAB classes Normal, L1, L2, L3"
+    allidb = ("the suite reads a licensed local copy (layout `allidb`: ALL-IDB1 `ImNNN_L.jpg` smear fields, ALL-IDB2 "
+              "`ImNNN_L.tif` single cells), whose file names give blast (L = 1) or normal (L = 0) only")
+    if not labels or not labels <= ARIA_CLASSES:  # a subset of Aria's classes is still the Aria data
+        return [rp.Para(f"Labels: the data's own classes ({', '.join(sorted(labels))}), {fab}; for ALL-IDB, "
+                        f"{allidb}.")]
+    return [rp.Para(
+        "Labels: these images come from the \"Acute Lymphoblastic Leukemia (ALL) image dataset\" of Aria, "
+        "Ghaderzadeh, Bashash et al. (Taleqani Hospital, Tehran, 2021; CC BY 4.0). Its 4 classes are B-lineage "
+        "development stages, `Benign` (hematogones) and the malignant `Early` (early pre-B ALL), `Pre` (pre-B) and "
+        f"`Pro` (pro-B), {fab}: the binary task here is Benign vs the three malignant stages, and the multiclass "
+        "scores cannot be compared with the paper's Table III. The paper's data, ALL-IDB, is not shipped (it needs a "
+        f"signed licence from its owners and may not be redistributed); {allidb}.")]
 
 
 def metric_table(groups: dict, task: Task, title: str) -> list[rp.Block]:
@@ -130,22 +170,134 @@ def metric_table(groups: dict, task: Task, title: str) -> list[rp.Block]:
     return blocks + [rp.Table(tuple(header), tuple(rows)), rp.Para(note)]
 
 
-def confusion_tables(headline: list[RunData]) -> list[rp.Block]:
-    blocks: list[rp.Block] = [rp.Heading("Table IV: confusion matrices (cross-validation, out-of-fold)")]
-    for rd in headline:
-        if rd.oof is None:
+def test_metric_table(groups: dict, task: Task, title: str) -> list[rp.Block]:
+    """Tables II-III's runs scored once on the outer test part, with how many images that is and the 95% interval
+    of the accuracy: on a test part of a few dozen images one image moves the accuracy by points."""
+    blocks: list[rp.Block] = [rp.Heading(title)]
+    columns = [c for c in TABLE_METRICS[task] if c[0] != ACCURACY] + [SPECIFICITY_COLUMN[task]]
+    rows = []
+    for (stage, backbone, t), runs in sorted(groups.items()):
+        mt = runs[0].data.metrics
+        if t != task or stage not in ARM_STAGES or f"{TEST}{ACCURACY}" not in mt:
             continue
-        y, proba = labels_proba(rd.oof, rd.class_names)
+        n = mt.get(f"{TEST}n")
+        rows.append((backbone, get_stage(stage).label, "n/a" if n is None else int(n), _accuracy_interval(mt),
+                     pct(mt.get(f"{TEST}majority_class_accuracy")), *(pct(mt.get(f"{TEST}{k}")) for k, _ in columns),
+                     f"`{runs[0].info.run_id[:12]}`"))
+    if not rows:
+        return blocks + none_found(f"{task} stage-3 or classical runs with a test part, so this table")
+    header = ("backbone", "configuration", "n", "accuracy [95% CI] (%)", "majority class (%)",
+              *(f"{name} (%)" for _, name in columns), "run shown")
+    note = ("Outer test part, scored once after refitting on all development images. 95% CI: Wilson score interval "
+            "over the n images; majority class: the accuracy of always predicting the part's most frequent class. "
+            "n/a: the run logged no such metric (older runs)."
+            + (" Binary scores are for the leukemia class; specificity is the share of normal images called normal."
+               if task == Task.BINARY else ""))
+    return blocks + [rp.Table(header, tuple(rows)), rp.Para(note)]
+
+
+def _accuracy_interval(metrics: dict[str, float]) -> str:
+    accuracy = pct(metrics.get(f"{TEST}{ACCURACY}"))
+    low, high = metrics.get(f"{TEST}accuracy_ci_low"), metrics.get(f"{TEST}accuracy_ci_high")
+    return accuracy if low is None or high is None else f"{accuracy} [{pct(low)}, {pct(high)}]"
+
+
+def hyperparameter_table(groups: dict) -> list[rp.Block]:
+    """Table I from what the runs used: each stage's logged params (newest run of each kind), not the paper's."""
+    blocks: list[rp.Block] = [rp.Heading("Table I: hyper-parameters per stage (as logged by the runs)")]
+    order = list(STAGES)
+    chosen = sorted(((backbone, task, order.index(stage)), runs[0]) for (stage, backbone, task), runs in groups.items()
+                    if stage in STAGES and _trained(stage, task))
+    rows = tuple(_hyperparameter_row(run) for _, run in chosen)
+    if not rows:
+        return blocks + none_found("trained stage runs, so Table I")
+    header = ("backbone", "configuration", "task", "image size (px)", "optimiser",
+              *(name for name, _ in HYPERPARAMETERS), "run shown")
+    note = ("Read from each run's MLflow params (`train.*`, `data.*`). The optimiser is not a parameter: "
+            "training/fit.py always uses Adam with the learning rate decayed exponentially per epoch.")
+    return blocks + [rp.Table(header, rows), rp.Para(note)]
+
+
+def _trained(stage: str, task: str) -> bool:
+    """Stage 1 without a source dataset only loads ImageNet weights: no training used its params."""
+    plan = get_stage(stage)
+    return plan.data is not StageData.SOURCE or task == plan.run_task(Task.BINARY, has_source=True)
+
+
+def _hyperparameter_row(run: Run) -> tuple[str, ...]:
+    params, tags = run.data.params, run.data.tags
+    size = tags.get("image_size") or params.get(IMAGE_SIZE_PARAM, "n/a")
+    return (tags.get("backbone", ""), get_stage(tags["stage"]).label, tags.get("task", ""), size, "Adam",
+            *(" / ".join(params.get(k, "n/a") for k in keys) for _, keys in HYPERPARAMETERS),
+            f"`{run.info.run_id[:12]}`")
+
+
+def _part(rd: RunData, part: str) -> pd.DataFrame | None:
+    return rd.oof if part == OOF_PART else rd.test
+
+
+def confusion_tables(headline: list[RunData], part: str = OOF_PART) -> list[rp.Block]:
+    blocks: list[rp.Block] = [rp.Heading(f"Table IV: confusion matrices ({part})")]
+    for rd in headline:
+        frame = _part(rd, part)
+        if frame is None:
+            continue
+        y, proba = labels_proba(frame, rd.class_names)
         matrix = m.confusion(y, proba, len(rd.class_names))
         totals = matrix.sum(axis=1, keepdims=True)
         percent = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0) * 100
         rows = tuple((name, *(f"{matrix[i, j]} ({percent[i, j]:.1f}%)" for j in range(len(rd.class_names))))
                      for i, name in enumerate(rd.class_names))
+        accuracy = accuracy_context(y, proba.argmax(axis=1)).text()
         blocks.append(rp.Table(("true \\ predicted", *rd.class_names), rows,
-                               f"{rd.title}: counts (row %), run `{rd.run.info.run_id[:12]}`"))
+                               f"{rd.title}: counts (row %); accuracy {accuracy}; run `{rd.run.info.run_id[:12]}`"))
     if len(blocks) == 1:
-        blocks += none_found("confusion matrices")
+        blocks += none_found(f"confusion matrices ({part})")
     return blocks
+
+
+def rate_tables(headline: list[RunData]) -> list[rp.Block]:
+    """Sensitivity and specificity per class, one-vs-rest, on both sets of predictions. Computed from the logged
+    predictions, so runs from before these metrics were logged get them too; the test part falls back to the
+    logged `test/sensitivity/<class>` where a run has no test predictions."""
+    blocks: list[rp.Block] = [rp.Heading("Sensitivity and specificity per class (one-vs-rest)")]
+    parts = (OOF_PART, TEST_PART)
+    for rd in headline:
+        scored = {part: _part_rates(rd, part) for part in parts}
+        if not any(values for values, _ in scored.values()):
+            continue
+        rows = tuple((name, *(cell for part in parts for cell in _rate_cells(scored[part], name)))
+                     for name in rd.class_names)
+        header = ("class", *(f"{'CV' if part == OOF_PART else 'test'} {what}" for part in parts
+                             for what in ("n", "sensitivity (%)", "specificity (%)")))
+        blocks.append(rp.Table(header, rows, f"{rd.title}, run `{rd.run.info.run_id[:12]}`"))
+    if len(blocks) == 1:
+        return blocks + none_found("per-class sensitivity and specificity")
+    return blocks + [rp.Para("Sensitivity: TP / (TP + FN), the share of a class's images called that class (its "
+                             "recall). Specificity: TN / (TN + FP), the share of the other classes' images not "
+                             "called that class. n: the class's images in that part; n/a: not in that part, or "
+                             "read from logged metrics without counts. CV: out-of-fold predictions over all folds.")]
+
+
+PartRates = tuple[dict[str, float], dict[str, int]]  # rate_metrics() keys, true images per class (empty: unknown)
+
+
+def _part_rates(rd: RunData, part: str) -> PartRates:
+    frame = _part(rd, part)
+    if frame is not None:
+        y, proba = labels_proba(frame, rd.class_names)
+        counts = {name: int((y == k).sum()) for k, name in enumerate(rd.class_names)}
+        return m.rate_metrics(m.confusion(y, proba, len(rd.class_names)), rd.class_names), counts
+    if part == OOF_PART:
+        return {}, {}
+    prefixes = tuple(f"{TEST}{key}/" for key in (m.SENSITIVITY, m.SPECIFICITY))
+    return {k[len(TEST):]: v for k, v in rd.run.data.metrics.items() if k.startswith(prefixes)}, {}
+
+
+def _rate_cells(scored: PartRates, name: str) -> tuple[object, str, str]:
+    values, counts = scored
+    return (counts.get(name, "n/a"), pct(values.get(f"{m.SENSITIVITY}/{name}")),
+            pct(values.get(f"{m.SPECIFICITY}/{name}")))
 
 
 def shortcut_section(headline: list[RunData]) -> list[rp.Block]:

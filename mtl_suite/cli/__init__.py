@@ -12,6 +12,7 @@ import typer
 from mtl_suite import __version__, output
 from mtl_suite.cli import analysis, cache, data, registry, train, tune
 from mtl_suite.cli import augment as augment_cli
+from mtl_suite.cli import evaluate as evaluate_cli
 from mtl_suite.cli import preprocess as preprocess_cli
 from mtl_suite.cli import segment as segment_cli
 from mtl_suite.cli.common import SuiteGroup
@@ -55,6 +56,7 @@ train.register(app)
 app.command("tune")(tune.tune)
 analysis.register(app)  # compare, report
 registry.register(app)  # promote, predict, serve
+app.command("evaluate")(evaluate_cli.evaluate)
 app.add_typer(cache.app, name="cache", help="The on-disk cache (backbone features, cell crops, policies): info, clear.")
 
 

@@ -68,7 +68,7 @@ def crop_cell(image: np.ndarray, box: CellBox, size: int, margin: float = 0.25) 
 
 def write_cell_dataset(
     images: Sequence[str],
-    masks: Sequence[np.ndarray | str],
+    masks: Sequence[np.ndarray | str | Callable[[np.ndarray], np.ndarray]],
     labels: Sequence[str],
     splits: Sequence[str],
     out_dir: str | Path,
@@ -81,12 +81,16 @@ def write_cell_dataset(
 ) -> Path:
     """Crop every cell of every image into out_dir/<label>/<parent>_cellNN.png and write cells.csv with
     path, label, group (the parent image), split (the parent's split role) and parent_label.
-    Returns the CSV path. Mask entries may be arrays or paths to 'segmented on black' images."""
+    Returns the CSV path. Mask entries may be arrays, paths to 'segmented on black' images, or functions of the
+    decoded image that return its mask (a segmenter: masks made one image at a time, never all held at once)."""
     out_dir = Path(out_dir)
     rows = []
     for i, (image_path, mask, label, split) in enumerate(zip(images, masks, labels, splits, strict=True)):
         image = read_rgb(image_path)
-        mask_array = mask_from_segmented(read_rgb(mask)) if isinstance(mask, (str, Path)) else mask
+        if isinstance(mask, (str, Path)):
+            mask_array = mask_from_segmented(read_rgb(mask))
+        else:
+            mask_array = mask(image) if callable(mask) else mask
         if mask_array.shape != image.shape[:2]:
             mask_array = cv2.resize(mask_array.astype(np.uint8), image.shape[1::-1], cv2.INTER_NEAREST).astype(bool)
         cell_label = label_policy(label)

@@ -28,6 +28,16 @@ def unet_masks(model, images: Sequence[np.ndarray], size: int, threshold: float 
     return out
 
 
+def unet_mask(model, image: np.ndarray, size: int, threshold: float = 0.5) -> np.ndarray:
+    """One field's full-resolution mask, as unet_masks gives it; the model is called directly, since
+    `model.predict`'s set-up costs more than one small field (for masks made one field at a time)."""
+    from mtl_suite.imaging.unet import pad_to_multiple, unet_depth
+
+    padded, (height, width) = pad_to_multiple(resize_image(image, size)[None], 2 ** unet_depth(model))
+    probs = np.asarray(model(padded, training=False))[0, :height, :width, 0]
+    return resize_mask(probs > threshold, image.shape[:2])
+
+
 def roi_masks(images: Sequence[np.ndarray], params: RoiParams = RoiParams()) -> list[np.ndarray]:
     return [clean_mask(roi_mask(image, params)) for image in images]
 

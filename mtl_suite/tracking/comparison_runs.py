@@ -14,12 +14,19 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+from mtl_suite.analysis.comparison_report import COLOUR, COLOUR_STAIN_SHIFT, STAIN_SHIFT
 from mtl_suite.catalog import RunKind, Stage
 from mtl_suite.config import ExperimentConfig, to_flat_dict
 from mtl_suite.tracking.runs import git_commit
 
 if TYPE_CHECKING:
     from mtl_suite.analysis.compare import Comparison
+
+# what every stage run logs beside its scores (analysis/shortcut.py: ShortcutCheck.metrics, the best variant's;
+# workflows/stage_checks.py: robustness/*), under the comparison's keys
+CHECK_METRICS = {COLOUR: "shortcut/best/test_accuracy", STAIN_SHIFT: "robustness/stain_shift_accuracy",
+                 COLOUR_STAIN_SHIFT: "robustness/shortcut_stain_shift_accuracy"}
+CLASSES_TAG = "classes"  # tracking/stage_log.py:log_setup, comma-separated in label-index order
 
 
 def find_or_create_parent(client, experiment_id: str, key: str, config: ExperimentConfig, task: str, runs: int,
@@ -83,6 +90,15 @@ def read_test_scores(client, run_id: str, metrics: Sequence[str]) -> tuple[dict[
     return {m: run.data.metrics.get(f"test/{m}") for m in metrics}, run.data.tags.get("split_digest", "")
 
 
+def read_checks(client, run_id: str) -> tuple[dict[str, float], tuple[str, ...]]:
+    """A stage run's colour-baseline and stain-shift accuracies (nan where an older run logged none) and its class
+    names (empty without the tag)."""
+    run = client.get_run(run_id)
+    checks = {key: float(run.data.metrics.get(name, math.nan)) for key, name in CHECK_METRICS.items()}
+    classes = run.data.tags.get(CLASSES_TAG, "")
+    return checks, tuple(c for c in classes.split(",") if c)
+
+
 def read_test_train_ratio(client, stage_run_id: str) -> float | None:
     """From the nested 'final' run: trained on n_train development images, tested on n_validation test images."""
     run = client.get_run(stage_run_id)
@@ -109,7 +125,8 @@ def log_to_parent(client, parent: str, pairs_used: int, pairs_excluded: int, com
     for name, c in comparisons.items():
         values = {"ctl_mean": c.ctl.mean, "mtl_mean": c.mtl.mean, "mean_difference": c.mean_difference,
                   "p_paired": c.paired.p_value, "p_welch": c.welch.p_value, "p_corrected": c.corrected.p_value,
-                  "t_corrected": c.corrected.statistic, "cohens_d": c.cohens_d}
+                  "t_corrected": c.corrected.statistic, "t_pooled": c.pooled.statistic, "p_pooled": c.pooled.p_value,
+                  "cohens_d": c.cohens_d, "error_reduction": c.error_reduction}
         metrics += [Metric(f"compare/{name}/{k}", float(v), now, 0) for k, v in values.items() if math.isfinite(v)]
     client.log_batch(parent, metrics=metrics)
     client.set_tag(parent, "verdict", (comparisons["accuracy"].verdict if comparisons else "no verdict")[:5000])

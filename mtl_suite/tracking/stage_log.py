@@ -13,18 +13,20 @@ from mlflow.models import infer_signature
 
 from mtl_suite.catalog import RunKind
 from mtl_suite.config import ExperimentConfig
+from mtl_suite.data.lineage import Exposure
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
 from mtl_suite.tasks import TaskData
 from mtl_suite.tracking.runs import config_params, git_commit, log_split
 
 BACKBONE_ARTIFACT = "backbone/backbone.npz"
+EXPOSURE_ARTIFACT = "lineage/exposure.json"  # what the run's weights have seen (data/lineage.py)
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 
 
-def find_latest_run(experiment_id: str, stage: str, backbone: str) -> str | None:
-    """The newest finished stage run of this backbone that a user launched: the runs that `compare` makes are left
-    out (they belong to their comparison, and it may have trained them on other data)."""
+def finished_stage_runs(experiment_id: str, stage: str, backbone: str) -> list[str]:
+    """The finished stage runs of this backbone that a user launched, newest first: the runs that `compare` makes
+    are left out (they belong to their comparison)."""
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=f"tags.stage = '{stage}' AND tags.backbone = '{backbone}' AND attributes.status = '{FINISHED}' "
@@ -32,8 +34,30 @@ def find_latest_run(experiment_id: str, stage: str, backbone: str) -> str | None
         order_by=["attributes.start_time DESC"], max_results=200, output_format="list",
     )
     # MLflow's filter language has no "tag is absent", so the comparison runs are dropped here.
-    own = [run for run in runs if "comparison_run" not in run.data.tags]
-    return own[0].info.run_id if own else None
+    return [run.info.run_id for run in runs if "comparison_run" not in run.data.tags]
+
+
+def newest_segmentation_run(experiment_id: str) -> str | None:
+    """The newest finished `segment train` run of the experiment (its U-Net cuts stage 2's cells from smears
+    without masks), or None. Its tags: stage=segmentation, task=train (workflows/segment.py)."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.stage = 'segmentation' AND tags.task = 'train' AND attributes.status = '{FINISHED}'",
+        order_by=["attributes.start_time DESC"], max_results=1, output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_exposure(exposure: Exposure) -> None:
+    mlflow.log_dict(exposure.to_json(), EXPOSURE_ARTIFACT)
+
+
+def read_exposure(run_id: str) -> Exposure | None:
+    """None for a run that has no record (made before the suite kept one): what its weights saw is unknown."""
+    try:
+        return Exposure.from_json(mlflow.artifacts.load_dict(f"runs:/{run_id}/{EXPOSURE_ARTIFACT}"))
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def check_parent(run_id: str, stage: str, backbone: str) -> str:

@@ -1,6 +1,6 @@
 """The paper's metrics: accuracy, precision, recall, F1 (macro and weighted), per-class ROC AUC with micro and macro
-averages, confusion matrices. Keys use the house form ('f1_macro', 'auc/<class>'); callers add 'val/', 'cv/',
-'test/' prefixes."""
+averages, confusion matrices; and one-vs-rest sensitivity and specificity per class. Keys use the house form
+('f1_macro', 'auc/<class>', 'sensitivity/<class>'); callers add 'val/', 'cv/', 'test/' prefixes."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-# The scalar scores classification_metrics() returns (per-class "auc/<class>" aside), each with the direction an
-# optimiser should take; tuning, reports and the CLI read them from here. POSITIVE_CLASS_SCORES: binary tasks only.
+# The scalar scores classification_metrics() returns (per-class "auc/<class>", "sensitivity/<class>" and
+# "specificity/<class>" aside), each with the direction an optimiser should take; tuning, reports and the CLI read
+# them from here. POSITIVE_CLASS_SCORES: binary tasks only.
 SCORES: dict[str, str] = {name: "maximize" for name in (
     "f1_macro", "accuracy", "auc_macro", "auc_micro", "precision_macro", "recall_macro", "f1_weighted",
-    "precision_weighted", "recall_weighted")}
-POSITIVE_CLASS_SCORES: dict[str, str] = {"f1": "maximize", "precision": "maximize", "recall": "maximize"}
+    "precision_weighted", "recall_weighted", "specificity_macro")}
+POSITIVE_CLASS_SCORES: dict[str, str] = {"f1": "maximize", "precision": "maximize", "recall": "maximize",
+                                         "specificity": "maximize"}
+SENSITIVITY, SPECIFICITY = "sensitivity", "specificity"  # per-class keys: "sensitivity/<class>"
 
 
 def as_class_probabilities(raw: np.ndarray) -> np.ndarray:
@@ -39,6 +42,32 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: l
         p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=[1], average=None, zero_division=0)
         out.update({"precision": float(p[0]), "recall": float(r[0]), "f1": float(f[0])})
     out.update(auc_metrics(y_true, proba, class_names))
+    out.update(rate_metrics(skm.confusion_matrix(y_true, y_pred, labels=labels), class_names))
+    return out
+
+
+def rate_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """One-vs-rest rates from a confusion matrix (rows true, columns predicted): `sensitivity/<class>` TP/(TP+FN),
+    `specificity/<class>` TN/(TN+FP), `specificity_macro`, and for two classes `specificity` of the positive class
+    (index 1), the companion of the binary `recall`. A class absent from the true labels has no sensitivity (as it
+    has no AUC); a class that is every true label has no specificity."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    total = matrix.sum()
+    out, specificities = {}, []
+    for k, name in enumerate(class_names):
+        positives, predicted = matrix[k].sum(), matrix[:, k].sum()
+        if positives > 0:
+            out[f"{SENSITIVITY}/{name}"] = float(matrix[k, k] / positives)
+        negatives = total - positives
+        if negatives > 0:
+            true_negatives = negatives - (predicted - matrix[k, k])
+            out[f"{SPECIFICITY}/{name}"] = float(true_negatives / negatives)
+            specificities.append(out[f"{SPECIFICITY}/{name}"])
+    if specificities:
+        out[f"{SPECIFICITY}_macro"] = float(np.mean(specificities))
+    positive = f"{SPECIFICITY}/{class_names[-1]}"
+    if len(class_names) == 2 and positive in out:
+        out[SPECIFICITY] = out[positive]
     return out
 
 

@@ -63,6 +63,8 @@ class Pair:
     runs: dict[str, str] = field(default_factory=dict)  # stage -> finished run id
     failures: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> metric -> value
+    checks: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> comparison_report.CHECKS -> value
+    class_names: tuple[str, ...] = ()  # as the CTL run logged them (the report's label line)
     split_digest: str = ""
     test_train_ratio: float | None = None
     excluded: str = ""  # why the pair is left out of the statistics ("" = used)
@@ -82,11 +84,6 @@ def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) 
         raise UserError(f"--runs must be at least 2: a t-test needs two or more paired runs. Received: {request.runs}")
     request = replace(request, config=with_backbone_sizes(request.config))
     cfg = request.config
-    from mtl_suite.data import default_masks_for
-
-    if request.cells is None and cfg.data.masks is None and default_masks_for(cfg.data.path) is None:
-        raise UserError("the MTL arm's stage 2 trains on single cells: pass --masks PATH (segmentations of the "
-                        "smears, same relative names) or --cells PATH (a single-cell dataset)")
     uri, experiment_id = use_tracking(cfg.tracking.tracking_uri, cfg.tracking.experiment)
     check_inputs(request)  # before the comparison's run opens: a user error leaves no FAILED run
     client = mlflow.MlflowClient()
@@ -193,7 +190,8 @@ def _run_pair(client, experiment_id: str, parent: str, request: CompareRequest, 
 
 
 def _collect(client, pair: Pair) -> None:
-    """Test metrics of both arms, the pairing check (same split) and n_test / n_train of the split."""
+    """Test metrics of both arms, their colour-baseline and stain-shift checks, the pairing check (same split) and
+    n_test / n_train of the split."""
     arms = {arm: pair.runs.get(arm_stage(arm).name) for arm in Arm}
     if pair.failures or not all(arms.values()):
         pair.excluded = "; ".join(pair.failures) or "an arm did not finish"
@@ -205,6 +203,8 @@ def _collect(client, pair: Pair) -> None:
             pair.excluded = f"{arm.upper()} run {run_id} has no test metrics (empty test part?)"
             return
         pair.metrics[str(arm)] = values
+        pair.checks[str(arm)], classes = runs_io.read_checks(client, run_id)
+        pair.class_names = pair.class_names or classes  # the CTL run's (read first), the MTL run's if it has none
         digests.add(digest)
     if len(digests) != 1:
         pair.excluded = f"the two arms used different splits ({', '.join(sorted(digests))}): not a pair"

@@ -1,6 +1,7 @@
-"""`mtl-suite report`: read finished stage runs from MLflow and build the paper's tables and figures (Tables II-IV,
-Figs. 9-11), a data section, and three checks the paper lacks: calibration, a colour-only shortcut baseline on
-the same split, and Grad-CAM overlays. The reads are tracking/report_queries.py; the sections, statistics and
+"""`mtl-suite report`: read finished stage runs from MLflow and build the paper's tables and figures (Tables I-IV,
+Figs. 9-11; the metrics on the outer test part too, with n, 95% interval and per-class sensitivity and specificity),
+a data section, and three checks the paper lacks: calibration, a colour-only shortcut baseline on the same split,
+and Grad-CAM overlays. The reads are tracking/report_queries.py; the sections, statistics and
 drawing analysis/report_sections.py and report_figures.py; this module chooses the runs and assembles.
 
 Which runs: for every (stage, backbone, task) the newest FINISHED stage run is shown (with how many runs of that
@@ -28,6 +29,9 @@ from mtl_suite.tracking import report_queries as queries
 from mtl_suite.tracking.reachability import check_tracking_uri
 from mtl_suite.tracking.setup import record_in_launcher_run, resolve_tracking_uri
 
+TABLES = {Task.BINARY: "Table II: binary classification (normal vs leukemia)",
+          Task.MULTICLASS: "Table III: multiclass classification"}
+
 
 def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gradcam_per_class: int = 2,
                  say: Callable[[str], None] = print) -> tuple[Path, Path]:
@@ -54,9 +58,14 @@ def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gr
         headline = [queries.run_data(client, r, Path(tmp)) for r in headline_runs(groups)]
         blocks = sections.report_header(experiment, uri, runs, out, tracking_uri)
         blocks += sections.data_section(headline)
-        blocks += sections.metric_table(groups, Task.BINARY, "Table II: binary classification (normal vs leukemia)")
-        blocks += sections.metric_table(groups, Task.MULTICLASS, "Table III: multiclass classification")
-        blocks += sections.confusion_tables(headline)
+        blocks += sections.hyperparameter_table(groups)
+        for task, title in TABLES.items():
+            blocks += sections.metric_table(groups, task, title)
+        for task, title in TABLES.items():
+            blocks += sections.test_metric_table(groups, task, f"{title}, outer test part: n and 95% interval")
+        blocks += sections.confusion_tables(headline, sections.OOF_PART)
+        blocks += sections.confusion_tables(headline, sections.TEST_PART)
+        blocks += sections.rate_tables(headline)
         blocks += figs.convergence_section(histories, groups, headline, figures)
         blocks += figs.roc_section(headline, figures)
         blocks += figs.curves_section(histories, headline, figures)

@@ -4,6 +4,7 @@ MLflow run (adopting an interrupted one), cross-validate and refit (plain Keras,
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -20,10 +21,12 @@ from mtl_suite.analysis.stage_files import write_cv_files, write_test_files
 from mtl_suite.cache import default_cache_root
 from mtl_suite.catalog import Stage, StageData, StagePlan, Task, get_stage
 from mtl_suite.config import ExperimentConfig, TrainConfig, to_flat_dict
+from mtl_suite.data.lineage import DataSource, Exposure, HeldOut
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_text
 from mtl_suite.models.backbones import with_backbone_sizes
-from mtl_suite.tasks import TaskData, TaskRequest, describe, load_task_data
+from mtl_suite.tasks import (CellSegmenter, TaskData, TaskRequest, describe, held_out_images, load_task_data,
+                              roi_segmenter, smear_masks)
 from mtl_suite.tracking import resume, stage_log
 from mtl_suite.tracking.folds import MlflowFoldObserver
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
@@ -88,7 +91,7 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
     parent_id = resolve_parent_run(plan, request, uri, experiment_id, say)
     with tempfile.TemporaryDirectory(prefix=f"mtl-{plan.name}-") as tmp:
         workdir = Path(tmp)
-        task_data = stage_task_data(plan, request, say)
+        task_data = stage_task_data(plan, request, say, experiment_id)
         key = _resume_key(plan, request, parent_id, task_data)
         interrupted = resume.find_interrupted_run(experiment_id, key, request.resume)
         # before the run opens: a weights file that does not fit the backbone leaves no FAILED run
@@ -104,6 +107,7 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
                 checkpoints = resume.checkpoint_folder(origin)
                 stage_log.log_setup(_run_tags(plan, request, task_data, parent_id), request.config, task_data,
                                     workdir)
+                stage_log.log_exposure(exposure_of(plan, task_data, parent_id, run.info.run_id))
                 mlflow.set_tags(initial_tags)
                 metrics = _train_and_log(plan, request, task_data, initial, workdir, say,
                                          Resumption(adopted, checkpoints))
@@ -137,18 +141,35 @@ def _stage_done(name: str, extra: int = 0) -> None:
 def resolve_parent_run(plan: StagePlan, request: StageRequest, uri: str, experiment_id: str,
                        say: Callable[[str], None]) -> str | None:
     """The run whose backbone this stage starts from: the explicit one (checked), else the newest finished run of
-    the previous stage with the same backbone, else a new run of the previous stage made now."""
+    the previous stage with the same backbone whose weights have seen none of the images this stage holds out, else
+    a new run of the previous stage made now. A parent that saw held-out images would leak them into the score."""
     if plan.previous is None:
         return None
     backbone = request.config.train.backbone
+    held_out = held_out_images(plan, request.task_request())
     if request.parent_run:
-        return stage_log.check_parent(request.parent_run, plan.previous, backbone)
-    found = stage_log.find_latest_run(experiment_id, plan.previous, backbone)
-    if found:
-        say(f"{plan.name}: starting from {plan.previous} run {found}")
-        return found
-    say(f"{plan.name}: no finished {plan.previous} run for backbone {backbone} in this experiment; "
-        f"running {plan.previous} first")
+        stage_log.check_parent(request.parent_run, plan.previous, backbone)
+        problem = lineage_problem(request.parent_run, held_out)
+        if problem:
+            raise UserError(f"--parent-run {request.parent_run} cannot be this {plan.name} run's parent: {problem}. "
+                            f"Pick a {plan.previous} run trained on this split's development part, or leave "
+                            "--parent-run out to run a matching one")
+        return request.parent_run
+    skipped = []
+    for candidate in stage_log.finished_stage_runs(experiment_id, plan.previous, backbone):
+        problem = lineage_problem(candidate, held_out)
+        if problem is None:
+            say(f"{plan.name}: starting from {plan.previous} run {candidate}")
+            return candidate
+        skipped.append((candidate, problem))
+    if skipped:
+        newest, problem = skipped[0]
+        others = f" ({len(skipped) - 1} older ones likewise)" if len(skipped) > 1 else ""
+        say(f"{plan.name}: not starting from {plan.previous} run {newest}: {problem}{others}; running a "
+            f"{plan.previous} run on this split first")
+    else:
+        say(f"{plan.name}: no finished {plan.previous} run for backbone {backbone} in this experiment; "
+            f"running {plan.previous} first")
     previous = get_stage(plan.previous)
     _stage_done(previous.name, extra=1)
     earlier = replace(request, stage=previous.stage, parent_run=None, resume="auto",
@@ -156,11 +177,67 @@ def resolve_parent_run(plan: StagePlan, request: StageRequest, uri: str, experim
     return _run(earlier, uri, experiment_id, None, say).run_id
 
 
-def stage_task_data(plan: StagePlan, request: StageRequest, say: Callable[[str], None]) -> TaskData | None:
-    task_data = load_task_data(plan, request.task_request(), default_cache_root())
+def lineage_problem(run_id: str, held_out: HeldOut | None) -> str | None:
+    """Why the run's weights may not start a stage that holds out `held_out` (None: they may)."""
+    if held_out is None:
+        return None
+    exposure = stage_log.read_exposure(run_id)
+    if exposure is None:
+        return "it has no record of the images its weights have seen (made by an older version of the suite)"
+    return exposure.conflict(held_out)
+
+
+def exposure_of(plan: StagePlan, task_data: TaskData | None, parent_id: str | None, run_id: str) -> Exposure:
+    """What this run's weights will have seen: the parent's record plus the images this stage trains on."""
+    inherited = (stage_log.read_exposure(parent_id) if parent_id else None) or Exposure()
+    if task_data is None:  # stage 1 without a source dataset: ImageNet weights, nothing of ours
+        return inherited
+    split = task_data.split  # for crops: the cells' own split, drawn with the smears' split seed
+    source = DataSource(plan.name, run_id, task_data.description, split.manifest_digest, split.seed,
+                        len(task_data.trained_from))
+    return inherited.extended(source, task_data.trained_from)
+
+
+def stage_task_data(plan: StagePlan, request: StageRequest, say: Callable[[str], None],
+                    experiment_id: str | None = None) -> TaskData | None:
+    """The stage's task data. Stage 2 on smears with neither --cells nor masks cuts its cells with the suite's own
+    segmentation (cell_segmenter); `experiment_id` is where to look for a U-Net (None: the config's experiment)."""
+    segmenter = None
+    if plan.data is StageData.CELLS and not request.cells and smear_masks(request.config.data) is None:
+        segmenter = cell_segmenter(request, experiment_id, say)
+    task_data = load_task_data(plan, replace(request.task_request(), segmenter=segmenter), default_cache_root())
     if task_data is not None:
         say(describe(plan, task_data))
     return task_data
+
+
+def cell_segmenter(request: StageRequest, experiment_id: str | None, say: Callable[[str], None]) -> CellSegmenter:
+    """What cuts stage 2's cells from smears without masks: the U-Net of the experiment's newest finished
+    `segment train` run (the paper feeds its U-Net's cells to stage 2), else the paper's ROI method. The U-Net is
+    loaded once, when the first field is segmented: crops already cached need none."""
+    tracking = request.config.tracking
+    if experiment_id is None:  # tune, compare's input check: the store is set up already; find the experiment
+        experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)[1]
+    name = get_stage(request.stage).name
+    run_id = stage_log.newest_segmentation_run(experiment_id)
+    if run_id is None:
+        say(f"{name}: no masks for the smears; cutting cells with the ROI method (no `segment train` run in this "
+            "experiment)")
+        return roi_segmenter()
+    say(f"{name}: no masks for the smears; cutting cells with the U-Net of run {run_id}")
+
+    @functools.cache
+    def trained():
+        from mtl_suite.workflows.segment import load_trained
+
+        return load_trained(run_id, tracking.tracking_uri, tracking.experiment)
+
+    def masks(image):
+        from mtl_suite.imaging.segment import unet_mask
+
+        return unet_mask(trained().model, image, trained().size)
+
+    return CellSegmenter(f"unet:{run_id}", run_id, masks)
 
 
 def initial_backbone_weights(plan: StagePlan, request: StageRequest, parent_id: str | None, workdir: Path) -> Path:
@@ -209,6 +286,8 @@ def _run_tags(plan: StagePlan, request: StageRequest, task_data: TaskData | None
         "stage": plan.name, "backbone": config.train.backbone, "task": request.run_task(plan),
         "seed": str(config.train.seed), "parent_stage_run": parent_id or "",
         "image_size": str(task_data.image_size if task_data else config.data.image_size),
+        # stage 2: "cells:<path>", "masks:<path>", "unet:<segment train run>" or "roi"
+        **({"cell_source": task_data.cell_source} if task_data is not None and task_data.cell_source else {}),
         **dict(request.extra_tags),
     }
 

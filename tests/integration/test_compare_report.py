@@ -89,6 +89,8 @@ def test_compare_makes_paired_runs_report_and_plot(compared):
     ratio = parent.data.metrics["compare/test_train_ratio"]
     expected = stats.compare_arms(ctl, mtl, ratio, "accuracy")
     assert parent.data.metrics["compare/accuracy/mean_difference"] == pytest.approx(expected.mean_difference)
+    assert parent.data.metrics["compare/accuracy/t_pooled"] == pytest.approx(expected.pooled.statistic)
+    assert expected.pooled.df == 2 * 2 - 2
     assert 0 < ratio < 1
 
     reports = list((compared["root"] / "reports").glob("compare-tiny-binary-*.md"))
@@ -96,6 +98,11 @@ def test_compare_makes_paired_runs_report_and_plot(compared):
     text = reports[0].read_text()
     assert "mtl-suite compare --backbone tiny" in text and "--runs 2" in text
     assert expected.verdict in text
+    # the paper's test, the colour baseline beside both arms (every stage run logs it), the paper's numbers checked
+    assert "pooled t (paper's test)" in text and "| colour alone |" in text
+    assert "Colour alone (the best colour-only baseline" in text and "Under stain shifts (test parts" in text
+    assert "are inconsistent: at df = 18" in text
+    assert "- Labels: the classes are the dataset's own (normal, leukemia)" in text  # binary: not Aria's names
     assert "Dataset digest" in text or "dataset digest" in text
     assert "CPU cores" in text
     table = re.findall(r"^\| [12] \| 4[23] \|", text, flags=re.M)

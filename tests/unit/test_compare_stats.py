@@ -1,7 +1,9 @@
 """CTL vs MTL statistics against values computed by hand (see the comments) on fixed inputs."""
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
@@ -41,6 +43,60 @@ def test_welch_by_hand():
     res = c.welch_t_test(CTL, MTL)
     assert res.statistic == pytest.approx(1.562268, rel=1e-5)
     assert res.df == pytest.approx(7.731263, rel=1e-5)
+
+
+def test_pooled_t_by_hand():
+    # pooled variance ((n1 - 1) s1^2 + (n2 - 1) s2^2) / (n1 + n2 - 2) = (4 * 7e-4 + 4 * 4.8e-4) / 8 = 5.9e-4;
+    # t = 0.024 / sqrt(5.9e-4 * (1/5 + 1/5)) = 1.562268 (equal n: same t as Welch, different df)
+    a, b = np.asarray(CTL), np.asarray(MTL)
+    n1, n2 = len(a), len(b)
+    sp2 = ((n1 - 1) * a.var(ddof=1) + (n2 - 1) * b.var(ddof=1)) / (n1 + n2 - 2)
+    t = (b.mean() - a.mean()) / math.sqrt(sp2 * (1 / n1 + 1 / n2))
+    res = c.pooled_t_test(CTL, MTL)
+    assert sp2 == pytest.approx(5.9e-4)
+    assert res.statistic == pytest.approx(t) and res.statistic == pytest.approx(1.562268, rel=1e-5)
+    assert res.df == 2 * 5 - 2
+    assert res.p_value == pytest.approx(2 * sps.t.sf(t, 8))
+    assert res.p_value == pytest.approx(sps.ttest_ind(MTL, CTL, equal_var=True).pvalue)
+    assert c.compare_arms(CTL, MTL, 0.25).pooled == res
+    # unequal variances and a paper-sized run count: df = 2n - 2 = 18 for 10 runs per arm
+    rng = np.random.default_rng(0)
+    ten = c.pooled_t_test(rng.normal(0.9, 0.01, 10), rng.normal(0.9, 0.03, 10))
+    assert ten.df == 18
+
+
+def test_error_rate_reduction_by_hand():
+    # err_CTL = 1 - 0.954 = 0.046, err_MTL = 1 - 0.961 = 0.039: (0.046 - 0.039) / 0.046 = 0.152174
+    assert c.error_rate_reduction(0.954, 0.961) == pytest.approx(0.152174, rel=1e-5)
+    assert c.error_rate_reduction(0.961, 0.954) == pytest.approx(-0.007 / 0.039)  # MTL worse: negative
+    assert math.isnan(c.error_rate_reduction(1.0, 0.9))  # CTL made no errors
+    result = c.compare_arms(CTL, MTL, 0.25)  # err 0.19 -> 0.166
+    assert result.error_reduction == pytest.approx((0.19 - 0.166) / 0.19)
+
+
+def test_error_line_says_which_way():
+    from mtl_suite.analysis.comparison_report import error_line
+
+    assert error_line(c.compare_arms([0.95, 0.958], [0.96, 0.962], 0.25)) == (
+        "MTL cuts the test error from 4.6% to 3.9% (15% fewer errors).")
+    worse = error_line(c.compare_arms([0.96, 0.962], [0.95, 0.958], 0.25))
+    assert worse == "MTL is worse: it raises the test error from 3.9% to 4.6% (18% more errors)."
+    perfect = replace(c.compare_arms(CTL, MTL, 0.25), ctl=c.ArmSummary(5, 1.0, 0.0), error_reduction=math.nan)
+    assert error_line(perfect) == "CTL made no test errors on accuracy; MTL's test error is 16.6%."
+
+
+def test_paper_numbers_are_inconsistent():
+    from mtl_suite.analysis.comparison_report import paper_sentence
+
+    check = c.paper_check()
+    assert (check.t, check.p, check.df) == (c.PAPER_POOLED_T, c.PAPER_P, c.PAPER_DF) == (0.853, 0.0001, 18)
+    assert 0.35 < check.p_for_t < 0.45
+    assert check.p_for_t == pytest.approx(2 * sps.t.sf(0.853, 18))
+    assert 2 * sps.t.sf(check.t_for_p, 18) == pytest.approx(0.0001)
+    assert 4.5 < check.t_for_p < 5.5
+    text = paper_sentence(check)
+    assert "t = 0.853, p = 0.0001" in text and "df = 18" in text and "inconsistent" in text
+    assert f"p = {check.p_for_t:.3f}" in text and f"|t| = {check.t_for_p:.2f}" in text
 
 
 def test_effect_size_and_intervals_by_hand():
@@ -95,13 +151,46 @@ def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
     pairs = [Pair(i, 42 + i, 42 + i) for i in range(3)]
     for p, (a, b) in zip(pairs[:2], [(0.80, 0.83), (0.82, 0.84)]):
         p.metrics = {"ctl": {"accuracy": a, "f1_macro": a}, "mtl": {"accuracy": b, "f1_macro": b}}
+    pairs[0].checks = {"ctl": {"colour_accuracy": 0.90, "stain_shift_accuracy": 0.70,
+                               "colour_stain_shift_accuracy": 0.40}, "mtl": {"stain_shift_accuracy": 0.75}}
+    pairs[1].checks = {"ctl": {"colour_accuracy": 0.86}}  # no stain-shift metrics: an older run
+    pairs[0].class_names = ("Benign", "Early", "Pre", "Pro")
     pairs[2].excluded = "MTL stage3 failed: RuntimeError: boom"
     comparisons = {m: c.compare_arms([0.80, 0.82], [0.83, 0.84], 0.25, m) for m in ("accuracy", "f1_macro")}
     request = CompareRequest(config=load_config(None, {}), task="binary", runs=3, command="mtl-suite compare x")
     text = render_report(request, pairs, comparisons, 0.25, table_v(pairs), "plot.png", "run1", "sqlite://", "1",
                          dataset_digests=["ab" * 32], commit="0123456789abcdef")
     assert "- run 3 (seed 44): MTL stage3 failed: RuntimeError: boom" in text
-    assert "| 3 | 44 | n/a | n/a | n/a | n/a | n/a | excluded: MTL stage3 failed" in text
+    assert "| 3 | 44 | n/a | n/a | n/a | n/a | n/a | n/a | excluded: MTL stage3 failed" in text
+    assert "| 1 | 42 | 80.00 | 83.00 | 3.00 | 90.00 | 80.00 | 83.00 | used |" in text  # colour alone beside the arms
+    assert "colour alone" in text and "pooled t (paper's test)" in text and "error-rate reduction" in text
+    # colour 88.0% vs CTL 81.0% and MTL 83.5%: both below it, said plainly
+    assert "mean test accuracy 88.0% vs CTL 81.0% and MTL 83.5% over 2 pairs. Both arms are below" in text
+    assert "Under stain shifts (test parts re-stained), mean accuracy: CTL 70.0%, MTL 75.0%, colour alone 40.0%." \
+        in text
+    assert "MTL cuts the test error from 19.0% to 16.5% (13% fewer errors)." in text
+    assert "B-ALL development stages" in text and c.paper_check().t_for_p > 4
     assert comparisons["accuracy"].verdict in text and "n = 2 pairs" in text
     assert "mtl-suite compare x" in text
     assert "dataset digest abababababababab;" in text and "code: git 0123456789ab\n" in text  # provenance passed in
+
+
+def test_report_without_logged_checks_says_n_a():
+    """Runs made before the colour baseline and stain shifts were logged: n/a, no crash; generic label line."""
+    from mtl_suite.config import load_config
+    from mtl_suite.analysis.comparison_report import render_report, table_v
+    from mtl_suite.workflows.compare import CompareRequest, Pair
+
+    pairs = [Pair(i, 42 + i, 42 + i) for i in range(2)]
+    for p, (a, b) in zip(pairs, [(0.80, 0.83), (0.82, 0.84)]):
+        p.metrics = {"ctl": {"accuracy": a, "f1_macro": a}, "mtl": {"accuracy": b, "f1_macro": b}}
+    pairs[0].class_names = ("normal", "leukemia")
+    comparisons = {m: c.compare_arms([0.80, 0.82], [0.83, 0.84], 0.25, m) for m in ("accuracy", "f1_macro")}
+    request = CompareRequest(config=load_config(None, {}), task="binary", runs=2)
+    table = table_v(pairs)
+    assert table["colour_accuracy"].isna().all() and table["mtl_stain_shift_accuracy"].isna().all()
+    text = render_report(request, pairs, comparisons, 0.25, table, "plot.png", "run1", "sqlite://", "1",
+                         dataset_digests=[], commit="0123456789abcdef")
+    assert "| 1 | 42 | 80.00 | 83.00 | 3.00 | n/a | 80.00 | 83.00 | used |" in text
+    assert "Colour alone: n/a" in text and "Under stain shifts: n/a" in text
+    assert "the classes are the dataset's own (normal, leukemia)" in text and "B-ALL" not in text

@@ -110,3 +110,98 @@ def test_shortcut_section_shows_logged_baselines_and_recomputes_for_older_runs(t
     main = [b for b in shortcut_section([older]) if isinstance(b, rp.Table)][0]
     assert main.rows[0][1] == "100.00 / 50.00" and main.rows[0][2] == "100.00 / 50.00"
     assert main.rows[0][5] == "recomputed here from 24 images"
+
+
+def _predicted(frame, right: list[bool]):
+    """`frame` (path, label over blue/red) with one-hot p_ columns: the true class where `right`, else the other."""
+    frame = frame.copy()
+    truth = (frame["label"] == "red").to_numpy()
+    called_red = [t if ok else not t for t, ok in zip(truth, right)]
+    frame["p_red"] = np.array(called_red, dtype=float)
+    frame["p_blue"] = 1.0 - frame["p_red"]
+    return frame
+
+
+def test_confusion_and_rate_tables_on_both_parts(tmp_path):
+    from mtl_suite.analysis import report_sections as sections
+
+    rd = _run_data(tmp_path, {}, {}, False)
+    rd.oof = _predicted(rd.oof, [True] * 16)
+    # test rows alternate red, blue (i = 16..23): one red called blue, one blue called red
+    rd.test = _predicted(rd.test, [False, True, True, True, True, False, True, True])
+    blocks = sections.confusion_tables([rd], sections.TEST_PART)
+    assert blocks[0].text == "Table IV: confusion matrices (outer test part)"
+    matrix = blocks[1]
+    assert matrix.rows == (("blue", "3 (75.0%)", "1 (25.0%)"), ("red", "1 (25.0%)", "3 (75.0%)"))
+    assert "0.750 (6/8; 95% CI" in matrix.caption
+    rates = [b for b in sections.rate_tables([rd]) if isinstance(b, rp.Table)][0]
+    assert rates.header[1:] == ("CV n", "CV sensitivity (%)", "CV specificity (%)", "test n",
+                                "test sensitivity (%)", "test specificity (%)")
+    assert rates.rows[0] == ("blue", 8, "100.00", "100.00", 4, "75.00", "75.00")
+    # a run without test predictions: the test part comes from its logged metrics, without counts
+    rd.test = None
+    rd.run.data.metrics.update({"test/sensitivity/red": 0.5, "test/specificity/red": 0.25})
+    rates = [b for b in sections.rate_tables([rd]) if isinstance(b, rp.Table)][0]
+    assert rates.rows[1][4:] == ("n/a", "50.00", "25.00")
+
+
+def _stage_run(stage: str, task: str, metrics: dict, params: dict | None = None, image_size: str = "32"):
+    from types import SimpleNamespace
+
+    tags = {"stage": stage, "backbone": "tiny", "task": task, "image_size": image_size}
+    return SimpleNamespace(data=SimpleNamespace(metrics=metrics, tags=tags, params=params or {}),
+                           info=SimpleNamespace(run_id=f"{stage}-run".ljust(32, "0")))
+
+
+def test_test_part_table_shows_n_interval_and_specificity():
+    from mtl_suite.analysis import report_sections as sections
+
+    logged = {"test/accuracy": 0.75, "test/n": 8.0, "test/accuracy_ci_low": 0.409, "test/accuracy_ci_high": 0.929,
+              "test/majority_class_accuracy": 0.5, "test/precision": 0.75, "test/recall": 0.75, "test/f1": 0.75,
+              "test/specificity": 0.75}
+    older = {"test/accuracy": 0.5}  # a run from before n, interval and specificity were logged
+    groups = {("stage3", "tiny", "binary"): [_stage_run("stage3", "binary", logged)],
+              ("classical", "tiny", "binary"): [_stage_run("classical", "binary", older)],
+              ("stage3", "tiny", "multiclass"): [_stage_run("stage3", "multiclass", logged)]}
+    table = [b for b in sections.test_metric_table(groups, "binary", "T") if isinstance(b, rp.Table)][0]
+    assert table.header[2:5] == ("n", "accuracy [95% CI] (%)", "majority class (%)")
+    assert table.header[-2] == "specificity (%)"
+    classical, mtl = table.rows
+    assert mtl[2:9] == (8, "75.00 [40.90, 92.90]", "50.00", "75.00", "75.00", "75.00", "75.00")
+    assert classical[2:5] == ("n/a", "50.00", "n/a") and classical[-2] == "n/a"
+    multiclass = [b for b in sections.test_metric_table(groups, "multiclass", "T") if isinstance(b, rp.Table)][0]
+    assert multiclass.header[-2] == "specificity (macro) (%)"
+
+
+def test_table_one_reads_the_params_each_run_logged():
+    from mtl_suite.analysis import report_sections as sections
+    from mtl_suite.config import ExperimentConfig, TrainConfig
+    from mtl_suite.tracking.runs import config_params
+
+    params = config_params(ExperimentConfig(train=TrainConfig(backbone="tiny", warmup_epochs=4, finetune_epochs=2,
+                                                                learning_rate=0.002, dense_units=(64, 32),
+                                                                augment="paper", stain="gray")))
+    groups = {("stage3", "tiny", "binary"): [_stage_run("stage3", "binary", {}, params)],
+              ("stage2", "tiny", "binary"): [_stage_run("stage2", "binary", {}, params, "64")],
+              ("stage1", "tiny", "imagenet"): [_stage_run("stage1", "imagenet", {}, params)]}
+    table = [b for b in sections.hyperparameter_table(groups) if isinstance(b, rp.Table)][0]
+    assert [row[1] for row in table.rows] == ["stage 2 (2 transfers)", "MTL (3 transfers)"]  # stage 1 trained nothing
+    row = dict(zip(table.header, table.rows[1]))
+    assert row["image size (px)"] == "32" and row["optimiser"] == "Adam"
+    assert row["warm-up / fine-tune epochs"] == "4 / 2"
+    assert row["learning rate: warm-up / fine-tune"] == "0.002 / 0.0001"
+    assert row["dense units"] == "64,32" and row["augmentation / mode"] == "paper / online"
+    assert row["stain control"] == "gray" and row["batch size"] == "48"
+    assert dict(zip(table.header, table.rows[0]))["image size (px)"] == "64"
+
+
+def test_data_section_states_the_label_substitution(tmp_path):
+    from mtl_suite.analysis import report_sections as sections
+
+    rd = _run_data(tmp_path, {}, {}, False)
+    other = [b.text for b in sections.data_section([rd]) if isinstance(b, rp.Para)]
+    assert other and "data's own classes (blue, red)" in other[-1] and "FAB" in other[-1]
+    for row in rd.split["rows"]:
+        row["label"] = {"red": "Early", "blue": "Benign"}[row["label"]]
+    aria = [b.text for b in sections.data_section([rd]) if isinstance(b, rp.Para)][-1]
+    assert "Aria" in aria and "not the paper's FAB classes Normal, L1, L2, L3" in aria and "ALL-IDB" in aria

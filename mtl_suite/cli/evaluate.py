@@ -1,0 +1,49 @@
+"""`mtl-suite evaluate MODEL DATA`: a registered or logged model's stage metrics on any labelled dataset, as an
+MLflow evaluation run linked to the model (workflows/evaluate.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mtl_suite.cli.common import (OUTPUT, AllowOutsideRoot, DataPath, Experiment, Layout, Quiet, TrackingUri, choice,
+                                  given, handle_user_errors, progress_printer, say)
+from mtl_suite.config import DEFAULT_EXPERIMENT
+from mtl_suite.data.manifest import BAD_IMAGE_POLICIES
+
+
+@handle_user_errors
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model URI: models:/<name>/<version>, models:/<name>@<alias>, "
+                                         "models:/m-<id> (a logged model), runs:/<run id>/<path> or a local "
+                                         "folder.", show_default=False)],
+    data: DataPath = None,
+    layout: Layout = "auto",
+    allow_outside_root: AllowOutsideRoot = False,
+    on_bad_image: Annotated[choice(BAD_IMAGE_POLICIES), typer.Option(
+        "--on-bad-image", help="fail: stop at an unusable image; skip: leave it out (listed in the run).")] = "fail",
+    normal_class: Annotated[Optional[str], typer.Option(
+        "--normal-class", help="For a binary model (normal vs leukemia/blast): the data's class scored as normal; "
+        "every other class is scored as the positive class. Default: the data's labels must be the model's "
+        "classes.", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 32,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Also write the metrics, confusion matrix and per-class report to this JSON file.",
+        show_default=False, rich_help_panel=OUTPUT)] = None,
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = DEFAULT_EXPERIMENT,
+    quiet: Quiet = False,
+) -> None:
+    """Score a model on a labelled dataset (e.g. an external test set): accuracy with n, 95% CI and majority
+    class, precision/recall/F1, AUC, confusion matrix, logged as an evaluation run linked to the model."""
+    from mtl_suite.workflows.evaluate import EvaluateRequest, evaluate as run_evaluate
+
+    request = EvaluateRequest(
+        model_uri=model, data=str(data) if data else None, layout=layout, allow_outside_root=allow_outside_root,
+        on_bad_image=on_bad_image, normal_class=given(normal_class), batch_size=batch_size,
+        tracking_uri=given(tracking_uri), experiment=experiment, output=str(output) if output else None)
+    outcome = run_evaluate(request, say=lambda m: say(m, quiet),
+                           progress=lambda total: progress_printer(total, "evaluating", quiet))
+    typer.echo(outcome.summary())

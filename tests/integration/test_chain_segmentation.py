@@ -1,0 +1,77 @@
+"""Stage 2 on smears without masks cuts its cells with the suite's own segmentation: the U-Net of the experiment's
+newest finished `segment train` run, else the paper's ROI method; the run's `cell_source` tag says which.
+
+The bundled sample's fields are copied without their `segmented/` sibling, so no masks are found; tiny backbone."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pytest
+from typer.testing import CliRunner
+
+from mtl_suite.cli import app
+from mtl_suite.paths import SAMPLE_IMAGES, SAMPLE_SEGMENTED
+
+pytestmark = pytest.mark.slow  # three stage-2 runs and a U-Net: about a minute
+FAST = ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--cell-size", "32", "--folds", "1",
+        "--epochs", "1", "--finetune-epochs", "0", "--batch-size", "64"]
+TINY_UNET = ["--size", "32", "--depth", "2", "--width", "4", "--epochs", "1", "--batch-size", "16", "--quiet"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain-segmentation")
+    smears = root / "smears"
+    shutil.copytree(SAMPLE_IMAGES, smears)  # the fields only: no masks beside them
+    uri = f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    return {"uri": uri, "common": [*FAST, "--data", str(smears), "--tracking-uri", uri, "--experiment", "chain"]}
+
+
+def newest_stage2(store):
+    mlflow.set_tracking_uri(store["uri"])
+    runs = mlflow.search_runs(experiment_names=["chain"], filter_string="tags.stage = 'stage2' AND tags.run_kind = 'stage'",
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    assert runs and runs[0].info.status == "FINISHED"
+    return runs[0]
+
+
+def trained_cells(run) -> int:
+    split = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/data/split.json")
+    return sum(row["role"] != "test" for row in split["rows"])
+
+
+def test_stage2_without_masks_cuts_cells_with_roi_then_with_the_experiments_unet(store):
+    result = invoke("stage2", *store["common"])
+    assert result.exit_code == 0, result.output
+    assert "stage2: no masks for the smears; cutting cells with the ROI method" in result.output
+    roi_run = newest_stage2(store)
+    assert roi_run.data.tags["cell_source"] == "roi"
+    assert trained_cells(roi_run) > 0
+
+    # a `segment train` run in the same experiment (on the bundled sample and its masks): its U-Net cuts the cells
+    segment = invoke("segment", "train", *TINY_UNET, "--tracking-uri", store["uri"], "--experiment", "chain")
+    assert segment.exit_code == 0, segment.output
+    unet_run = mlflow.search_runs(experiment_names=["chain"], filter_string="tags.task = 'train' AND "
+                                  "tags.stage = 'segmentation'", output_format="list")[0].info.run_id
+    result = invoke("stage2", *store["common"])
+    assert result.exit_code == 0, result.output
+    assert f"stage2: no masks for the smears; cutting cells with the U-Net of run {unet_run}" in result.output
+    run = newest_stage2(store)
+    assert run.info.run_id != roi_run.info.run_id
+    assert run.data.tags["cell_source"] == f"unet:{unet_run}"
+    assert trained_cells(run) > 0  # a 1-epoch U-Net still marks something; find_cells keeps its components
+
+
+def test_masks_take_precedence_and_are_tagged(store):
+    """--masks (here the bundled sample's own segmentations) wins over the experiment's U-Net."""
+    result = invoke("stage2", *store["common"], "--masks", SAMPLE_SEGMENTED)
+    assert result.exit_code == 0, result.output
+    assert "no masks for the smears" not in result.output
+    assert newest_stage2(store).data.tags["cell_source"] == f"masks:{SAMPLE_SEGMENTED}"

@@ -1,0 +1,191 @@
+"""`mtl-suite evaluate MODEL DATA` end to end on a registered tiny-backbone model (registry_store.py's stage-3 run):
+the evaluation run's metrics equal those computed here, independently, from the pyfunc's own predictions; it is
+linked to the model (tags, logged-model metrics, inputs); bad input ends as one line, exit 2, and leaves no run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from mtl_suite.cli import app
+from mtl_suite.data.images import is_image_file
+from mtl_suite.errors import UserError
+from mtl_suite.paths import SAMPLE_IMAGES
+from mtl_suite.workflows.evaluate import label_map
+from registry_store import trained_store
+
+pytestmark = pytest.mark.slow
+NAME = "evaluate-tests"
+EXPERIMENT = "evaluate-tests"
+URI = f"models:/{NAME}@champion"
+SUMMARY = re.compile(r"^evaluate: accuracy (\d\.\d{3}) \((\d+)/(\d+); 95% CI (\d\.\d\d)-(\d\.\d\d); majority class "
+                     r"(\d\.\d\d)\), macro-F1 (\d\.\d\d); run ([0-9a-f]{32}) in (\S+)$")
+
+
+@pytest.fixture(scope="module")
+def store():
+    store = trained_store()
+    result = CliRunner().invoke(app, ["promote", "--tracking-uri", store.uri, "--experiment", store.experiment,
+                                      "--name", NAME, "-q"])
+    assert result.exit_code == 0, result.output
+    return store
+
+
+def evaluate(store, *args: str):
+    return CliRunner().invoke(app, ["evaluate", *args, "--tracking-uri", store.uri, "--experiment", EXPERIMENT,
+                                    "-q"])
+
+
+def evaluation_runs(store) -> list:
+    client = mlflow.MlflowClient(tracking_uri=store.uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return [] if experiment is None else client.search_runs([experiment.experiment_id], run_view_type=3)
+
+
+def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def test_evaluation_run_holds_the_metrics_of_the_models_own_predictions(store, tmp_path):
+    output = tmp_path / "out" / "metrics.json"
+    result = evaluate(store, URI, str(SAMPLE_IMAGES), "--output", str(output))
+    assert result.exit_code == 0, result.output
+    found = SUMMARY.match(result.stdout.strip().splitlines()[-1])
+    assert found, result.stdout
+    run_id = found.group(8)
+    assert found.group(9) == store.uri
+
+    # Independently: the registered pyfunc on the sample's images, scored with sklearn.
+    mlflow.set_tracking_uri(store.uri)
+    client = mlflow.MlflowClient(tracking_uri=store.uri)
+    version = client.get_model_version_by_alias(NAME, "champion")
+    pyfunc = mlflow.pyfunc.load_model(URI)
+    files, seen = [], set()
+    for path in sorted(p for p in SAMPLE_IMAGES.rglob("*") if is_image_file(p)):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest not in seen:  # byte-identical copies count once (the manifest keeps the first by path)
+            seen.add(digest)
+            files.append(path)
+    frame = pyfunc.predict(pd.DataFrame({"image": [str(p) for p in files]}))
+    assert frame["error"].isna().all()
+    classes = [str(c) for c in frame["class_names"][0]]
+    proba = np.array(frame["probabilities"].tolist())
+    y_true = np.array([classes.index(p.parent.name) for p in files])
+    y_pred = proba.argmax(axis=1)
+    n, correct = len(files), int((y_true == y_pred).sum())
+    low, high = wilson(correct, n)
+    expected = {
+        "eval/accuracy": correct / n, "eval/n": n,
+        "eval/f1_macro": skm.f1_score(y_true, y_pred, average="macro", zero_division=0),
+        "eval/precision_weighted": skm.precision_score(y_true, y_pred, average="weighted", zero_division=0),
+        "eval/recall_macro": skm.recall_score(y_true, y_pred, average="macro", zero_division=0),
+        "eval/auc_macro": skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro"),
+        "eval/accuracy_ci_low": low, "eval/accuracy_ci_high": high,
+        "eval/majority_class_accuracy": np.bincount(y_true).max() / n,
+    }
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == f"evaluate-{NAME}"
+    for key, value in expected.items():
+        assert run.data.metrics[key] == pytest.approx(value, abs=1e-6), key
+    assert (int(found.group(2)), int(found.group(3))) == (correct, n)
+
+    # Linked to the model: tags, the logged model as an input, the metrics on the logged model's page.
+    tags = run.data.tags
+    assert tags["run_kind"] == "evaluation" and tags["evaluated_model_uri"] == URI
+    model_id = pyfunc.metadata.model_id  # the logged model promote registered (models:/m-...)
+    assert model_id and version.source == f"models:/{model_id}"
+    assert tags["evaluated_run_id"] == version.run_id and tags["evaluated_model_id"] == model_id
+    assert (tags["evaluated_model_name"], tags["evaluated_model_version"]) == (NAME, str(version.version))
+    assert tags["data"] == str(SAMPLE_IMAGES.resolve()) and len(tags["dataset_digest"]) == 64
+    assert [m.model_id for m in run.inputs.model_inputs] == [model_id]
+    contexts = [{t.key: t.value for t in d.tags}.get("mlflow.data.context") for d in run.inputs.dataset_inputs]
+    assert contexts == ["evaluation"]
+    on_model = {m.key: m.value for m in mlflow.get_logged_model(model_id).metrics if m.run_id == run_id}
+    assert on_model["eval/accuracy"] == pytest.approx(correct / n)
+
+    # The files a stage run keeps for its test part, and the --output JSON.
+    artifacts = {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/predictions.csv", "eval/confusion_matrix.csv", "eval/roc.png",
+            "eval/classification_report.txt"} <= artifacts
+    matrix = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="eval/confusion_matrix.csv",
+                                                             dst_path=str(tmp_path)), index_col=0)
+    np.testing.assert_array_equal(matrix.to_numpy(), skm.confusion_matrix(y_true, y_pred, labels=range(len(classes))))
+    written = json.loads(output.read_text())
+    assert written["run_id"] == run_id and written["n"] == n
+    assert written["metrics"]["accuracy"] == pytest.approx(correct / n)
+    assert set(written["per_class"]) == set(classes)
+
+
+def _one_line_refusal(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["unknown label", "missing folder", "unknown model", "unlabelled images"])
+def test_bad_input_is_one_line_and_leaves_no_run(store, tmp_path, case):
+    before = {r.info.run_id for r in evaluation_runs(store)}
+    data, model = tmp_path / "data", URI
+    if case == "unknown label":
+        for label, source_class in (("Benign", "Benign"), ("Blobs", "Pro")):
+            (data / label).mkdir(parents=True)
+            for source in sorted((SAMPLE_IMAGES / source_class).iterdir())[:2]:
+                shutil.copy(source, data / label / source.name)
+    elif case == "unknown model":
+        shutil.copytree(SAMPLE_IMAGES, data)
+        model = f"models:/{NAME}/99"
+    elif case == "unlabelled images":
+        data.mkdir()
+        for source in sorted((SAMPLE_IMAGES / "Benign").iterdir())[:2]:
+            shutil.copy(source, data / source.name)
+    line = _one_line_refusal(evaluate(store, model, str(data)))
+    expected = {"unknown label": "data label 'Blobs' not among the classes of model "
+                                 f"{URI} (Benign, Early, Pre, Pro)",
+                "missing folder": "DATA: no such file or folder",
+                "unknown model": f"models:/{NAME}/99 not found",
+                "unlabelled images": "no images found in a known layout"}[case]
+    assert expected in line, line
+    assert {r.info.run_id for r in evaluation_runs(store)} == before  # no run, FAILED or otherwise
+
+
+def test_labels_map_onto_a_binary_model_with_normal_class():
+    binary = ["normal", "leukemia"]
+    assert label_map(["Benign", "Early", "Pro"], binary, "Benign", "m") == {
+        "Benign": "normal", "Early": "leukemia", "Pro": "leukemia"}
+    assert label_map(["ALL"], binary, "hem", "m") == {"ALL": "leukemia"}  # one class is enough to score
+    assert label_map(["leukemia", "normal"], binary, None, "m") == {"leukemia": "leukemia", "normal": "normal"}
+    with pytest.raises(UserError, match="pass --normal-class NAME"):
+        label_map(["Benign", "Early"], binary, None, "m")
+    with pytest.raises(UserError, match="--normal-class 'Healthy' is not a class of the data"):
+        label_map(["Benign", "Early"], binary, "Healthy", "m")
+    with pytest.raises(UserError, match="model m has classes Benign, Early, Pre, Pro"):
+        label_map(["Benign", "Early"], ["Benign", "Early", "Pre", "Pro"], "Benign", "m")
+
+
+def test_a_stage_runs_keras_model_scores_as_its_registered_pyfunc(store):
+    """runs:/<stage run>/model (plain Keras, no class names of its own) is read through the same raw-image path."""
+    version = mlflow.MlflowClient(tracking_uri=store.uri).get_model_version_by_alias(NAME, "champion")
+    scores = {}
+    for uri in (URI, f"runs:/{version.run_id}/model"):
+        result = evaluate(store, uri)
+        assert result.exit_code == 0, result.output
+        run = mlflow.MlflowClient(tracking_uri=store.uri).get_run(SUMMARY.match(result.stdout.strip()).group(8))
+        assert run.data.tags["evaluated_run_id"] == version.run_id
+        scores[run.data.tags["evaluated_model_kind"]] = {k: v for k, v in run.data.metrics.items()}
+    assert set(scores) == {"raw-image-pyfunc", "keras"}
+    assert scores["keras"] == pytest.approx(scores["raw-image-pyfunc"], abs=1e-6)
