@@ -120,6 +120,9 @@ def report(
                                                 show_default=False)] = None,
     gradcam_per_class: Annotated[int, typer.Option("--gradcam-per-class", help="Correct and wrong test images "
                                                    "per class with Grad-CAM overlays (0: none).")] = 2,
+    comparison: Annotated[Optional[list[str]], typer.Option(
+        "--comparison", help="Only the stage runs of this `mtl-suite compare` run (its id; repeat for several). "
+        "Default: every finished stage run of the experiment.", show_default=False)] = None,
     tracking_uri: TrackingUri = None,
     quiet: Quiet = False,
 ) -> None:
@@ -128,7 +131,7 @@ def report(
     from mtl_suite.workflows.report import build_report
 
     paths = build_report(experiment, tracking_uri, out, gradcam_per_class=gradcam_per_class,
-                         say=lambda message: say(message, quiet))
+                         comparisons=tuple(comparison or ()), say=lambda message: say(message, quiet))
     typer.echo(f"{paths[0]}\n{paths[1]}")
 
 

@@ -24,10 +24,21 @@ def experiment_or_error(client, experiment: str, uri: str) -> Experiment:
     return found
 
 
-def finished_stage_runs(client, experiment_id: str) -> list[Run]:
-    """Newest first."""
-    return client.search_runs([experiment_id], f"tags.run_kind = '{RunKind.STAGE}' AND attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=5000)
+def finished_stage_runs(client, experiment_id: str, comparisons: tuple[str, ...] = ()) -> list[Run]:
+    """Newest first; with `comparisons`, only the stage runs those `compare` runs made (an unknown id is an error:
+    an empty report would look like a finding)."""
+    where = f"tags.run_kind = '{RunKind.STAGE}' AND attributes.status = 'FINISHED'"
+    if not comparisons:
+        return client.search_runs([experiment_id], where, order_by=["attributes.start_time DESC"], max_results=5000)
+    runs = []
+    for comparison in comparisons:
+        found = client.search_runs([experiment_id], f"{where} AND tags.comparison_run = '{comparison}'",
+                                   max_results=5000)
+        if not found:
+            raise UserError(f"--comparison {comparison}: no finished stage runs of that comparison in this "
+                            "experiment (expected the id of a `mtl-suite compare` run)")
+        runs += found
+    return sorted(runs, key=lambda run: run.info.start_time, reverse=True)
 
 
 def run_data(client, run: Run, tmp: Path) -> RunData:

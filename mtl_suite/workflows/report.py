@@ -34,7 +34,8 @@ TABLES = {Task.BINARY: "Table II: binary classification (normal vs leukemia)",
 
 
 def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gradcam_per_class: int = 2,
-                 say: Callable[[str], None] = print) -> tuple[Path, Path]:
+                 comparisons: tuple[str, ...] = (), say: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """`comparisons`: only the stage runs of these `compare` runs (empty: the experiment's every stage run)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars would interleave with our lines
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
@@ -42,14 +43,15 @@ def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gr
     client = mlflow.MlflowClient()
     exp = queries.experiment_or_error(client, experiment, uri)
     out = out or Path("reports") / f"{experiment}-{dt.date.today().isoformat()}"
+    runs = queries.finished_stage_runs(client, exp.experiment_id, comparisons)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    runs = queries.finished_stage_runs(client, exp.experiment_id)
     groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
     for run in runs:
         t = run.data.tags
         groups[(t.get("stage", ""), t.get("backbone", ""), t.get("task", ""))].append(run)
-    say(f"report on experiment {experiment!r}: {len(runs)} finished stage runs in {uri}")
+    scope = f" of comparison(s) {', '.join(comparisons)}" if comparisons else ""
+    say(f"report on experiment {experiment!r}: {len(runs)} finished stage runs{scope} in {uri}")
 
     def histories(run_id: str) -> list[dict[str, list[float]]]:
         return queries.fold_histories(client, run_id)

@@ -224,6 +224,22 @@ def test_report_on_an_experiment_without_runs_says_so(compared, tmp_path):
     assert result.exit_code == 2 and "no such experiment" in result.output
 
 
+def test_report_on_one_comparison_reads_only_its_runs(compared, tmp_path):
+    client = _client(compared["uri"])
+    exp = client.get_experiment_by_name("cmp")
+    parent = client.search_runs([exp.experiment_id], "tags.run_kind = 'comparison'")[0].info.run_id
+    result = invoke(["report", "--experiment", "cmp", "--tracking-uri", compared["uri"], "--comparison", parent,
+                     "--out", str(tmp_path / "r"), "--gradcam-per-class", "0"])
+    assert result.exit_code == 0, result.output
+    stage_runs = _stage_runs(client, exp.experiment_id, f" AND tags.comparison_run = '{parent}'")
+    finished = [r for r in stage_runs if r.info.status == "FINISHED"]
+    assert f"{len(finished)} finished stage runs of comparison(s) {parent}" in result.output
+    result = invoke(["report", "--experiment", "cmp", "--tracking-uri", compared["uri"], "--comparison", "0" * 32,
+                     "--out", str(tmp_path / "none"), "-q"])
+    assert result.exit_code == 2 and "no finished stage runs of that comparison" in result.output
+    assert not (tmp_path / "none").exists()
+
+
 # --- the HTML in a real browser ---------------------------------------------------------------------------------
 
 PROBE = ("<script>window.addEventListener('load', function () { var out = [];"
