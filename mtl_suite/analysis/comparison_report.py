@@ -76,7 +76,7 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
     else:
         lines.append(f"- No verdict: only {len(used)} of {len(pairs)} pairs finished both arms; a t-test needs 2.")
     if used:
-        lines += [f"- {colour_line(used)}", f"- {stain_shift_line(used)}"]
+        lines += [f"- {colour_line(used)}", f"- {stain_shift_line(used)}", f"- {time_line(used)}"]
     lines += ["", "The verdict uses the Nadeau-Bengio corrected resampled t-test: the runs reuse one data set, so "
               "their differences are correlated and the plain paired t-test overstates significance.", "",
               "## Table V: test scores per run (%)", ""]
@@ -142,6 +142,17 @@ def colour_line(used: list[Pair]) -> str:
     if max(ctl, mtl) < colour:
         line += " Both arms are below the colour baseline: stain colour alone predicts the class better than either."
     return line
+
+
+def time_line(used: list[Pair]) -> str:
+    """What the comparison cost on the machine named above: mean wall time per run of each arm, and in all."""
+    ctl, mtl = (_mean([p.seconds.get(str(arm), math.nan) for p in used]) for arm in (Arm.CTL, Arm.MTL))
+    if math.isnan(ctl) or math.isnan(mtl):
+        return "Time: n/a (a run has no end time)."
+    total = sum(v for p in used for v in p.seconds.values() if math.isfinite(v))
+    return (f"Time on this machine: CTL {ctl / 60:.1f} min per run, MTL {mtl / 60:.1f} min per run (stages 1-3, "
+            f"{mtl / ctl:.1f}x CTL); {total / 3600:.2f} h for the {len(used)} pairs (wall time of the runs as "
+            "MLflow recorded them).")
 
 
 def stain_shift_line(used: list[Pair]) -> str:

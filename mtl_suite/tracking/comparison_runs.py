@@ -99,6 +99,17 @@ def read_checks(client, run_id: str) -> tuple[dict[str, float], tuple[str, ...]]
     return checks, tuple(c for c in classes.split(",") if c)
 
 
+def run_seconds(client, run_ids: Sequence[str]) -> float:
+    """Wall time the runs took together (start to end as MLflow recorded them; nan if one has not ended)."""
+    total = 0.0
+    for run_id in run_ids:
+        info = client.get_run(run_id).info
+        if not info.end_time:
+            return math.nan
+        total += (info.end_time - info.start_time) / 1000
+    return total
+
+
 def read_test_train_ratio(client, stage_run_id: str) -> float | None:
     """From the nested 'final' run: trained on n_train development images, tested on n_validation test images."""
     run = client.get_run(stage_run_id)

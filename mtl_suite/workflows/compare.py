@@ -68,6 +68,7 @@ class Pair:
     split_digest: str = ""
     test_train_ratio: float | None = None
     excluded: str = ""  # why the pair is left out of the statistics ("" = used)
+    seconds: dict[str, float] = field(default_factory=dict)  # arm -> wall time of its runs (MTL: stages 1-3)
 
 
 @dataclass
@@ -211,6 +212,9 @@ def _collect(client, pair: Pair) -> None:
         return
     pair.split_digest = digests.pop()
     pair.test_train_ratio = runs_io.read_test_train_ratio(client, arms[Arm.CTL])
+    for arm in Arm:
+        stages = [plan.name for plan in chain(arm_stage(arm).stage)] if arm is Arm.MTL else [arm_stage(arm).name]
+        pair.seconds[str(arm)] = runs_io.run_seconds(client, [pair.runs[name] for name in stages])
 
 
 # --- statistics, artifacts, report ------------------------------------------------------------------------------

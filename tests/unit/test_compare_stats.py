@@ -155,6 +155,7 @@ def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
                                "colour_stain_shift_accuracy": 0.40}, "mtl": {"stain_shift_accuracy": 0.75}}
     pairs[1].checks = {"ctl": {"colour_accuracy": 0.86}}  # no stain-shift metrics: an older run
     pairs[0].class_names = ("Benign", "Early", "Pre", "Pro")
+    pairs[0].seconds, pairs[1].seconds = {"ctl": 120.0, "mtl": 300.0}, {"ctl": 180.0, "mtl": 420.0}
     pairs[2].excluded = "MTL stage3 failed: RuntimeError: boom"
     comparisons = {m: c.compare_arms([0.80, 0.82], [0.83, 0.84], 0.25, m) for m in ("accuracy", "f1_macro")}
     request = CompareRequest(config=load_config(None, {}), task="binary", runs=3, command="mtl-suite compare x")
@@ -169,6 +170,7 @@ def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
     assert "Under stain shifts (test parts re-stained), mean accuracy: CTL 70.0%, MTL 75.0%, colour alone 40.0%." \
         in text
     assert "MTL cuts the test error from 19.0% to 16.5% (13% fewer errors)." in text
+    assert "CTL 2.5 min per run, MTL 6.0 min per run (stages 1-3, 2.4x CTL); 0.28 h for the 2 pairs" in text
     assert "B-ALL development stages" in text and c.paper_check().t_for_p > 4
     assert comparisons["accuracy"].verdict in text and "n = 2 pairs" in text
     assert "mtl-suite compare x" in text
@@ -192,5 +194,5 @@ def test_report_without_logged_checks_says_n_a():
     text = render_report(request, pairs, comparisons, 0.25, table, "plot.png", "run1", "sqlite://", "1",
                          dataset_digests=[], commit="0123456789abcdef")
     assert "| 1 | 42 | 80.00 | 83.00 | 3.00 | n/a | 80.00 | 83.00 | used |" in text
-    assert "Colour alone: n/a" in text and "Under stain shifts: n/a" in text
+    assert "Colour alone: n/a" in text and "Under stain shifts: n/a" in text and "Time: n/a" in text
     assert "the classes are the dataset's own (normal, leukemia)" in text and "B-ALL" not in text
