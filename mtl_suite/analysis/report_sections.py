@@ -84,12 +84,15 @@ def none_found(what: str) -> list[rp.Block]:
     return [rp.Para(f"No finished runs of this kind in the experiment: {what} cannot be shown.")]
 
 
-def report_header(experiment: str, uri: str, runs: list[Run], out: Path, given_uri: str | None) -> list[rp.Block]:
+def report_header(experiment: str, uri: str, runs: list[Run], out: Path, given_uri: str | None,
+                  comparisons: tuple[str, ...] = ()) -> list[rp.Block]:
     store = f" --tracking-uri {given_uri}" if given_uri else ""
+    only = "".join(f" --comparison {c}" for c in comparisons)
+    scope = f" of comparison run(s) {', '.join(f'`{c}`' for c in comparisons)}" if comparisons else ""
     return [rp.Heading(f"mtl-suite report: {experiment}", 1),
-            rp.Code(f"mtl-suite report --experiment {experiment}{store} --out {out}"),
+            rp.Code(f"mtl-suite report --experiment {experiment}{store}{only} --out {out}"),
             rp.Bullets((f"MLflow store: `{uri}`", f"generated {dt.datetime.now().isoformat(timespec='seconds')}",
-                        f"{len(runs)} finished stage runs; tables show the newest run of each kind, figures the "
+                        f"{len(runs)} finished stage runs{scope}; tables show the newest run of each kind, figures the "
                         "newest stage-3 (MTL) run per backbone and task (classical where there is none)",
                         "Reproduces Maaliw et al. (2022), Tables I-IV and Figs. 9-11, then checks the paper "
                         "lacks: calibration, a colour-only shortcut baseline, Grad-CAM."))]

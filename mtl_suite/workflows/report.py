@@ -58,7 +58,7 @@ def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gr
 
     with tempfile.TemporaryDirectory(prefix="mtl-report-") as tmp:
         headline = [queries.run_data(client, r, Path(tmp)) for r in headline_runs(groups)]
-        blocks = sections.report_header(experiment, uri, runs, out, tracking_uri)
+        blocks = sections.report_header(experiment, uri, runs, out, tracking_uri, comparisons)
         blocks += sections.data_section(headline)
         blocks += sections.hyperparameter_table(groups)
         for task, title in TABLES.items():

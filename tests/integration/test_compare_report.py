@@ -234,6 +234,8 @@ def test_report_on_one_comparison_reads_only_its_runs(compared, tmp_path):
     stage_runs = _stage_runs(client, exp.experiment_id, f" AND tags.comparison_run = '{parent}'")
     finished = [r for r in stage_runs if r.info.status == "FINISHED"]
     assert f"{len(finished)} finished stage runs of comparison(s) {parent}" in result.output
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"--comparison {parent} --out" in md and f"{len(finished)} finished stage runs of comparison run(s)" in md
     result = invoke(["report", "--experiment", "cmp", "--tracking-uri", compared["uri"], "--comparison", "0" * 32,
                      "--out", str(tmp_path / "none"), "-q"])
     assert result.exit_code == 2 and "no finished stage runs of that comparison" in result.output
