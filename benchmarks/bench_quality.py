@@ -129,21 +129,12 @@ def shifted_test(data: TaskData) -> np.ndarray:
     return _SHIFTED[key]
 
 
-def stained(images: np.ndarray, mode: str, batch: int = 128) -> np.ndarray:
-    """uint8 pixels through the model's own stain layer (models/stain.py), so the colour rows see what the CNN
-    sees; rounded to whole levels because the shortcut histograms count uint8 values (gray: Y = 0.299 R +
-    0.587 G + 0.114 B, within one level of OpenCV's RGB2GRAY)."""
-    if mode == "none":
-        return images
-    import keras
+def stained(images: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 pixels through the model's own stain layer (models/stain.py:controlled_pixels), so the colour rows see
+    what the CNN sees (gray: Y = 0.299 R + 0.587 G + 0.114 B, within one level of OpenCV's RGB2GRAY)."""
+    from mtl_suite.models.stain import controlled_pixels
 
-    from mtl_suite.models.stain import StainControl
-
-    layer, out = StainControl(mode), np.empty_like(images)
-    for start in range(0, len(images), batch):
-        part = keras.ops.convert_to_numpy(layer(images[start:start + batch].astype("float32")))
-        out[start:start + batch] = np.clip(np.rint(part), 0, 255).astype(np.uint8)
-    return out
+    return controlled_pixels(images, mode)
 
 
 # --- colour baselines ---------------------------------------------------------------------------------------------

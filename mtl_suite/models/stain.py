@@ -21,6 +21,7 @@ one-stain images) that silently give nonsense. Its two-stain H&E model also fits
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from mtl_suite.config import STAINS
@@ -105,6 +106,18 @@ class StainControl(keras.layers.Layer):
 def stain_layer(mode: str) -> keras.layers.Layer | None:
     """The layer for a `train.stain` value; None for 'none' (no layer: the plain graph)."""
     return None if mode == "none" else StainControl(mode, name="stain")
+
+
+def controlled_pixels(images: np.ndarray, mode: str, batch: int = 128) -> np.ndarray:
+    """uint8 images through the model's own stain layer, rounded to whole levels: what a model with `train.stain`
+    = `mode` sees, as pixels a colour histogram can count (the shortcut check scores colour on the same input)."""
+    if mode == "none":
+        return images
+    layer, out = StainControl(mode), np.empty_like(images)
+    for start in range(0, len(images), batch):
+        part = keras.ops.convert_to_numpy(layer(np.asarray(images[start:start + batch], dtype="float32")))
+        out[start:start + batch] = np.clip(np.rint(part), 0, 255).astype(out.dtype)
+    return out
 
 
 def lab_statistics(images) -> tuple[tuple[float, ...], tuple[float, ...]]:

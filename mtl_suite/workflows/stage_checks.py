@@ -1,7 +1,8 @@
 """The checks every trained stage run makes beside its own scores, logged on the run and said in one line:
 
 - the colour shortcut (analysis/shortcut.py): colour-only baselines on the run's own split and folds, the best one
-  (by CV accuracy) beside the CNN ("stage3: CNN test accuracy 0.965 vs colour alone 0.983 (hist32+lr)");
+  (by CV accuracy) beside the CNN, computed on what the CNN sees (after the run's `--stain` control: under `gray`,
+  grey-level histograms) ("stage3: CNN test accuracy 0.965 vs colour alone 0.983 (hist32+lr)");
 - stain-shift robustness: the CNN and that best colour baseline on the outer test part re-stained with fixed shifts
   (imaging/augment.py:STAIN_SHIFTS, one shift per third of the images: one extra prediction pass, no cache applies
   to new pixels). A model that reads cells keeps its accuracy; one that reads stain falls with the baseline.
@@ -19,6 +20,7 @@ import numpy as np
 from mtl_suite.analysis.intervals import accuracy_context
 from mtl_suite.analysis.shortcut import ShortcutCheck, split_check
 from mtl_suite.config import TrainConfig
+from mtl_suite.models.stain import controlled_pixels
 from mtl_suite.tasks import TaskData
 from mtl_suite.training.cv import TestResult
 
@@ -36,7 +38,7 @@ def run_checks(plan_name: str, final: TestResult, task_data: TaskData, train: Tr
     """Shortcut check and stain-shift robustness on the active run; returns the metrics logged, and says the
     comparison line."""
     data, split = task_data.data, task_data.split
-    check = split_check(data.images, data.labels, split)
+    check = split_check(controlled_pixels(data.images, train.stain), data.labels, split)
     logged = check.metrics()
     logged.update(_robustness(final, task_data, check, train))
     mlflow.log_metrics(logged)
@@ -57,8 +59,9 @@ def _robustness(final: TestResult, task_data: TaskData, check: ShortcutCheck, tr
     # no feature store or activation cache: these pixels are seen once, caching them would only fill the disk
     cnn = predict_proba(final.model, shifted, train.batch_size).argmax(axis=1)
     out = {"robustness/stain_shift_accuracy": float((cnn == labels).mean())}
-    if check.best_model is not None:
-        out["robustness/shortcut_stain_shift_accuracy"] = float((check.predict_best(shifted) == labels).mean())
+    if check.best_model is not None:  # the colour model sees what the CNN sees: the stain-controlled pixels
+        colour = check.predict_best(controlled_pixels(shifted, train.stain))
+        out["robustness/shortcut_stain_shift_accuracy"] = float((colour == labels).mean())
     return out
 
 

@@ -185,3 +185,21 @@ def test_activation_cache_lower_part_applies_the_stain(tmp_path):
     cached = cut_activations(cut, images, ActivationStore(tmp_path / "a", 2**30), "float32")
     np.testing.assert_allclose(cut.top.predict(cached, verbose=0), model.predict(images.astype("float32"), verbose=0),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_controlled_pixels_are_what_the_model_sees_as_whole_levels():
+    """The shortcut check scores colour on these pixels: under gray every channel is the rounded luminance (within
+    one level of OpenCV's), under none the images themselves."""
+    import cv2
+    import numpy as np
+
+    from mtl_suite.models.stain import controlled_pixels
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    assert controlled_pixels(images, "none") is images
+    gray = controlled_pixels(images, "gray", batch=2)
+    assert gray.dtype == np.uint8 and gray.shape == images.shape
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    reference = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in images])
+    assert np.abs(gray[..., 0].astype(int) - reference).max() <= 1
