@@ -156,9 +156,12 @@ def test_interrupted_and_killed_study_resumes_as_if_uninterrupted(store, three_t
                "--storage", journal, "--tracking-uri", store["mlflow"], "--experiment", EXPERIMENT,
                "--pruner", "none", "--trials", "2", "--max-retry", "2"]
     storage = lambda: optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))  # noqa
-    mid_trial = lambda number: lambda: _trial(storage, "resume", number).intermediate_values  # noqa: E731
-    stop(command, store, lambda: _states(storage, "resume")[:2] == ["COMPLETE", "RUNNING"] and mid_trial(1)(),
-         signal.SIGINT)
+    # "During trial N": its Optuna trial RUNNING and its MLflow run open. Waiting for a reported fold instead left
+    # too little of the tiny trial for the signal to land in while other tests loaded the 2 cores (it finished first).
+    mid_trial = lambda number: lambda: (  # noqa: E731
+        _states(storage, "resume")[number:number + 1] == ["RUNNING"]
+        and any(run.data.tags["trial"] == str(number) for run in runs_of(store, "resume")[1]))
+    stop(command, store, lambda: _states(storage, "resume")[:1] == ["COMPLETE"] and mid_trial(1)(), signal.SIGINT)
     assert _states(storage, "resume") == ["COMPLETE", "FAIL", "WAITING"]  # the interrupted trial is queued again
     first_run = runs_of(store, "resume")[1][0].info.run_id
     stop(command, store, mid_trial(2), signal.SIGKILL)  # killed while it redoes the configuration
