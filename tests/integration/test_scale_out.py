@@ -112,7 +112,7 @@ def test_a_team_on_one_server_survives_a_killed_worker(team):
                                "--augment", "none"),
                "worker-a": worker(team, "worker-a", *tune), "worker-b": worker(team, "worker-b", *tune)}
     try:
-        killed = wait_for(lambda: running_trial_of(storage, study_name, workers["worker-a"].pid), workers, 240,
+        killed = wait_for(lambda: running_trial_of(storage, client, study_name, workers["worker-a"].pid), workers, 240,
                           "worker-a reports mid-trial")
         workers["worker-a"].send_signal(signal.SIGKILL)
         workers["worker-a"].wait(timeout=30)
@@ -191,10 +191,12 @@ def test_a_team_on_one_server_survives_a_killed_worker(team):
     print(f"scale-out test: {time.monotonic() - started:.0f} s after the server was up")
 
 
-def running_trial_of(storage, study_name: str, pid: int) -> int | None:
-    """The number of the trial `pid` is running once it has reported an epoch (mid-trial), else None."""
+def running_trial_of(storage, client, study_name: str, pid: int) -> int | None:
+    """The number of the trial `pid` is running once its MLflow run is open (mid-trial), else None. Not "once it has
+    reported an epoch": what is left of a tiny trial after its first epoch can end before the kill lands."""
     for trial in optuna.load_study(study_name=study_name, storage=storage()).trials:
         if trial.state.name == "RUNNING" and trial.user_attrs.get("worker", "").endswith(f":{pid}") \
-                and trial.intermediate_values:
+                and client.search_runs(client.get_experiment_by_name(EXPERIMENT).experiment_id,
+                                       f"tags.study = '{study_name}' AND tags.trial = '{trial.number}'"):
             return trial.number
     return None
