@@ -112,7 +112,7 @@ def test_a_team_on_one_server_survives_a_killed_worker(team):
                                "--augment", "none"),
                "worker-a": worker(team, "worker-a", *tune), "worker-b": worker(team, "worker-b", *tune)}
     try:
-        killed = wait_for(lambda: running_trial_of(storage, client, study_name, workers["worker-a"].pid), workers, 240,
+        killed = wait_for(lambda: running_trial_of(storage, study_name, workers["worker-a"].pid), workers, 240,
                           "worker-a reports mid-trial")
         workers["worker-a"].send_signal(signal.SIGKILL)
         workers["worker-a"].wait(timeout=30)
@@ -191,12 +191,13 @@ def test_a_team_on_one_server_survives_a_killed_worker(team):
     print(f"scale-out test: {time.monotonic() - started:.0f} s after the server was up")
 
 
-def running_trial_of(storage, client, study_name: str, pid: int) -> int | None:
-    """The number of the trial `pid` is running once its MLflow run is open (mid-trial), else None. Not "once it has
-    reported an epoch": what is left of a tiny trial after its first epoch can end before the kill lands."""
+def running_trial_of(storage, study_name: str, pid: int) -> int | None:
+    """The number of the trial `pid` is running once it has drawn its whole configuration (user attr `params`, set
+    after its MLflow run opened and before it trains), else None. Not "once it has reported an epoch": what is left
+    of a tiny trial after its first epoch can end before the kill lands; and not earlier: a trial killed before it
+    has drawn every parameter cannot be redone with the same ones."""
     for trial in optuna.load_study(study_name=study_name, storage=storage()).trials:
         if trial.state.name == "RUNNING" and trial.user_attrs.get("worker", "").endswith(f":{pid}") \
-                and client.search_runs(client.get_experiment_by_name(EXPERIMENT).experiment_id,
-                                       f"tags.study = '{study_name}' AND tags.trial = '{trial.number}'"):
+                and "params" in trial.user_attrs:
             return trial.number
     return None

@@ -156,11 +156,11 @@ def test_interrupted_and_killed_study_resumes_as_if_uninterrupted(store, three_t
                "--storage", journal, "--tracking-uri", store["mlflow"], "--experiment", EXPERIMENT,
                "--pruner", "none", "--trials", "2", "--max-retry", "2"]
     storage = lambda: optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))  # noqa
-    # "During trial N": its Optuna trial RUNNING and its MLflow run open. Waiting for a reported fold instead left
-    # too little of the tiny trial for the signal to land in while other tests loaded the 2 cores (it finished first).
+    # "During trial N": RUNNING with its whole configuration drawn (user attr `params`, set after its MLflow run
+    # opened, before it trains), so the redo can be compared with it and most of the trial is left for the signal.
     mid_trial = lambda number: lambda: (  # noqa: E731
         _states(storage, "resume")[number:number + 1] == ["RUNNING"]
-        and any(run.data.tags["trial"] == str(number) for run in runs_of(store, "resume")[1]))
+        and "params" in _trial(storage, "resume", number).user_attrs)
     stop(command, store, lambda: _states(storage, "resume")[:1] == ["COMPLETE"] and mid_trial(1)(), signal.SIGINT)
     assert _states(storage, "resume") == ["COMPLETE", "FAIL", "WAITING"]  # the interrupted trial is queued again
     first_run = runs_of(store, "resume")[1][0].info.run_id
