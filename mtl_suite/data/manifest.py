@@ -134,10 +134,20 @@ def _map_classes(records: list[Record], class_map: dict[str, str]) -> list[Recor
     return [Record(r.path, class_map[r.label], r.group, r.mask) for r in records]
 
 
+# (path, size, mtime, max_pixels) -> (sha256, width, height) of files that decoded: a stage reads its data's manifest
+# more than once (its held-out part for the lineage check, its crops, its task), and a full decode of every image
+# each time would be the same work again. A file that changes gets a new key; one that failed is never kept.
+_CHECKED: dict[tuple[str, int, int, int], tuple[str, int, int]] = {}
+
+
 def _check_one(record: Record, max_pixels: int) -> tuple[Record, str, int, int]:
-    # full decode: catches truncated files, not just bad headers
-    image = read_rgb(record.path, max_pixels, min_side=MIN_SIDE)
-    return record, sha256_file(record.path), image.shape[1], image.shape[0]
+    stat = Path(record.path).stat()
+    key = (str(record.path), stat.st_size, stat.st_mtime_ns, max_pixels)
+    if key not in _CHECKED:
+        # full decode: catches truncated files, not just bad headers
+        image = read_rgb(record.path, max_pixels, min_side=MIN_SIDE)
+        _CHECKED[key] = (sha256_file(record.path), image.shape[1], image.shape[0])
+    return (record, *_CHECKED[key])
 
 
 def _check_all(records: list[Record], on_bad_image: str, max_pixels: int, workers: int | None):

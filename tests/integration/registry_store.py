@@ -46,3 +46,16 @@ def trained_store() -> Store:
         outcome = run_stage(StageRequest(stage="stage3", config=config, quiet=True), say=lambda m: None)
         runs.append(outcome.run_id)
     return Store(root, uri, EXPERIMENT, tuple(runs))
+
+
+def promoted_store(name: str) -> Store:
+    """The trained store with its best stage-3 run registered as `name` (alias champion) by `mtl-suite promote`."""
+    from typer.testing import CliRunner
+
+    from mtl_suite.cli import app
+
+    store = trained_store()
+    result = CliRunner().invoke(app, ["promote", "--tracking-uri", store.uri, "--experiment", store.experiment,
+                                      "--name", name, "-q"])
+    assert result.exit_code == 0, result.output
+    return store

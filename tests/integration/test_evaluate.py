@@ -22,7 +22,7 @@ from mtl_suite.data.images import is_image_file
 from mtl_suite.errors import UserError
 from mtl_suite.paths import SAMPLE_IMAGES
 from mtl_suite.workflows.evaluate import label_map
-from registry_store import trained_store
+from registry_store import promoted_store
 
 pytestmark = pytest.mark.slow
 NAME = "evaluate-tests"
@@ -34,11 +34,7 @@ SUMMARY = re.compile(r"^evaluate: accuracy (\d\.\d{3}) \((\d+)/(\d+); 95% CI (\d
 
 @pytest.fixture(scope="module")
 def store():
-    store = trained_store()
-    result = CliRunner().invoke(app, ["promote", "--tracking-uri", store.uri, "--experiment", store.experiment,
-                                      "--name", NAME, "-q"])
-    assert result.exit_code == 0, result.output
-    return store
+    return promoted_store(NAME)
 
 
 def evaluate(store, *args: str):

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mtl_suite.cli import app
-from registry_store import SAMPLES, trained_store
+from registry_store import SAMPLES, promoted_store
 
 pytestmark = pytest.mark.slow
 NAME = "serving-tests"
@@ -52,11 +52,7 @@ def b64(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def store():
-    store = trained_store()
-    result = CliRunner().invoke(app, ["promote", "--tracking-uri", store.uri, "--experiment", store.experiment,
-                                      "--name", NAME, "-q"])
-    assert result.exit_code == 0, result.output
-    return store
+    return promoted_store(NAME)
 
 
 @pytest.fixture(scope="module")

@@ -170,3 +170,27 @@ def test_masks_are_attached_by_relative_name(tmp_path, make_tree, make_image):
     assert masks["a_001.png"] is None
     with pytest.raises(UserError, match="mask folder not found"):
         build_manifest(root, masks=tmp_path / "nope")
+
+
+def test_a_second_manifest_of_unchanged_files_decodes_nothing_again(tmp_path, monkeypatch):
+    """Stages build their data's manifest more than once (lineage check, crops, task): unchanged files are decoded
+    and hashed once per process; a file that changes is read again."""
+    import cv2
+    import numpy as np
+
+    from mtl_suite.data import manifest as manifest_module
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for k in range(2):
+            cv2.imwrite(str(tmp_path / label / f"{k}.png"), np.full((40, 40, 3), 60 * k + (label == "b") * 9, np.uint8))
+    decoded = []
+    real = manifest_module.read_rgb
+    monkeypatch.setattr(manifest_module, "read_rgb", lambda path, *a, **k: decoded.append(path) or real(path, *a, **k))
+    first = manifest_module.build_manifest(tmp_path, "folder")
+    assert len(decoded) == 4
+    second = manifest_module.build_manifest(tmp_path, "folder")
+    assert len(decoded) == 4 and second.digest == first.digest
+    cv2.imwrite(str(tmp_path / "a" / "0.png"), np.full((48, 40, 3), 200, np.uint8))
+    third = manifest_module.build_manifest(tmp_path, "folder")
+    assert len(decoded) == 5 and third.digest != first.digest
