@@ -141,12 +141,18 @@ _CHECKED: dict[tuple[str, int, int, int], tuple[str, int, int]] = {}
 
 
 def _check_one(record: Record, max_pixels: int) -> tuple[Record, str, int, int]:
-    stat = Path(record.path).stat()
-    key = (str(record.path), stat.st_size, stat.st_mtime_ns, max_pixels)
-    if key not in _CHECKED:
+    try:
+        stat = Path(record.path).stat()
+    except OSError:  # missing or unreadable: read_rgb below says so in the suite's own words
+        stat = None
+    key = (str(record.path), stat.st_size, stat.st_mtime_ns, max_pixels) if stat else None
+    if key is None or key not in _CHECKED:
         # full decode: catches truncated files, not just bad headers
         image = read_rgb(record.path, max_pixels, min_side=MIN_SIDE)
-        _CHECKED[key] = (sha256_file(record.path), image.shape[1], image.shape[0])
+        checked = (sha256_file(record.path), image.shape[1], image.shape[0])
+        if key is None:
+            return (record, *checked)
+        _CHECKED[key] = checked
     return (record, *_CHECKED[key])
 
 

@@ -112,8 +112,11 @@ def test_a_team_on_one_server_survives_a_killed_worker(team):
                                "--augment", "none"),
                "worker-a": worker(team, "worker-a", *tune), "worker-b": worker(team, "worker-b", *tune)}
     try:
-        killed = wait_for(lambda: running_trial_of(storage, study_name, workers["worker-a"].pid), workers, 240,
-                          "worker-a reports mid-trial")
+        try:
+            killed = wait_for(lambda: running_trial_of(storage, study_name, workers["worker-a"].pid), workers, 240,
+                              "worker-a reports mid-trial")
+        except AssertionError as failure:  # say why a worker ended: its own log, not only its exit code
+            raise AssertionError("\n".join([str(failure), *(f"--- {name}:\n{log_of(team, name)}" for name in workers)]))
         workers["worker-a"].send_signal(signal.SIGKILL)
         workers["worker-a"].wait(timeout=30)
         for name in ("worker-b", "stage"):
