@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from mlflow.entities import Experiment
+from mlflow.exceptions import MlflowException
 from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
 try:
@@ -77,9 +79,25 @@ def _set_experiment(name: str) -> str:
     Created only when a run is about to go into it, and tagged as a model-development experiment."""
     chosen = _chosen_launcher_experiment()
     experiment = mlflow.set_experiment(experiment_id=chosen) if chosen else mlflow.set_experiment(name)
-    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind the user picked in the UI stays
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    # When another process creates the experiment at the same moment, MLflow (3.x) returns it without making it the
+    # active one, and this command's runs would land in the Default experiment: activate it by id, whichever path ran.
+    experiment = mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    _tag_kind(experiment)
     return experiment.experiment_id
+
+
+def _tag_kind(experiment: Experiment) -> None:
+    """Tag the experiment's kind unless it has one (a kind the user picked in the UI stays). Workers starting
+    together on a new experiment may all see it untagged: on a server store the later inserts violate the tag's key
+    (UniqueViolation); the tag is then there, which is all that is needed."""
+    if EXPERIMENT_KIND_TAG in experiment.tags:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except MlflowException:
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment.experiment_id).tags:
+            raise
 
 
 def _chosen_launcher_experiment() -> str | None:
