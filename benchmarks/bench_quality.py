@@ -18,7 +18,8 @@ Rows:
   colour    every analysis/shortcut.py variant (logistic regression on colour histograms / statistics); the best by
             CV accuracy (the suite's rule: first listed on a tie, never the test part) is marked
   features  a frozen ImageNet backbone's pooled features (training/features.py, cached under $MTL_SUITE_CACHE, so
-            a rerun skips the extraction) + standardised logistic regression, per CV fold and refit for the test
+            a rerun skips the extraction) + standardised logistic regression, per CV fold and refit for the test;
+            then the same features beside the colour row hist32_stats (both signals in one linear model)
   suite     `mtl-suite classical` (CTL) and `mtl-suite stage3` (MTL: stages 1-2 run first) with their defaults, each
             (task, stain) in its own experiment of a temporary MLflow store, so stage 3 never picks a parent trained
             under the other stain; figures read back from MLflow
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # names for annotations only: the suite is imported where fir
 SHARED = REPO.parent / "shared"
 XCEPTION_WEIGHTS = SHARED / "weights" / "xception_imagenet_notop.weights.h5"
 LAUNCHER_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+COLOUR_BESIDE = "hist32_stats"  # the colour features set beside a backbone's in the combined rows
 SUITE_STAGES = (("classical", "suite CTL (classical)"), ("stage3", "suite MTL (stages 1-3)"))
 
 
@@ -214,15 +216,19 @@ def logistic_scores(x: np.ndarray, labels: np.ndarray, split: Split,
     return accuracies, context, shifted, unconverged + (not ok)
 
 
-def feature_row(args: argparse.Namespace, task: str, stain: str, backbone: str, size: int, weights: str) -> Row:
+def feature_rows(args: argparse.Namespace, task: str, stain: str, backbone: str, size: int, weights: str) -> list[Row]:
+    """The frozen backbone's features + LR, and the same features beside the colour statistics (COLOUR_BESIDE) +
+    LR: whether the two signals together beat either alone."""
     import keras
 
+    from mtl_suite.analysis.shortcut import VARIANTS, channel_histograms
     from mtl_suite.models.backbones import build_backbone
     from mtl_suite.training.features import FeatureStore, backbone_features
 
     method, key = f"{backbone} {size} px frozen + LR", f"{backbone}_{size}"
+    beside = (f"{backbone} {size} px frozen + colour {COLOUR_BESIDE} + LR", f"{backbone}_{size}_{COLOUR_BESIDE}")
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
-        return Row(method, key, note=f"skipped: no weights file at {weights} (--xception-weights)")
+        return [Row(method, key, note=f"skipped: no weights file at {weights} (--xception-weights)")]
     data = task_data(args, task, size)
     shifted_pixels = shifted_test(data)  # shared by every row at this size: not this row's time
     start = time.perf_counter()
@@ -232,8 +238,20 @@ def feature_row(args: argparse.Namespace, task: str, stain: str, backbone: str, 
     features = backbone_features(model, data.data.images, store)
     shifted = backbone_features(model, shifted_pixels, store)  # fixed shifts: cacheable like any image
     extracted = time.perf_counter() - start
-    folds, context, restained, unconverged = logistic_scores(features, data.data.labels, data.split, shifted)
     note = f"{features.shape[1]} features, {extracted:.0f} s to build + extract (cache: $MTL_SUITE_CACHE)"
+    rows = [_logistic_row(method, key, features, shifted, data, start, note)]
+    start = time.perf_counter()
+    colour = VARIANTS[COLOUR_BESIDE].features
+    with_colour = np.concatenate([features, colour(channel_histograms(stained(data.data.images, stain)))], axis=1)
+    shifted_with_colour = np.concatenate([shifted, colour(channel_histograms(stained(shifted_pixels, stain)))], axis=1)
+    rows.append(_logistic_row(*beside, with_colour, shifted_with_colour, data, start,
+                              f"{with_colour.shape[1]} features (the row above's and the colour row's)"))
+    return rows
+
+
+def _logistic_row(method: str, key: str, x: np.ndarray, x_shifted: np.ndarray, data: TaskData, start: float,
+                  note: str) -> Row:
+    folds, context, restained, unconverged = logistic_scores(x, data.data.labels, data.split, x_shifted)
     if unconverged:
         note += f"; {unconverged} LR fit(s) hit max_iter"
     return Row(method, key, *_mean_sd(folds), context.accuracy, context.correct, context.n, context.interval,
@@ -325,7 +343,7 @@ def figures(task: str, stain: str, rows: list[Row]) -> dict[str, object]:
 
 def rows_for(args: argparse.Namespace, task: str, stain: str, uri: str | None) -> list[Row]:
     rows = colour_rows(task_data(args, task, args.image_size), stain)
-    rows += [feature_row(args, task, stain, *spec) for spec in cnn_specs(args)]
+    rows += [row for spec in cnn_specs(args) for row in feature_rows(args, task, stain, *spec)]
     if uri:
         rows += [suite_row(args, stage, label, task, stain, uri) for stage, label in SUITE_STAGES]
     return rows

@@ -53,6 +53,7 @@ class CompareRequest:
     command: str = ""
     study: str | None = None
     quiet: bool = False
+    segmentation: str | None = None  # stage 2's cell segmentation, fixed at the start (stage.pinned_segmentation)
 
 
 @dataclass
@@ -87,6 +88,7 @@ def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) 
     cfg = request.config
     uri, experiment_id = use_tracking(cfg.tracking.tracking_uri, cfg.tracking.experiment)
     check_inputs(request)  # before the comparison's run opens: a user error leaves no FAILED run
+    request = _with_pinned_segmentation(request, experiment_id)
     client = mlflow.MlflowClient()
     parent = runs_io.find_or_create_parent(client, experiment_id, comparison_key(request), cfg, request.task,
                                            request.runs, request.command, request.study, say,
@@ -129,14 +131,24 @@ def check_inputs(request: CompareRequest) -> None:
                                Path(tmp) / name)
 
 
+def _with_pinned_segmentation(request: CompareRequest, experiment_id: str) -> CompareRequest:
+    """Every pair's stage 2 cuts its cells with the same segmentation, chosen now: a U-Net trained while the
+    comparison runs cannot give later pairs other cells, and a resume after one is a new comparison (the key)."""
+    from mtl_suite.workflows.stage import StageRequest, pinned_segmentation
+
+    stage_request = StageRequest(stage=Stage.STAGE2, config=request.config, task=request.task, cells=request.cells)
+    return replace(request, segmentation=pinned_segmentation(stage_request, experiment_id))
+
+
 def comparison_key(request: CompareRequest) -> str:
     """Everything that defines the comparison except the number of runs (so a rerun with more runs extends it)."""
     flat = to_flat_dict(request.config)
     flat.pop("tracking.tracking_uri", None)
-    body = json.dumps({"config": {k: str(v) for k, v in sorted(flat.items())}, "task": request.task,
-                       "normal_class": request.normal_class, "cells": request.cells, "study": request.study},
-                      sort_keys=True)
-    return sha256_text(body)[:16]
+    fields = {"config": {k: str(v) for k, v in sorted(flat.items())}, "task": request.task,
+              "normal_class": request.normal_class, "cells": request.cells, "study": request.study}
+    if request.segmentation:  # only then: keys of comparisons whose cells need no segmentation stay as they were
+        fields["segmentation"] = request.segmentation
+    return sha256_text(json.dumps(fields, sort_keys=True))[:16]
 
 
 # --- one pair ---------------------------------------------------------------------------------------------------
@@ -164,7 +176,7 @@ def _run_pair(client, experiment_id: str, parent: str, request: CompareRequest, 
         try:
             outcome = run_stage(StageRequest(stage=name, config=cfg, task=request.task,
                                              normal_class=request.normal_class, cells=request.cells,
-                                             parent_run=parent_run, quiet=request.quiet, extra_tags=tags,
+                                             segmentation=request.segmentation, parent_run=parent_run, quiet=request.quiet, extra_tags=tags,
                                              name_prefix=f"pair{index}-"), say=say)
         except (KeyboardInterrupt, UserError):
             raise  # an interrupt, or the user's input (bad path, value): every pair would fail the same way

@@ -37,6 +37,9 @@ from mtl_suite.training.stages import imagenet_backbone_file, model_factory
 from mtl_suite.workflows import stage_checks
 
 
+ROI_SEGMENTATION = "roi"
+
+
 @dataclass(frozen=True)
 class StageRequest:
     stage: Stage | str
@@ -50,6 +53,9 @@ class StageRequest:
     extra_tags: tuple[tuple[str, str], ...] = ()
     resume: str = "auto"  # auto: adopt an interrupted run with the same settings; never; or a run id
     name_prefix: str = ""  # before the run name, e.g. a comparison's "pair3-"
+    # Stage 2 on smears without masks: ROI_SEGMENTATION or a `segment train` run id that cuts the cells; None: the
+    # experiment's newest U-Net, else ROI (a comparison fixes it once for all its pairs).
+    segmentation: str | None = None
 
     def task_request(self) -> TaskRequest:
         return TaskRequest(self.config.data, self.task, self.normal_class, self.cells, self.source)
@@ -198,6 +204,15 @@ def exposure_of(plan: StagePlan, task_data: TaskData | None, parent_id: str | No
     return inherited.extended(source, task_data.trained_from)
 
 
+def pinned_segmentation(request: StageRequest, experiment_id: str) -> str | None:
+    """What cuts stage 2's cells when the smears have no masks and there is no --cells: the experiment's newest
+    U-Net run, else ROI_SEGMENTATION; None when stage 2 needs no segmentation. For commands that run stage 2 many
+    times and must give every run the same cells (compare)."""
+    if request.cells or smear_masks(request.config.data) is not None:
+        return None
+    return stage_log.newest_segmentation_run(experiment_id) or ROI_SEGMENTATION
+
+
 def stage_task_data(plan: StagePlan, request: StageRequest, say: Callable[[str], None],
                     experiment_id: str | None = None) -> TaskData | None:
     """The stage's task data. Stage 2 on smears with neither --cells nor masks cuts its cells with the suite's own
@@ -219,10 +234,10 @@ def cell_segmenter(request: StageRequest, experiment_id: str | None, say: Callab
     if experiment_id is None:  # tune, compare's input check: the store is set up already; find the experiment
         experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)[1]
     name = get_stage(request.stage).name
-    run_id = stage_log.newest_segmentation_run(experiment_id)
-    if run_id is None:
-        say(f"{name}: no masks for the smears; cutting cells with the ROI method (no `segment train` run in this "
-            "experiment)")
+    run_id = request.segmentation or stage_log.newest_segmentation_run(experiment_id)
+    if run_id in (None, ROI_SEGMENTATION):
+        why = "as fixed for this comparison" if request.segmentation else "no `segment train` run in this experiment"
+        say(f"{name}: no masks for the smears; cutting cells with the ROI method ({why})")
         return roi_segmenter()
     say(f"{name}: no masks for the smears; cutting cells with the U-Net of run {run_id}")
 

@@ -6,6 +6,7 @@ The bundled sample's fields are copied without their `segmented/` sibling, so no
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import mlflow
 import pytest
@@ -31,7 +32,8 @@ def store(tmp_path_factory):
     shutil.copytree(SAMPLE_IMAGES, smears)  # the fields only: no masks beside them
     uri = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    return {"uri": uri, "common": [*FAST, "--data", str(smears), "--tracking-uri", uri, "--experiment", "chain"]}
+    return {"uri": uri, "smears": smears,
+            "common": [*FAST, "--data", str(smears), "--tracking-uri", uri, "--experiment", "chain"]}
 
 
 def newest_stage2(store):
@@ -75,3 +77,34 @@ def test_masks_take_precedence_and_are_tagged(store):
     assert result.exit_code == 0, result.output
     assert "no masks for the smears" not in result.output
     assert newest_stage2(store).data.tags["cell_source"] == f"masks:{SAMPLE_SEGMENTED}"
+
+
+def test_a_comparison_fixes_the_segmentation_of_all_its_pairs(store):
+    """compare chooses stage 2's segmentation once (the experiment's newest U-Net, here the first test's), keys the
+    comparison on it, and every stage 2 it runs uses the chosen one even when another would be picked by then:
+    shown with ROI fixed while the experiment holds a U-Net."""
+    from mtl_suite.config import load_config
+    from mtl_suite.tracking import stage_log
+    from mtl_suite.workflows.compare import CompareRequest, comparison_key
+    from mtl_suite.workflows.stage import ROI_SEGMENTATION, StageRequest, pinned_segmentation, run_stage
+
+    config = load_config(overrides={  # FAST's settings
+        "train.backbone": "tiny", "train.weights": "none", "data.image_size": 48, "data.cell_size": 32,
+        "data.folds": 1, "train.warmup_epochs": 1, "train.finetune_epochs": 0, "train.batch_size": 64,
+        "data.path": str(store["smears"]), "tracking.tracking_uri": store["uri"], "tracking.experiment": "chain"})
+    experiment_id = mlflow.get_experiment_by_name("chain").experiment_id
+    unet_run = stage_log.newest_segmentation_run(experiment_id)
+    assert unet_run, "the first test of this file trains the experiment's U-Net"
+
+    request = StageRequest(stage="stage2", config=config)
+    assert pinned_segmentation(request, experiment_id) == unet_run
+    with_masks = StageRequest(stage="stage2", config=load_config())  # the bundled sample: it has its own masks
+    assert pinned_segmentation(with_masks, experiment_id) is None
+    keys = {comparison_key(CompareRequest(config, "multiclass", 2, segmentation=chosen))
+            for chosen in (unet_run, ROI_SEGMENTATION)}
+    assert len(keys) == 2
+
+    said = []
+    outcome = run_stage(replace(request, segmentation=ROI_SEGMENTATION, quiet=True), say=said.append)
+    assert any("cutting cells with the ROI method (as fixed for this comparison)" in line for line in said), said
+    assert mlflow.get_run(outcome.run_id).data.tags["cell_source"] == "roi"
