@@ -138,9 +138,20 @@ def planned_cut(classifier: keras.Model, backbone: keras.Model, cache: Activatio
 
 
 def features_through_cut(cut: Cut, images: np.ndarray, cache: ActivationCache, batch_size: int) -> np.ndarray:
-    """The backbone's pooled features of `images`, from their cached activations and the layers above the cut."""
-    activations = cut_activations(cut, images, cache.store, cache.dtype, batch_size)
-    return np.asarray(cut.pooled.predict(activations, batch_size=batch_size, verbose=0), dtype="float32")
+    """The backbone's pooled features of `images`, from their cached activations and the layers above the cut.
+
+    CHUNK images at a time: the warm-up needs only the pooled features, and holding the activations of a whole
+    stage at once (1.2 GB for Xception at 224 px), plus the copy TensorFlow makes of an array it predicts on, was
+    the largest part of a stage's peak memory (measured with memray, benchmarks/RESULTS.md)."""
+    keys, parts, wrote = activation_keys(cut, images, cache.store, cache.dtype), [], False
+    for start in range(0, len(images), CHUNK):
+        activations, written = _activations(cut, images[start:start + CHUNK], keys[start:start + CHUNK],
+                                            cache.store, cache.dtype, batch_size)
+        parts.append(np.asarray(cut.pooled.predict(activations, batch_size=batch_size, verbose=0), dtype="float32"))
+        wrote |= written
+    if wrote:
+        cache.store.evict()
+    return np.concatenate(parts) if parts else np.zeros((0, cut.pooled.output_shape[-1]), "float32")
 
 
 class ActivationStore(ArrayStore):
@@ -162,16 +173,33 @@ def image_digests(images: np.ndarray) -> list[str]:
     return [hashlib.sha256(np.ascontiguousarray(image).data).hexdigest()[:32] for image in images]
 
 
+def activation_keys(cut: Cut, images: np.ndarray, store: ActivationStore | None, storage_dtype: str) -> list[str]:
+    """The store's key of each image's activations ([] when nothing is stored). Hashes the weights below the cut:
+    once per call."""
+    if store is None or store.max_bytes <= 0:
+        return []
+    prefix = cut_key(cut, storage_dtype)
+    return [f"{prefix}-{digest}" for digest in image_digests(images)]
+
+
 def cut_activations(cut: Cut, images: np.ndarray, store: ActivationStore | None, storage_dtype: str,
                     batch_size: int = 48, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """(N, *cut.shape) activations of `images` (raw pixels) in `storage_dtype`: read from `store`, the missing ones
     computed once and written there."""
     need = len(images) * int(np.prod(cut.shape)) * np.dtype(storage_dtype).itemsize
     _check_memory(need, cut, storage_dtype)
+    keys = activation_keys(cut, images, store, storage_dtype)
+    out, wrote = _activations(cut, images, keys, store, storage_dtype, batch_size, progress)
+    if wrote:
+        store.evict()
+    return out
+
+
+def _activations(cut: Cut, images: np.ndarray, keys: list[str], store: ActivationStore | None, storage_dtype: str,
+                 batch_size: int, progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, bool]:
+    """cut_activations given the images' keys, and whether it wrote to the store (the caller evicts, once)."""
     out = np.empty((len(images), *cut.shape), dtype=storage_dtype)
-    usable = store is not None and store.max_bytes > 0
-    prefix = cut_key(cut, storage_dtype) if usable else ""  # hashes the weights below the cut: once per call
-    keys = [f"{prefix}-{digest}" for digest in image_digests(images)] if usable else []
+    usable = bool(keys)
     missing = []
     for row, key in enumerate(keys):
         cached = store.load(key)
@@ -188,9 +216,7 @@ def cut_activations(cut: Cut, images: np.ndarray, store: ActivationStore | None,
             store.save(keys[row], out[row], evict=False)
         if progress:
             progress(start + len(rows), len(missing))
-    if usable and missing:
-        store.evict()
-    return out
+    return out, usable and bool(missing)
 
 
 def _check_memory(need: int, cut: Cut, storage_dtype: str) -> None:

@@ -153,3 +153,29 @@ def test_a_model_built_again_finds_its_activations_although_keras_renamed_its_la
     first = cut_activations(cuts[0], images, store, "float32")
     cuts[1].lower.predict = lambda *args, **kwargs: pytest.fail("extracted again")
     np.testing.assert_array_equal(cut_activations(cuts[1], images, store, "float32"), first)
+
+
+def test_warm_up_features_through_the_cut_come_chunk_by_chunk_and_equal_the_backbones(tmp_path, monkeypatch):
+    """The warm-up's features are computed CHUNK images at a time (the stage's activations are never all held at
+    once): the same features as the frozen backbone's own, in order, cached, with the weights hashed once."""
+    from mtl_suite.training.activations import ActivationCache, features_through_cut
+
+    backbone, _ = build_backbone("tiny", 32, "none")
+    model = build_classifier(backbone, "dense_dropout", 3)
+    images = toy_data(32)[0].images  # 20 images: chunks of 7, 7 and 6
+    set_trainable_top(backbone, 1)
+    cut = find_cut(model, backbone)
+    set_trainable_top(backbone, 0)
+    store = ActivationStore(tmp_path / "activations", 2**30)
+    cache = ActivationCache(store=store, unfreeze_layers=1)
+    monkeypatch.setattr(activations_module, "CHUNK", 7)
+    digests, real_digest = [], activations_module.backbone_digest
+    monkeypatch.setattr(activations_module, "backbone_digest", lambda m: digests.append(1) or real_digest(m))
+
+    sizes, pooled = [], cut.pooled.predict
+    cut.pooled.predict = lambda activations, **kwargs: sizes.append(len(activations)) or pooled(activations, **kwargs)
+
+    features = features_through_cut(cut, images, cache, batch_size=4)
+    assert sizes == [7, 7, 6]
+    np.testing.assert_allclose(features, backbone.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    assert len(store.entries()) == len(images) and len(digests) == 1
