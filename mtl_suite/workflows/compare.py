@@ -176,8 +176,9 @@ def _run_pair(client, experiment_id: str, parent: str, request: CompareRequest, 
         try:
             outcome = run_stage(StageRequest(stage=name, config=cfg, task=request.task,
                                              normal_class=request.normal_class, cells=request.cells,
-                                             segmentation=request.segmentation, parent_run=parent_run, quiet=request.quiet, extra_tags=tags,
-                                             name_prefix=f"pair{index}-"), say=say)
+                                             segmentation=request.segmentation, parent_run=parent_run,
+                                             quiet=request.quiet, extra_tags=tags, name_prefix=f"pair{index}-"),
+                                say=say)
         except (KeyboardInterrupt, UserError):
             raise  # an interrupt, or the user's input (bad path, value): every pair would fail the same way
         except Exception as exc:  # noqa: BLE001 - an arm's failure is recorded and its pair excluded, not fatal
