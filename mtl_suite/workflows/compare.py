@@ -84,11 +84,15 @@ class CompareOutcome:
 def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) -> CompareOutcome:
     if request.runs < 2:
         raise UserError(f"--runs must be at least 2: a t-test needs two or more paired runs. Received: {request.runs}")
+    from mtl_suite.workflows.stage import pinned_segmentation
+
     request = replace(request, config=with_backbone_sizes(request.config))
     cfg = request.config
     uri, experiment_id = use_tracking(cfg.tracking.tracking_uri, cfg.tracking.experiment)
     check_inputs(request)  # before the comparison's run opens: a user error leaves no FAILED run
-    request = _with_pinned_segmentation(request, experiment_id)
+    # every pair's stage 2 cuts its cells with one segmentation, chosen now: a U-Net trained while the comparison
+    # runs cannot give later pairs other cells, and a resume after one is a new comparison (the key holds it)
+    request = replace(request, segmentation=pinned_segmentation(cfg.data, request.cells, experiment_id))
     client = mlflow.MlflowClient()
     parent = runs_io.find_or_create_parent(client, experiment_id, comparison_key(request), cfg, request.task,
                                            request.runs, request.command, request.study, say,
@@ -129,15 +133,6 @@ def check_inputs(request: CompareRequest) -> None:
             check_stage_inputs(StageRequest(stage=name, config=cfg, task=request.task,
                                             normal_class=request.normal_class, cells=request.cells, quiet=True),
                                Path(tmp) / name)
-
-
-def _with_pinned_segmentation(request: CompareRequest, experiment_id: str) -> CompareRequest:
-    """Every pair's stage 2 cuts its cells with the same segmentation, chosen now: a U-Net trained while the
-    comparison runs cannot give later pairs other cells, and a resume after one is a new comparison (the key)."""
-    from mtl_suite.workflows.stage import StageRequest, pinned_segmentation
-
-    stage_request = StageRequest(stage=Stage.STAGE2, config=request.config, task=request.task, cells=request.cells)
-    return replace(request, segmentation=pinned_segmentation(stage_request, experiment_id))
 
 
 def comparison_key(request: CompareRequest) -> str:

@@ -20,7 +20,7 @@ from mtl_suite.analysis.intervals import context_from_metrics
 from mtl_suite.analysis.stage_files import write_cv_files, write_test_files
 from mtl_suite.cache import default_cache_root
 from mtl_suite.catalog import Stage, StageData, StagePlan, Task, get_stage
-from mtl_suite.config import ExperimentConfig, TrainConfig, to_flat_dict
+from mtl_suite.config import DataConfig, ExperimentConfig, TrainConfig, to_flat_dict
 from mtl_suite.data.lineage import DataSource, Exposure, HeldOut
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_text
@@ -204,11 +204,11 @@ def exposure_of(plan: StagePlan, task_data: TaskData | None, parent_id: str | No
     return inherited.extended(source, task_data.trained_from)
 
 
-def pinned_segmentation(request: StageRequest, experiment_id: str) -> str | None:
+def pinned_segmentation(data: DataConfig, cells: str | None, experiment_id: str) -> str | None:
     """What cuts stage 2's cells when the smears have no masks and there is no --cells: the experiment's newest
     U-Net run, else ROI_SEGMENTATION; None when stage 2 needs no segmentation. For commands that run stage 2 many
     times and must give every run the same cells (compare)."""
-    if request.cells or smear_masks(request.config.data) is not None:
+    if cells or smear_masks(data) is not None:
         return None
     return stage_log.newest_segmentation_run(experiment_id) or ROI_SEGMENTATION
 

@@ -6,6 +6,8 @@ The bundled sample's fields are copied without their `segmented/` sibling, so no
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import mlflow
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 from mtl_suite.cli import app
 from mtl_suite.paths import SAMPLE_IMAGES, SAMPLE_SEGMENTED
 
-pytestmark = pytest.mark.slow  # three stage-2 runs and a U-Net: about a minute
+pytestmark = pytest.mark.slow  # three stage-2 runs, a two-pair comparison and two U-Nets: about two minutes
 FAST = ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--cell-size", "32", "--folds", "1",
         "--epochs", "1", "--finetune-epochs", "0", "--batch-size", "64"]
 TINY_UNET = ["--size", "32", "--depth", "2", "--width", "4", "--epochs", "1", "--batch-size", "16", "--quiet"]
@@ -97,9 +99,9 @@ def test_a_comparison_fixes_the_segmentation_of_all_its_pairs(store):
     assert unet_run, "the first test of this file trains the experiment's U-Net"
 
     request = StageRequest(stage="stage2", config=config)
-    assert pinned_segmentation(request, experiment_id) == unet_run
-    with_masks = StageRequest(stage="stage2", config=load_config())  # the bundled sample: it has its own masks
-    assert pinned_segmentation(with_masks, experiment_id) is None
+    assert pinned_segmentation(config.data, None, experiment_id) == unet_run
+    assert pinned_segmentation(load_config().data, None, experiment_id) is None  # the bundled sample has masks
+    assert pinned_segmentation(config.data, str(store["smears"]), experiment_id) is None  # --cells
     keys = {comparison_key(CompareRequest(config, "multiclass", 2, segmentation=chosen))
             for chosen in (unet_run, ROI_SEGMENTATION)}
     assert len(keys) == 2
@@ -108,3 +110,33 @@ def test_a_comparison_fixes_the_segmentation_of_all_its_pairs(store):
     outcome = run_stage(replace(request, segmentation=ROI_SEGMENTATION, quiet=True), say=said.append)
     assert any("cutting cells with the ROI method (as fixed for this comparison)" in line for line in said), said
     assert mlflow.get_run(outcome.run_id).data.tags["cell_source"] == "roi"
+
+
+def test_a_unet_trained_during_a_comparison_does_not_reach_its_later_pairs(store, tmp_path):
+    """A real two-pair comparison in an experiment without a U-Net (so ROI is fixed at the start); as pair 1
+    begins, a U-Net is trained in that experiment by another process. Pair 1's stage 2 must still cut with ROI:
+    its runs are told the fixed segmentation, not left to pick the newest U-Net."""
+    from mtl_suite.config import load_config
+    from mtl_suite.workflows.compare import CompareRequest, run_comparison
+
+    config = load_config(overrides={
+        "train.backbone": "tiny", "train.weights": "none", "data.image_size": 48, "data.cell_size": 32,
+        "data.folds": 1, "train.warmup_epochs": 1, "train.finetune_epochs": 0, "train.batch_size": 64,
+        "data.path": str(store["smears"]), "tracking.tracking_uri": store["uri"], "tracking.experiment": "pinning"})
+    unet_trained = []
+
+    def train_unet_when_pair_1_starts(message: str) -> None:
+        if message.startswith("pair 1 (") and not unet_trained:
+            unet_trained.append(message)
+            subprocess.run([sys.executable, "-m", "mtl_suite", "segment", "train", *TINY_UNET,
+                            "--tracking-uri", store["uri"], "--experiment", "pinning"], check=True)
+
+    outcome = run_comparison(CompareRequest(config, "multiclass", 2, report_dir=tmp_path, quiet=True),
+                             say=train_unet_when_pair_1_starts)
+
+    mlflow.set_tracking_uri(store["uri"])
+    unets = mlflow.search_runs(experiment_names=["pinning"], filter_string="tags.stage = 'segmentation'",
+                               output_format="list")
+    assert len(unets) == 1 and unets[0].info.status == "FINISHED"  # an unpinned stage 2 would now pick it
+    sources = {pair.index: mlflow.get_run(pair.runs["stage2"]).data.tags["cell_source"] for pair in outcome.pairs}
+    assert sources == {0: "roi", 1: "roi"}
