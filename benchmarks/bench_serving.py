@@ -5,6 +5,7 @@ Not a test. Trains mobilenet_025 quickly on the bundled sample (classical TL, 1 
 serving does not depend on how well it was trained), promotes it, serves it on 127.0.0.1 and measures.
 
     python benchmarks/bench_serving.py [--image-size 128] [--single 50] [--batches 10] [--store DIR]
+    python benchmarks/bench_serving.py --tracking-uri URI --run-id RUN   # serve an existing stage run instead
 """
 
 from __future__ import annotations
@@ -69,16 +70,25 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=50, help="single-image requests")
     parser.add_argument("--batches", type=int, default=10, help="requests of 32 images")
     parser.add_argument("--store", type=Path, help="reuse a store made by an earlier run of this script")
+    parser.add_argument("--tracking-uri", help="with --run-id: the store that holds the run")
+    parser.add_argument("--run-id", help="promote and serve this stage run (e.g. a fold ensemble) instead of "
+                        "training a model")
     add_quick(parser)  # the tiny backbone at 32 px, a few requests: the whole path, not its speed
     args = quick_defaults(parser, parser.parse_args(), image_size=32, single=5, batches=2)
     backbone = ["--backbone", "tiny", "--weights", "none"] if args.quick else ["--backbone", "mobilenet_025"]
 
     root = args.store or Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = args.tracking_uri or f"sqlite:///{root}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     cli = str(BIN / "mtl-suite")
     times: dict[str, float] = {}
-    if not (root / "mlflow.db").exists():
+    model = f"{backbone[1]} at {args.image_size} px (classical run, promoted as {NAME})"
+    if args.run_id:
+        start = time.perf_counter()
+        sh([cli, "promote", "--run-id", args.run_id, "--name", NAME, "--force", "-q"], env)
+        times["promote_s"] = time.perf_counter() - start
+        model = f"stage run {args.run_id} of {uri}, promoted as {NAME}"
+    elif not (root / "mlflow.db").exists():
         start = time.perf_counter()
         sh([cli, "classical", *backbone, "--image-size", str(args.image_size), "--folds", "1",
             "--epochs", "1", "--finetune-epochs", "0", "--experiment", "bench", "-q"], env)
@@ -127,7 +137,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores, Python "
                    f"{platform.python_version()}, load average at end {os.getloadavg()[0]:.1f}",
-        "model": f"{backbone[1]} at {args.image_size} px (classical run, promoted as {NAME})",
+        "model": model,
         "images": f"{len(files)} bundled sample smears, {', '.join(sorted(sizes))} JPEG, sent as base64",
         "single_p50_ms": 1000 * statistics.median(single), "single_p95_ms": 1000 * percentile(single, 0.95),
         "single_images_per_s": len(single) / sum(single),

@@ -76,6 +76,11 @@ class StagePlan:
     def name(self) -> str:
         return str(self.stage)
 
+    @property
+    def starts_another(self) -> bool:
+        """Whether a later stage starts from this stage's backbone."""
+        return any(plan.previous is self.stage for plan in STAGES.values())
+
     def task_for(self, requested: Task | str) -> Task:
         """The task this stage trains when the user asked for `requested` (stage 2 is binary whatever is asked)."""
         return self.fixed_task or Task(requested)

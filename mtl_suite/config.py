@@ -24,6 +24,11 @@ EXECUTIONS = ("auto", "graph", "eager")  # train.execution; see training/fit.py:
 ACTIVATION_DTYPES = ("float32", "float16")  # train.activation_dtype; see training/activations.py
 AUGMENT_MODES = ("online", "offline")  # train.augment_mode; see training/cv.py
 STAINS = ("none", "gray", "reinhard")  # train.stain; see models/stain.py (a layer of the model graph)
+ENSEMBLES = ("none", "folds")  # train.ensemble; see models/ensemble.py
+TTAS = ("none", "flips")  # train.tta; see models/ensemble.py
+# Metadata of fields added after comparisons and interrupted runs were first keyed on the settings: such a field
+# enters those keys only when set (keyed_settings), so work begun before it existed still resumes.
+KEYED_WHEN_SET = {"keyed_when_set": True}
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_MODEL_NAME = "mtl-all-classifier"  # the registered model `promote` writes and `predict`/`serve` read
 CHAMPION_ALIAS, PREVIOUS_ALIAS = "champion", "previous"  # registry aliases: the served version, the one before it
@@ -84,6 +89,11 @@ class TrainConfig:
     # alone (training/activations.py); auto: the highest single-tensor cut below the lowest trainable layer
     activation_cut: str = "auto"  # auto | none | a layer name of the base network
     activation_dtype: str = "float32"  # storage of cached activations: float32 | float16 (half the memory and disk)
+    # The final stage's model (models/ensemble.py; earlier stages always refit, their weights start the next stage).
+    # ensemble none: one model refit on all development images; folds: the k fold models, probabilities averaged.
+    ensemble: str = field(default="none", metadata=KEYED_WHEN_SET)
+    # tta none | flips: the final model averages its predictions of the image and its three flips
+    tta: str = field(default="none", metadata=KEYED_WHEN_SET)
 
 
 @dataclass(frozen=True)
@@ -291,6 +301,10 @@ def validate(config: Any) -> None:
         (t.augment_mode in AUGMENT_MODES, "train.augment_mode", f"one of {', '.join(AUGMENT_MODES)}", t.augment_mode),
         (t.offline_per_class >= 0, "train.offline_per_class", "0 or more", t.offline_per_class),
         (t.stain in STAINS, "train.stain", f"one of {', '.join(STAINS)}", t.stain),
+        (t.ensemble in ENSEMBLES, "train.ensemble", f"one of {', '.join(ENSEMBLES)}", t.ensemble),
+        (t.tta in TTAS, "train.tta", f"one of {', '.join(TTAS)}", t.tta),
+        (t.ensemble == "none" or d.folds >= 2, "train.ensemble + data.folds", "at least 2 folds for a fold "
+         "ensemble", f"{t.ensemble} + {d.folds}"),
         (not (t.execution == "eager" and t.jit_compile), "train.execution + train.jit_compile",
          "compatible: eager steps are never XLA-compiled (use auto or graph)", f"{t.execution} + {t.jit_compile}"),
     ]
@@ -299,6 +313,23 @@ def validate(config: Any) -> None:
             error = UserError(f"'{key}' must be {expected}. Received: {value!r}")
             error.key = key  # type: ignore[attr-defined]
             raise error
+
+
+def keyed_settings(config: Any) -> dict[str, Any]:
+    """to_flat_dict without the KEYED_WHEN_SET fields that hold their defaults: what resume and comparison keys
+    hash."""
+    return {key: value for key, value in to_flat_dict(config).items() if key not in _later_defaults(config)}
+
+
+def _later_defaults(config: Any, prefix: str = "") -> set[str]:
+    out = set()
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out |= _later_defaults(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("keyed_when_set") and value == f.default:
+            out.add(f"{prefix}{f.name}")
+    return out
 
 
 def to_flat_dict(config: Any, prefix: str = "") -> dict[str, Any]:

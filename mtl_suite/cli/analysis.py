@@ -12,9 +12,9 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, Experiment, Quiet, SystemMetrics, TaskOption, TrackingUri, check_inputs,
-    config_keys, enable_system_metrics, explicit_options, given, handle_user_errors, mark_runs_killed_on_sigterm,
-    say, study_overrides, typed,
+    AllowOutsideRoot, BackboneName, Ensemble, Experiment, Quiet, SystemMetrics, TaskOption, TrackingUri, Tta,
+    check_inputs, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
+    mark_runs_killed_on_sigterm, say, study_overrides, typed,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
@@ -25,7 +25,7 @@ _D, _T = DataConfig(), TrainConfig()
 COMPARE_OPTION_KEYS = config_keys(
     "data", "allow_outside_root", "masks", "image_size", "cell_size", "folds", "test_fraction", "data_seed",
     "backbone", "weights", "epochs", "finetune_epochs", "batch_size", "learning_rate", "augment", "seed",
-    "tracking_uri", "experiment",
+    "ensemble", "tta", "tracking_uri", "experiment",
 )
 
 
@@ -64,6 +64,8 @@ def compare(
     augment: Annotated[str, typer.Option("--augment")] = _T.augment,
     weights: Annotated[str, typer.Option("--weights", help="imagenet, none, or a weights file.")] = _T.weights,
     seed: Annotated[int, typer.Option("--seed", help="Base training seed; pair i uses seed + i.")] = _T.seed,
+    ensemble: Ensemble = _T.ensemble,
+    tta: Tta = _T.tta,
     data_seed: Annotated[int, typer.Option("--data-seed", help="Base split seed; pair i uses it + i.")] = _D.seed,
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Where compare-<backbone>-<task>-<date>.md "
                                              "and its plot go.")] = Path("reports"),

@@ -18,7 +18,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
 from mtl_suite.catalog import Task
-from mtl_suite.config import EXECUTIONS, PRECISIONS, STAINS
+from mtl_suite.config import ENSEMBLES, EXECUTIONS, PRECISIONS, STAINS, TTAS
 from mtl_suite.data.layouts import LAYOUTS
 from mtl_suite.errors import UserError
 from mtl_suite.models.backbones import BACKBONES  # keras-free: the registry's names, --backbone's choices
@@ -38,8 +38,8 @@ CONFIG_KEYS = {
     "feature_cache": "train.feature_cache", "precision": "train.precision", "jit_compile": "train.jit_compile",
     "execution": "train.execution", "activation_cut": "train.activation_cut",
     "activation_dtype": "train.activation_dtype", "augment_mode": "train.augment_mode",
-    "offline_per_class": "train.offline_per_class", "stain": "train.stain",
-    "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
+    "offline_per_class": "train.offline_per_class", "stain": "train.stain", "ensemble": "train.ensemble",
+    "tta": "train.tta", "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
 }
 
 
@@ -196,6 +196,8 @@ LayoutName = choice(("auto", *LAYOUTS))
 PrecisionName = choice(PRECISIONS)
 ExecutionName = choice(EXECUTIONS)
 StainName = choice(STAINS)
+EnsembleName = choice(ENSEMBLES)
+TtaName = choice(TTAS)
 
 Layout = Annotated[LayoutName, typer.Option("--layout", help="How the dataset is laid out; auto detects it.")]
 AllowOutsideRoot = Annotated[bool, typer.Option("--allow-outside-root", help="Let a CSV manifest list files "
@@ -218,6 +220,11 @@ Precision = Annotated[PrecisionName, typer.Option("--precision", help="float32, 
 Stain = Annotated[StainName, typer.Option("--stain", help="Stain control inside the model, so training, evaluation, "
                   "predict and serving apply it alike: none; gray (luminance only); reinhard (each image's L*a*b* "
                   "mean and spread matched to fixed reference statistics).")]
+Ensemble = Annotated[EnsembleName, typer.Option("--ensemble", help="The final stage's model: none (one network "
+                     "refit on all development images) or folds (the CV fold models, their probabilities averaged in "
+                     "one model that predict, promote and serve use as any other). Earlier stages always refit.")]
+Tta = Annotated[TtaName, typer.Option("--tta", help="Test-time augmentation of the final stage's model: none, or "
+                "flips (the image and its three flips, predictions averaged inside the model).")]
 SystemMetrics = Annotated[bool, typer.Option("--system-metrics/--no-system-metrics", help="Log CPU, memory (and "
                                              "GPU) use to each run through MLflow's system metrics (needs psutil: "
                                              "pip install -e '.[system-metrics]').")]
@@ -234,7 +241,7 @@ PANELS: dict[str, str] = {
                      "normal_class", "image_size", "cell_size", "folds", "test_fraction", "data_seed", "split_file",
                      "on_bad_image", "duplicates", "label_policy", "stain"), DATA),
     **dict.fromkeys(("backbone", "task", "weights", "dense_units", "dropout", "unfreeze_layers", "depth", "width",
-                     "model", "name", "run_id"), MODEL),
+                     "model", "name", "run_id", "ensemble", "tta"), MODEL),
     **dict.fromkeys(("epochs", "finetune_epochs", "batch_size", "learning_rate", "finetune_learning_rate",
                      "decay_rate", "early_stopping_patience", "augment", "augment_mode", "offline_per_class", "seed",
                      "parent_run", "resume", "runs", "size"), TRAINING),

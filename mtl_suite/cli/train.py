@@ -13,8 +13,8 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import STAGES, StagePlan, Task
 from mtl_suite.cli.common import (
-    CONFIG_KEYS, AllowOutsideRoot, BackboneName, ExecutionName, Experiment, Layout, Precision, Quiet, Stain,
-    SystemMetrics, TaskOption, TrackingUri, check_inputs, enable_system_metrics, explicit_options, given,
+    CONFIG_KEYS, AllowOutsideRoot, BackboneName, Ensemble, ExecutionName, Experiment, Layout, Precision, Quiet,
+    Stain, SystemMetrics, TaskOption, TrackingUri, Tta, check_inputs, enable_system_metrics, explicit_options, given,
     handle_user_errors, mark_runs_killed_on_sigterm, parse_units, say, study_overrides,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
@@ -92,6 +92,8 @@ def stage_command(plan: StagePlan):
         offline_per_class: Annotated[int, typer.Option("--offline-per-class", help="Offline augmentation: images "
                                      "per class after balancing (0: as many as the largest class).")
                                      ] = _T.offline_per_class,
+        ensemble: Ensemble = _T.ensemble,
+        tta: Tta = _T.tta,
         data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
         parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run id of the previous stage. "
                               "Default: its newest finished run with this backbone.", show_default=False)] = None,

@@ -64,7 +64,7 @@ class MtlImageClassifier(PythonModel):
     def load_context(self, context) -> None:
         import mlflow.keras
 
-        import mtl_suite.models.stain  # noqa: F401  registers the stain-control layer for the safe-mode load
+        import mtl_suite.models.serializable  # noqa: F401  registers the suite's layers for the safe-mode load
 
         self.info = json.loads(Path(context.artifacts[INFO_ARTIFACT]).read_text())
         self.class_names = [str(c) for c in self.info["class_names"]]

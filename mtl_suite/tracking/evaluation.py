@@ -63,7 +63,7 @@ def load_model(model_uri: str, tracking_uri: str) -> EvaluatedModel:
     local folder); a URI that names nothing, or a model that is not the suite's, is a one-line UserError."""
     import mlflow.pyfunc
 
-    import mtl_suite.models.stain  # noqa: F401  registers the stain-control layer a stage run's Keras model may hold
+    import mtl_suite.models.serializable  # noqa: F401  registers the suite's layers for the safe-mode load
 
     if model_uri.startswith(("models:/", "runs:/")):  # a local folder needs no store
         check_tracking_uri(tracking_uri)

@@ -118,8 +118,9 @@ def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, example: 
     return info_model.model_uri
 
 
-# What the served model imports (serving/pyfunc.py and the modules it loads: data/images, models/stain, config), as
-# distributions. mtl-suite itself is not among them: it is on no package index, and the model carries its code.
+# What the served model imports (serving/pyfunc.py and the modules it loads: data/images, models/stain,
+# models/ensemble, config), as distributions. mtl-suite itself is not among them: it is on no package index, and the
+# model carries its code.
 SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "pyyaml")
 
 

@@ -85,6 +85,6 @@ def load_run_model(run_id: str):
     """The Keras model a stage run logged (safe mode: no arbitrary code from the artifact)."""
     import mlflow.keras
 
-    import mtl_suite.models.stain  # noqa: F401  registers the stain-control layer for the safe-mode load
+    import mtl_suite.models.serializable  # noqa: F401  registers the suite's layers for the safe-mode load
 
     return mlflow.keras.load_model(f"runs:/{run_id}/model", load_model_kwargs={"safe_mode": True})

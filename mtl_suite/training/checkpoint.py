@@ -119,6 +119,22 @@ class FitCheckpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def save_weights(path: Path, weights: list[np.ndarray]) -> None:
+    """A model's weights alone, written atomically (a fold ensemble's finished members, until its run ends)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **_pack(weights, "w"))
+
+
+def load_weights(path: Path) -> list[np.ndarray] | None:
+    """What save_weights wrote; None when it is missing or unreadable (the caller trains the model again)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return _unpack({key: archive[key] for key in archive.files}, "w")
+    except UNREADABLE:  # FileNotFoundError is an OSError
+        return None
+
+
 def _pack(arrays: list[np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {f"{prefix}{i}": np.asarray(a) for i, a in enumerate(arrays)}
 

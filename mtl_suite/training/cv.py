@@ -8,7 +8,7 @@ finished epoch. Either way the results equal an uninterrupted run's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from pathlib import Path
@@ -19,9 +19,12 @@ import numpy as np
 from mtl_suite.config import TrainConfig
 from mtl_suite.data.pipeline import BatchAugment
 from mtl_suite.data.splits import Split
-from mtl_suite.training.checkpoint import FitCheckpoint
+from mtl_suite.models.backbones import set_trainable_top
+from mtl_suite.models.ensemble import fold_ensemble, with_flips
+from mtl_suite.training.checkpoint import FitCheckpoint, load_weights, save_weights
 from mtl_suite.training.fit import (
     ArrayData, CallbackFactory, activation_cache_for, feature_store_for, fit_classifier, predict_proba,
+    trained_top_layers,
 )
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
 from mtl_suite.training.session import free_models, heap_frozen
@@ -38,6 +41,7 @@ class FoldResult:
     history: dict[str, list[float]]
     index: np.ndarray  # the validated images (indices into the data)
     proba: np.ndarray  # (len(index), n_classes)
+    weights: list[np.ndarray] | None = None  # the trained model's, kept for a fold ensemble (not in the JSON)
 
     def to_json(self) -> dict:
         return {"fold": self.fold, "metrics": self.metrics, "history": self.history,
@@ -80,12 +84,13 @@ class CVResult:
     oof_proba: np.ndarray  # (len(oof_index), n_classes)
     oof_fold: np.ndarray
     histories: list[dict[str, list[float]]] = field(default_factory=list)
+    members: list[list[np.ndarray]] = field(default_factory=list)  # each fold model's weights (fold ensemble only)
 
 
 @dataclass
 class TestResult:
     model: keras.Model
-    backbone: keras.Model
+    backbone: keras.Model | None  # None for a fold ensemble
     metrics: dict[str, float]
     index: np.ndarray
     proba: np.ndarray
@@ -96,22 +101,30 @@ def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_
                    cfg: TrainConfig, observer: FoldObserver | None = None, augment: BatchAugment | None = None,
                    verbose: int = 0, progress: Callable[[str], None] | None = None,
                    completed: dict[str, FoldResult] | None = None, checkpoints: Path | None = None) -> CVResult:
+    """With `cfg.ensemble` folds, every fold keeps its weights (CVResult.members), and with `checkpoints` saves
+    them there, so a resumed run reuses a finished fold only when its weights are there too."""
     observer = observer or SilentObserver()
+    keep_weights = cfg.ensemble == "folds"
     completed = completed or {}
     results: list[FoldResult] = []
     with heap_frozen():  # each finished fold's full garbage collection then walks only what the folds created
         for fold, train_idx, val_idx in split.fold_indices():
             name = f"fold-{fold}"
-            if name in completed:
-                result = completed[name]
+            result = completed.get(name)
+            if result is not None and keep_weights:
+                weights = load_weights(_member_file(checkpoints, name)) if checkpoints is not None else None
+                result = replace(result, weights=weights) if weights is not None else None
+            if result is not None:
                 if progress:
                     progress(f"{name}: finished by an earlier attempt, reused (accuracy "
                              f"{result.metrics['accuracy']:.3f})")
             else:
                 if progress:
                     progress(f"{name}: training on {len(train_idx)} images, validating on {len(val_idx)}")
+                member_file = _member_file(checkpoints, name) if keep_weights and checkpoints is not None else None
                 result = _train_fold(name, data, train_idx, val_idx, class_names, model_factory, cfg, observer,
-                                     augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold)
+                                     augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold, keep_weights,
+                                     member_file)
                 if progress:
                     progress(f"{name}: accuracy {result.metrics['accuracy']:.3f}, "
                              f"macro-F1 {result.metrics['f1_macro']:.3f}")
@@ -119,16 +132,23 @@ def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_
     return CVResult([r.metrics for r in results], summarise_folds([r.metrics for r in results]),
                     np.concatenate([r.index for r in results]), np.concatenate([r.proba for r in results]),
                     np.concatenate([np.full(len(r.index), k) for k, r in enumerate(results)]),
-                    [r.history for r in results])
+                    [r.history for r in results], [r.weights for r in results if r.weights is not None])
 
 
 def _checkpoint(folder: Path | None, name: str) -> FitCheckpoint | None:
     return FitCheckpoint(folder / name) if folder is not None else None
 
 
+def _member_file(folder: Path, name: str) -> Path:
+    """Where a fold ensemble keeps a finished fold's weights (outside the fold's epoch checkpoints, which go when the
+    fold ends); the run's checkpoint folder is removed when the run finishes."""
+    return folder / "members" / f"{name}.npz"
+
+
 def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str],
                 model_factory: ModelFactory, cfg: TrainConfig, observer: FoldObserver, augment, verbose: int,
-                checkpoint: FitCheckpoint | None, seed: int) -> FoldResult:
+                checkpoint: FitCheckpoint | None, seed: int, keep_weights: bool = False,
+                member_file: Path | None = None) -> FoldResult:
     resumed = checkpoint.load() if checkpoint is not None else None
     callbacks = observer.fold_started(name, len(train_idx), len(val_idx), resumed.history if resumed else None)
     try:
@@ -137,8 +157,12 @@ def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.n
         val = _subset(data, val_idx)
         history = fit_classifier(model, backbone, training_part(data, train_idx, cfg, seed), val, cfg,
                                  len(class_names), callbacks, augment, verbose, checkpoint=checkpoint, seed=seed)
-        proba = predict_proba(model, val.images, cfg.batch_size, feature_store_for(cfg), activation_cache_for(cfg))
-        result = FoldResult(name, classification_metrics(val.labels, proba, class_names), history, val_idx, proba)
+        proba = predict_proba(final_form(model, cfg), val.images, cfg.batch_size, feature_store_for(cfg),
+                              activation_cache_for(cfg))
+        result = FoldResult(name, classification_metrics(val.labels, proba, class_names), history, val_idx, proba,
+                            model.get_weights() if keep_weights else None)
+        if member_file is not None:  # before the store records the fold: a resume then finds both or neither
+            save_weights(member_file, result.weights)
     except BaseException as exc:
         observer.fold_failed(name, exc)
         raise
@@ -164,15 +188,54 @@ def refit_and_test(data: ArrayData, split: Split, class_names: list[str], model_
         model, backbone = model_factory()
         history = fit_classifier(model, backbone, training_part(data, train_idx, cfg, cfg.seed), None, cfg,
                                  len(class_names), callbacks, augment, verbose, checkpoint=checkpoint, seed=cfg.seed)
-        test = _subset(data, test_idx)
-        proba = (predict_proba(model, test.images, cfg.batch_size, feature_store_for(cfg), activation_cache_for(cfg))
-                 if len(test_idx) else np.zeros((0, len(class_names))))
-        metrics = classification_metrics(test.labels, proba, class_names) if len(test_idx) else {}
+        model = final_form(model, cfg)
+        proba, metrics = _score_test(model, data, test_idx, class_names, cfg)
     except BaseException as exc:
         observer.fold_failed("final", exc)
         raise
     observer.fold_finished(FoldResult("final", metrics, history, test_idx, proba))
     return TestResult(model, backbone, metrics, test_idx, proba, history)
+
+
+def ensemble_and_test(data: ArrayData, split: Split, class_names: list[str], model_factory: ModelFactory,
+                      cfg: TrainConfig, cv: CVResult, observer: FoldObserver | None = None) -> TestResult:
+    """In place of the refit (`cfg.ensemble` folds): the fold models of `cv`, their probabilities averaged in one
+    graph (models/ensemble.py), scored once on the outer test images. `backbone` is None: an ensemble has no single
+    backbone to start another stage from."""
+    observer = observer or SilentObserver()
+    test_idx = split.test_indices
+    observer.fold_started("final", 0, len(test_idx))
+    try:
+        model = final_form(fold_ensemble([_member(model_factory, weights, cfg) for weights in cv.members]), cfg)
+        proba, metrics = _score_test(model, data, test_idx, class_names, cfg)
+    except BaseException as exc:
+        observer.fold_failed("final", exc)
+        raise
+    observer.fold_finished(FoldResult("final", metrics, {}, test_idx, proba))
+    return TestResult(model, None, metrics, test_idx, proba, {})
+
+
+def final_form(model: keras.Model, cfg: TrainConfig) -> keras.Model:
+    """The model as it predicts: with `cfg.tta` flips, wrapped to average the image's four flips."""
+    return with_flips(model) if cfg.tta == "flips" else model
+
+
+def _member(model_factory: ModelFactory, weights: list[np.ndarray], cfg: TrainConfig) -> keras.Model:
+    """A fold's trained classifier again: built, its backbone's top made trainable as training left it (so the
+    activation cache finds the same cut), its weights set."""
+    model, backbone = model_factory()
+    set_trainable_top(backbone, trained_top_layers(cfg))
+    model.set_weights(weights)
+    return model
+
+
+def _score_test(model: keras.Model, data: ArrayData, test_idx: np.ndarray, class_names: list[str],
+                cfg: TrainConfig) -> tuple[np.ndarray, dict[str, float]]:
+    if not len(test_idx):
+        return np.zeros((0, len(class_names))), {}
+    test = _subset(data, test_idx)
+    proba = predict_proba(model, test.images, cfg.batch_size, feature_store_for(cfg), activation_cache_for(cfg))
+    return proba, classification_metrics(test.labels, proba, class_names)
 
 
 def training_part(data: ArrayData, train_idx: np.ndarray, cfg: TrainConfig, seed: int) -> ArrayData:

@@ -21,6 +21,7 @@ from mtl_suite.config import TrainConfig
 from mtl_suite.data.arrays import ArrayData
 from mtl_suite.data.pipeline import BatchAugment, training_batches
 from mtl_suite.models.backbones import set_trainable_top
+from mtl_suite.models.ensemble import flipped, prediction_parts
 from mtl_suite.models.heads import head_on_features
 from mtl_suite.training.checkpoint import (
     EpochCheckpoint, EpochSeeding, FitCheckpoint, FitState, ResumableEarlyStopping, derived_seed,
@@ -148,7 +149,12 @@ def activation_cache_for(cfg: TrainConfig, store: ActivationStore | None = None)
     if cfg.activation_cut == "none":
         return None
     return ActivationCache(store if store is not None else ActivationStore.default(), cfg.activation_cut,
-                           cfg.activation_dtype, cfg.unfreeze_layers if cfg.finetune_epochs > 0 else 0)
+                           cfg.activation_dtype, trained_top_layers(cfg))
+
+
+def trained_top_layers(cfg: TrainConfig) -> int:
+    """How many top backbone layers training leaves trainable: the fine-tuning phase's, if there is one."""
+    return cfg.unfreeze_layers if cfg.finetune_epochs > 0 else 0
 
 
 def feature_store_for(cfg: TrainConfig) -> FeatureStore | None:
@@ -281,7 +287,14 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64,
     backbone's weights, so a changed backbone is never answered from stale features.
 
     With an `activation_cache`, after fine-tuning, the part below the cut comes from the cache and only the top runs,
-    the same way."""
+    the same way.
+
+    A fold ensemble or flips wrapper (models/ensemble.py) is scored member by member, each through the caches, and
+    averaged: what its Average layer computes."""
+    parts = prediction_parts(model)
+    if parts is not None:
+        return np.mean([predict_proba(member, flipped(images, axes), batch_size, feature_store, activation_cache)
+                        for axes, member in parts], axis=0)
     backbone = _frozen_backbone(model) if feature_store is not None and feature_store.max_bytes > 0 else None
     if backbone is None:
         cut = _fine_tuned_cut(model, activation_cache)

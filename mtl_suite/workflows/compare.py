@@ -33,7 +33,7 @@ from mtl_suite.analysis import compare as stats
 from mtl_suite.analysis.comparison_report import METRICS, render_report, table_v
 from mtl_suite.analysis.figures import paired_box_strip_png
 from mtl_suite.catalog import Arm, Stage, StagePlan, arm_stage, chain
-from mtl_suite.config import ExperimentConfig, to_flat_dict
+from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
 from mtl_suite.models.backbones import with_backbone_sizes
 from mtl_suite.io_utils import sha256_text, write_text_atomic
@@ -137,7 +137,7 @@ def check_inputs(request: CompareRequest) -> None:
 
 def comparison_key(request: CompareRequest) -> str:
     """Everything that defines the comparison except the number of runs (so a rerun with more runs extends it)."""
-    flat = to_flat_dict(request.config)
+    flat = keyed_settings(request.config)
     flat.pop("tracking.tracking_uri", None)
     fields = {"config": {k: str(v) for k, v in sorted(flat.items())}, "task": request.task,
               "normal_class": request.normal_class, "cells": request.cells, "study": request.study}

@@ -173,7 +173,7 @@ def check_loads(run_id: str, keras_dir: Path, info: dict) -> None:
     import mlflow
     import numpy as np
 
-    import mtl_suite.models.stain  # noqa: F401  registers the stain-control layer for the safe-mode load
+    import mtl_suite.models.serializable  # noqa: F401  registers the suite's layers for the safe-mode load
 
     try:
         model = mlflow.keras.load_model(str(keras_dir), load_model_kwargs={"safe_mode": True})

@@ -20,7 +20,7 @@ from mtl_suite.analysis.intervals import context_from_metrics
 from mtl_suite.analysis.stage_files import write_cv_files, write_test_files
 from mtl_suite.cache import default_cache_root
 from mtl_suite.catalog import Stage, StageData, StagePlan, Task, get_stage
-from mtl_suite.config import DataConfig, ExperimentConfig, TrainConfig, to_flat_dict
+from mtl_suite.config import DataConfig, ExperimentConfig, TrainConfig, keyed_settings
 from mtl_suite.data.lineage import DataSource, Exposure, HeldOut
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_text
@@ -31,7 +31,7 @@ from mtl_suite.tracking import resume, stage_log
 from mtl_suite.tracking.folds import MlflowFoldObserver
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 from mtl_suite.training.activations import describe_finetuning
-from mtl_suite.training.cv import FoldResult, TestResult, cross_validate, refit_and_test
+from mtl_suite.training.cv import FoldResult, TestResult, cross_validate, ensemble_and_test, refit_and_test
 from mtl_suite.training.progress import FoldProgress
 from mtl_suite.training.stages import imagenet_backbone_file, model_factory
 from mtl_suite.workflows import stage_checks
@@ -93,6 +93,7 @@ def run_stage(request: StageRequest, say: Callable[[str], None] = print) -> Stag
 def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None,
          say: Callable[[str], None]) -> StageOutcome:
     plan = get_stage(request.stage)
+    request = _with_final_model_settings(plan, request)
     backbone = request.config.train.backbone
     parent_id = resolve_parent_run(plan, request, uri, experiment_id, say)
     with tempfile.TemporaryDirectory(prefix=f"mtl-{plan.name}-") as tmp:
@@ -126,6 +127,15 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
         f"view with: mlflow ui --backend-store-uri {uri}, then {ui_link(experiment_id)}")
     _stage_done(plan.name)
     return outcome
+
+
+def _with_final_model_settings(plan: StagePlan, request: StageRequest) -> StageRequest:
+    """A fold ensemble and test-time flips shape the final stage's model; a stage whose backbone starts another
+    (stage 1, stage 2) always refits one network, so it runs without them (and resumes and is found as without)."""
+    train = request.config.train
+    if not plan.starts_another or (train.ensemble, train.tta) == ("none", "none"):
+        return request
+    return replace(request, config=replace(request.config, train=replace(train, ensemble="none", tta="none")))
 
 
 def ui_link(experiment_id: str) -> str:
@@ -309,7 +319,7 @@ def _run_tags(plan: StagePlan, request: StageRequest, task_data: TaskData | None
 
 def _resume_key(plan: StagePlan, request: StageRequest, parent_id: str | None, task_data: TaskData | None) -> str:
     """Everything that decides this run's results: only a run with the same key may be resumed."""
-    settings = {k: v for k, v in to_flat_dict(request.config).items() if not k.startswith("tracking.")}
+    settings = {k: v for k, v in keyed_settings(request.config).items() if not k.startswith("tracking.")}
     return resume.resume_key({
         "stage": plan.name, "task": request.run_task(plan), "normal_class": request.normal_class,
         "cells": request.cells, "source": request.source, "parent": parent_id, "settings": settings,
@@ -339,6 +349,7 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
                             config.train.warmup_epochs + config.train.finetune_epochs, already=len(resumption.folds))
     verbose = 0 if request.quiet or progress.current().live else 2  # a live display shows the epochs itself
     metrics: dict[str, float] = {}
+    cv = None
     if cv_folds:
         cv = cross_validate(task_data.data, task_data.split, task_data.class_names, factory, config.train,
                             observer, augment, verbose, progress=None if request.quiet else say,
@@ -346,12 +357,27 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
         cv_metrics = {f"cv/{k}": v for k, v in cv.summary.items()}
         stage_log.log_metrics_and_folder(cv_metrics, write_cv_files(cv, task_data, workdir / "cv"), "cv")
         metrics.update(cv_metrics)
-    final = refit_and_test(task_data.data, task_data.split, task_data.class_names, factory, config.train,
-                           observer, augment, verbose, checkpoints=resumption.checkpoints)
+    mlflow.set_tags(_final_model_tags(config.train, cv_folds))
+    if config.train.ensemble == "folds":
+        if cv is None:
+            raise UserError("train.ensemble folds averages the cross-validation fold models, but this data has no "
+                            "development images to cross-validate on")
+        final = ensemble_and_test(task_data.data, task_data.split, task_data.class_names, factory, config.train,
+                                  cv, observer)
+    else:
+        final = refit_and_test(task_data.data, task_data.split, task_data.class_names, factory, config.train,
+                               observer, augment, verbose, checkpoints=resumption.checkpoints)
     metrics.update(_log_test(final, task_data, workdir))
     _log_backbone_and_model(final, task_data, config, workdir, lineage)
     metrics.update(stage_checks.run_checks(plan.name, final, task_data, config.train, metrics, say))
     return metrics
+
+
+def _final_model_tags(train: TrainConfig, folds: int) -> dict[str, str]:
+    """What the logged model is: one network refit on all development images, or the fold models averaged; and
+    whether it averages its predictions over flips."""
+    final = f"fold_ensemble_{folds}" if train.ensemble == "folds" else "refit"
+    return {"final_model": final, "tta": train.tta}
 
 
 def _log_test(final: TestResult, task_data: TaskData, workdir: Path) -> dict[str, float]:
@@ -389,8 +415,9 @@ def _log_backbone_and_model(final: TestResult, task_data: TaskData, config: Expe
                             lineage: dict) -> None:
     from mtl_suite.models.transfer import save_backbone
 
-    save_backbone(final.backbone, workdir / "backbone.npz", lineage)
-    stage_log.log_backbone(workdir / "backbone.npz")
+    if final.backbone is not None:  # a fold ensemble has none; it ends the chain
+        save_backbone(final.backbone, workdir / "backbone.npz", lineage)
+        stage_log.log_backbone(workdir / "backbone.npz")
     example = task_data.data.images[:2].astype("float32")
     stage_log.log_keras_model(final.model, example, {
         "class_names": task_data.class_names, "image_size": task_data.image_size, "backbone": config.train.backbone,

@@ -12,6 +12,7 @@ Statistics are computed in analysis/ and imaging/; this module decides what runs
 from __future__ import annotations
 
 import math
+import tempfile
 from typing import Callable
 
 import mlflow
@@ -49,20 +50,33 @@ def run_checks(plan_name: str, final: TestResult, task_data: TaskData, train: Tr
 
 def _robustness(final: TestResult, task_data: TaskData, check: ShortcutCheck, train: TrainConfig) -> dict[str, float]:
     from mtl_suite.imaging.augment import stain_shifted
-    from mtl_suite.training.fit import predict_proba
 
     test = task_data.split.test_indices
     if not len(test):
         return {}
     shifted = stain_shifted(task_data.data.images[test])
     labels = task_data.data.labels[test]
-    # no feature store or activation cache: these pixels are seen once, caching them would only fill the disk
-    cnn = predict_proba(final.model, shifted, train.batch_size).argmax(axis=1)
+    cnn = _shifted_predictions(final.model, shifted, train).argmax(axis=1)
     out = {"robustness/stain_shift_accuracy": float((cnn == labels).mean())}
     if check.best_model is not None:  # the colour model sees what the CNN sees: the stain-controlled pixels
         colour = check.predict_best(controlled_pixels(shifted, train.stain))
         out["robustness/shortcut_stain_shift_accuracy"] = float((colour == labels).mean())
     return out
+
+
+def _shifted_predictions(model, shifted: np.ndarray, train: TrainConfig) -> np.ndarray:
+    """No lasting cache: these pixels are seen once, keeping them would only fill the disk. A model that averages
+    members (fold ensemble, flips) gets a throw-away activation store, so the frozen bottom its members share runs
+    once per image, not once per member."""
+    from mtl_suite.models.ensemble import prediction_parts
+    from mtl_suite.training.activations import ActivationStore
+    from mtl_suite.training.fit import activation_cache_for, predict_proba
+
+    if prediction_parts(model) is None:
+        return predict_proba(model, shifted, train.batch_size)
+    with tempfile.TemporaryDirectory(prefix="mtl-shifted-") as tmp:
+        cache = activation_cache_for(train, ActivationStore(tmp, max_bytes=1 << 50))
+        return predict_proba(model, shifted, train.batch_size, activation_cache=cache)
 
 
 def comparison_line(plan_name: str, metrics: dict[str, float], check: ShortcutCheck) -> str:

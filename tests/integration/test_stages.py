@@ -222,6 +222,42 @@ def test_stain_control_is_a_layer_of_the_logged_model(tmp_path):
         mlflow.set_tracking_uri(previous)
 
 
+def test_a_fold_ensemble_with_flips_is_logged_as_one_model_that_predicts_what_was_scored(tmp_path):
+    """--ensemble folds --tta flips: no refit, the logged model is the two fold models averaged over four flips (one
+    Keras graph, safe-mode load), and it gives the outer-test probabilities the run logged, from the image files."""
+    import pandas as pd
+
+    from mtl_suite.data.images import read_resized
+    from mtl_suite.models.ensemble import prediction_parts
+    from mtl_suite.paths import SAMPLE_IMAGES
+    from mtl_suite.tracking.report_queries import load_run_model
+
+    uri, previous = f"sqlite:///{tmp_path}/m.db", mlflow.get_tracking_uri()
+    try:
+        result = invoke("classical", *FAST, "--ensemble", "folds", "--tta", "flips", "--tracking-uri", uri,
+                        "--experiment", "ensemble")
+        assert result.exit_code == 0, result.output
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient(uri)
+        run = client.search_runs([client.get_experiment_by_name("ensemble").experiment_id],
+                                 "tags.run_kind = 'stage'")[0]
+        assert run.data.tags["final_model"] == "fold_ensemble_2" and run.data.tags["tta"] == "flips"
+        assert "backbone" not in [a.path for a in client.list_artifacts(run.info.run_id)]  # it starts no stage
+
+        model = load_run_model(run.info.run_id)
+        flips = prediction_parts(model)
+        assert len(flips) == 4 and len(prediction_parts(flips[0][1])) == 2
+        logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                                 artifact_path="test/predictions.csv"))
+        pixels = np.stack([read_resized(SAMPLE_IMAGES / path, 48) for path in logged["path"]]).astype("float32")
+        probabilities = logged[[c for c in logged.columns if c.startswith("p_")]].to_numpy()
+        np.testing.assert_allclose(model.predict(pixels, verbose=0), probabilities, atol=1e-4)
+        assert run.data.metrics["test/accuracy"] == pytest.approx(
+            float((logged["predicted"] == logged["label"]).mean()))
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--stain", "macenko"], "'macenko' is not one of 'none', 'gray', 'reinhard'"),
     (["--backbone", "resnet9000"], "'resnet9000' is not one of 'inception_v3', 'xception'"),
