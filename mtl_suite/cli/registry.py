@@ -38,8 +38,8 @@ def promote(
                                         "test/f1_macro.")] = "cv/f1_macro_mean",
     lower_is_better: Annotated[bool, typer.Option("--lower-is-better", help="The metric is a loss.")] = False,
     name: Annotated[str, typer.Option("--name", help="Registered model name.")] = DEFAULT_NAME,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Promote this stage run instead of the best one.",
-                                                  show_default=False)] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Promote this stage run (found by its id, in any "
+                                                  "experiment) instead of the best one.", show_default=False)] = None,
     all_experiments: Annotated[bool, typer.Option("--all-experiments", help="Search every experiment, not only "
                                                   "--experiment.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")] = False,
@@ -51,7 +51,7 @@ def promote(
     """Register the best finished stage-3 run's model (as a pyfunc taking raw images) with alias 'champion'."""
     from mtl_suite.workflows.promote import PromoteRequest, promote as run_promote
 
-    experiment_ids = _experiment_ids(tracking_uri, experiment, all_experiments)
+    experiment_ids = _experiment_ids(tracking_uri, experiment, all_experiments, searched=run_id is None)
     outcome = run_promote(PromoteRequest(experiment_ids=experiment_ids, stage=stage, task=task, metric=metric,
                                          greater_is_better=not lower_is_better, name=name, run_id=run_id,
                                          dry_run=dry_run, force=force), say=lambda m: say(m, quiet))
@@ -61,7 +61,10 @@ def promote(
         typer.echo(f"models:/{name}/{outcome.version.version}")
 
 
-def _experiment_ids(tracking_uri: str | None, experiment: str, all_experiments: bool) -> list[str]:
+def _experiment_ids(tracking_uri: str | None, experiment: str, all_experiments: bool,
+                    searched: bool = True) -> list[str]:
+    """The experiments whose runs compete; none when nothing is searched (--run-id names the run, in whatever
+    experiment it is). Sets the tracking URI either way."""
     import mlflow
 
     from mtl_suite.tracking.setup import resolve_tracking_uri
@@ -69,6 +72,8 @@ def _experiment_ids(tracking_uri: str | None, experiment: str, all_experiments: 
     check_tracking_uri(resolve_tracking_uri(tracking_uri))
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not searched:
+        return []
     if all_experiments:
         return [e.experiment_id for e in mlflow.search_experiments()]
     found = mlflow.get_experiment_by_name(experiment)

@@ -98,7 +98,9 @@ def test_promote_picks_best_and_moves_aliases(store, client):
     assert refused.exit_code == 2
     assert "worse than the champion" in refused.output and "--force" in refused.output
     assert aliases(client) == {"champion": second.version, "previous": first.version}
-    forced = promote(store, "--metric", "select/score", "--run-id", best, "--force")
+    # --run-id finds the run by its id: no --experiment needed (the default experiment is not in this store)
+    forced = CliRunner().invoke(app, ["promote", "--tracking-uri", store.uri, "--metric", "select/score",
+                                      "--run-id", best, "--force"])
     assert forced.exit_code == 0, forced.output
     third = champion(client)
     assert third.run_id == best
