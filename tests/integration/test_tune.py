@@ -192,8 +192,9 @@ def test_interrupted_and_killed_study_resumes_as_if_uninterrupted(store, three_t
 
 def stop(command, store, condition, signum):
     """Start the command, send `signum` once `condition` holds, wait for the process to end."""
-    # A shell's Ctrl-C reaches a process whose SIGINT is at its default; a pytest worker may hand its children
-    # SIGINT ignored (inherited across exec), and Python then never raises KeyboardInterrupt.
+    # A shell's Ctrl-C reaches a process whose SIGINT is at its default. pytest itself may run with SIGINT ignored
+    # (a non-interactive shell starts its background jobs so, as POSIX asks: `pytest &` in a script), its children
+    # inherit that across exec, and Python then never raises KeyboardInterrupt.
     worker = subprocess.Popen(command, cwd=store["root"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
