@@ -123,8 +123,7 @@ def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_
                     progress(f"{name}: training on {len(train_idx)} images, validating on {len(val_idx)}")
                 member_file = _member_file(checkpoints, name) if keep_weights and checkpoints is not None else None
                 result = _train_fold(name, data, train_idx, val_idx, class_names, model_factory, cfg, observer,
-                                     augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold, keep_weights,
-                                     member_file)
+                                     augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold, member_file)
                 if progress:
                     progress(f"{name}: accuracy {result.metrics['accuracy']:.3f}, "
                              f"macro-F1 {result.metrics['f1_macro']:.3f}")
@@ -147,8 +146,7 @@ def _member_file(folder: Path, name: str) -> Path:
 
 def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str],
                 model_factory: ModelFactory, cfg: TrainConfig, observer: FoldObserver, augment, verbose: int,
-                checkpoint: FitCheckpoint | None, seed: int, keep_weights: bool = False,
-                member_file: Path | None = None) -> FoldResult:
+                checkpoint: FitCheckpoint | None, seed: int, member_file: Path | None = None) -> FoldResult:
     resumed = checkpoint.load() if checkpoint is not None else None
     callbacks = observer.fold_started(name, len(train_idx), len(val_idx), resumed.history if resumed else None)
     try:
@@ -160,7 +158,7 @@ def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.n
         proba = predict_proba(final_form(model, cfg), val.images, cfg.batch_size, feature_store_for(cfg),
                               activation_cache_for(cfg))
         result = FoldResult(name, classification_metrics(val.labels, proba, class_names), history, val_idx, proba,
-                            model.get_weights() if keep_weights else None)
+                            model.get_weights() if cfg.ensemble == "folds" else None)
         if member_file is not None:  # before the store records the fold: a resume then finds both or neither
             save_weights(member_file, result.weights)
     except BaseException as exc:
