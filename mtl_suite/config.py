@@ -293,6 +293,8 @@ def validate(config: Any) -> None:
         (0 < t.decay_rate <= 1, "train.decay_rate", "in (0, 1]", t.decay_rate),
         (0 <= t.dropout < 1, "train.dropout", "in [0, 1)", t.dropout),
         (t.unfreeze_layers >= 0, "train.unfreeze_layers", "0 or more", t.unfreeze_layers),
+        (t.early_stopping_patience >= 0, "train.early_stopping_patience", "0 (never stop early) or more",
+         t.early_stopping_patience),
         (all(u >= 1 for u in t.dense_units), "train.dense_units", "positive integers", t.dense_units),
         (t.precision in PRECISIONS, "train.precision", f"one of {', '.join(PRECISIONS)}", t.precision),
         (t.execution in EXECUTIONS, "train.execution", f"one of {', '.join(EXECUTIONS)}", t.execution),

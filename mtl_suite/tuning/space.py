@@ -124,6 +124,15 @@ def _finetuning(params: Mapping[str, Any]) -> bool:
     return params["finetune_epochs"] > 0
 
 
+def _augmenting(params: Mapping[str, Any]) -> bool:
+    return params["augment"] != "none"
+
+
+def _augmenting_online(params: Mapping[str, Any]) -> bool:
+    """Offline copies are drawn at the policy's own strength (imaging/augment.py balance_classes)."""
+    return _augmenting(params) and params["augment_mode"] == "online"
+
+
 # Sampling order matters: a parameter's `active` condition only reads parameters listed before it.
 PARAMS: dict[str, ParamInfo] = {
     info.name: info
@@ -145,9 +154,19 @@ PARAMS: dict[str, ParamInfo] = {
                   _check_config("train.unfreeze_layers"), _finetuning),
         ParamInfo("finetune_learning_rate", "learning rate of the fine-tuning phase", "train.finetune_learning_rate",
                   _check_config("train.finetune_learning_rate"), _finetuning),
+        ParamInfo("early_stopping_patience", "epochs without a lower validation loss before a phase stops (its best "
+                  "weights restored); 0: never stop early", "train.early_stopping_patience",
+                  _check_config("train.early_stopping_patience")),
         ParamInfo("augment", "augmentation policy of the training batches", "train.augment", _check_augment),
-        ParamInfo("augment_strength", "augmentation strength (scales shift, scale and colour ranges)", None,
-                  _check_range(0.0, 3.0, float), lambda params: params["augment"] != "none"),
+        ParamInfo("augment_mode", "online: each batch augmented afresh (through the whole network); offline: a fixed, "
+                  "class-balanced augmented copy of each training fold (the paper's; the caches still apply)",
+                  "train.augment_mode", _check_config("train.augment_mode"), _augmenting),
+        ParamInfo("augment_strength", "online augmentation strength (scales shift, scale and colour ranges)", None,
+                  _check_range(0.0, 3.0, float), _augmenting_online),
+        ParamInfo("stain", "stain control inside the model graph: none, gray, reinhard", "train.stain",
+                  _check_config("train.stain")),
+        ParamInfo("tta", "test-time augmentation of every prediction, fold validation included: none or flips",
+                  "train.tta", _check_config("train.tta")),
     ]
 }
 
@@ -194,7 +213,8 @@ def _defaults(base: TrainConfig) -> dict[str, Any]:
             "dense_layers": len(base.dense_units), "decay_rate": base.decay_rate,
             "warmup_epochs": base.warmup_epochs, "finetune_epochs": base.finetune_epochs,
             "unfreeze_layers": base.unfreeze_layers, "finetune_learning_rate": base.finetune_learning_rate,
-            "augment": base.augment, "augment_strength": 1.0}
+            "early_stopping_patience": base.early_stopping_patience, "augment": base.augment,
+            "augment_mode": base.augment_mode, "augment_strength": 1.0, "stain": base.stain, "tta": base.tta}
 
 
 def to_overrides(params: Mapping[str, Any], base: TrainConfig) -> tuple[dict[str, Any], float]:

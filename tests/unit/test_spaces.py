@@ -72,6 +72,39 @@ def test_sampling_skips_inactive_parameters():
     assert "unfreeze_layers" in every.asked
 
 
+def test_strength_is_drawn_only_for_online_augmentation(tmp_path):
+    """Offline copies are made at the policy's own strength: a strength drawn for them would be a dead dimension."""
+    space = load_space(write(tmp_path, {"params": {
+        "augment": {"type": "categorical", "choices": ["none", "paper"]},
+        "augment_mode": {"type": "categorical", "choices": ["online", "offline"]},
+        "augment_strength": {"type": "float", "low": 0.5, "high": 1.5}}}), "stage3", "xception")
+    offline = FirstChoice(augment="paper", augment_mode="offline")
+    assert space.sample(offline, TrainConfig()) == {"augment": "paper", "augment_mode": "offline"}
+    assert "augment_strength" not in offline.asked
+    assert space.sample(FirstChoice(augment="paper"), TrainConfig())["augment_strength"] == 0.5
+    assert space.sample(FirstChoice(), TrainConfig()) == {"augment": "none"}  # no mode without augmentation
+
+
+def test_stain_tta_and_patience_set_their_config_keys(tmp_path):
+    space = load_space(write(tmp_path, {"params": {
+        "early_stopping_patience": {"type": "int", "low": 2, "high": 4},
+        "stain": {"type": "categorical", "choices": ["gray", "none"]},
+        "tta": {"type": "categorical", "choices": ["flips", "none"]}}}), "stage3", "xception")
+    params = space.sample(FirstChoice(), TrainConfig())
+    overrides, _ = to_overrides(params, TrainConfig())
+    assert overrides == {"train.early_stopping_patience": 2, "train.stain": "gray", "train.tta": "flips"}
+
+
+@pytest.mark.parametrize("name, value, reason", [("stain", "macenko", "one of none, gray, reinhard"),
+                                                 ("tta", "rotations", "one of none, flips"),
+                                                 ("augment_mode", "sometimes", "one of online, offline"),
+                                                 ("early_stopping_patience", -1, "0 \\(never stop early\\) or more")])
+def test_bad_choices_of_the_new_parameters_are_refused(tmp_path, name, value, reason):
+    path = write(tmp_path, {"params": {name: {"type": "categorical", "choices": [value]}}})
+    with pytest.raises(UserError, match=reason):
+        load_space(path, "stage3", "xception")
+
+
 def test_overrides_build_the_head_and_keep_strength_apart():
     overrides, strength = to_overrides({"learning_rate": 0.01, "dense_units": 256, "dense_layers": 3,
                                         "augment": "paper", "augment_strength": 1.3}, TrainConfig())
@@ -149,3 +182,10 @@ def test_only_tuning_imports_optuna_and_keras_tuner_or_calls_suggest():
         if pattern.search(path.read_text(encoding="utf-8")):
             offenders.append(str(path.relative_to(PACKAGE)))
     assert offenders == []
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES_DIR.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_committed_study_file_loads_for_its_stage(path):
+    stage = yaml.safe_load(path.read_text())["stage"]
+    for backbone in ("mobilenet_025", "xception"):
+        assert load_space(path, stage, backbone).params
