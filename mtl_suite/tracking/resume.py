@@ -109,9 +109,11 @@ def origin_of(run: Run) -> str:
     return run.data.tags.get(ORIGIN) or run.info.run_id
 
 
-def adopt(previous: Run, new_run_id: str, say: Callable[[str], None]) -> dict[str, FoldResult]:
+def adopt(previous: Run, new_run_id: str, say: Callable[[str], None],
+          reusable: Callable[[str], bool] = lambda fold: True) -> dict[str, FoldResult]:
     """Move `previous`'s finished folds under `new_run_id` and return their results; delete its unfinished fold
-    runs; mark it KILLED if it was left RUNNING."""
+    runs, and the finished ones that are not `reusable` (the training will redo them: one run per fold); mark it
+    KILLED if it was left RUNNING."""
     client = mlflow.MlflowClient()
     old_id = previous.info.run_id
     if previous.info.status == RUNNING:  # its process died without closing it
@@ -120,7 +122,8 @@ def adopt(previous: Run, new_run_id: str, say: Callable[[str], None]) -> dict[st
     folds: dict[str, FoldResult] = {}
     for child in _children(previous):
         fold = child.data.tags.get("fold", "")
-        result = _fold_result(child) if child.info.status == FINISHED and fold != "final" else None
+        finished = child.info.status == FINISHED and fold != "final" and reusable(fold)
+        result = _fold_result(child) if finished else None
         if result is not None and fold not in folds:
             client.set_tag(child.info.run_id, "mlflow.parentRunId", new_run_id)
             client.set_tag(child.info.run_id, "adopted_from", old_id)

@@ -134,6 +134,12 @@ def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_
                     [r.history for r in results], [r.weights for r in results if r.weights is not None])
 
 
+def fold_reusable(name: str, cfg: TrainConfig, checkpoints: Path | None) -> bool:
+    """Whether a finished fold of an interrupted attempt can stand in this one: a fold ensemble needs the fold's
+    weights as well as its metrics, and they are kept only with the run's checkpoints."""
+    return cfg.ensemble != "folds" or (checkpoints is not None and _member_file(checkpoints, name).is_file())
+
+
 def _checkpoint(folder: Path | None, name: str) -> FitCheckpoint | None:
     return FitCheckpoint(folder / name) if folder is not None else None
 

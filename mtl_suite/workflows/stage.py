@@ -31,7 +31,8 @@ from mtl_suite.tracking import resume, stage_log
 from mtl_suite.tracking.folds import MlflowFoldObserver
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 from mtl_suite.training.activations import describe_finetuning
-from mtl_suite.training.cv import FoldResult, TestResult, cross_validate, ensemble_and_test, refit_and_test
+from mtl_suite.training.cv import (FoldResult, TestResult, cross_validate, ensemble_and_test, fold_reusable,
+                                   refit_and_test)
 from mtl_suite.training.progress import FoldProgress
 from mtl_suite.training.stages import imagenet_backbone_file, model_factory
 from mtl_suite.workflows import stage_checks
@@ -110,8 +111,9 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
                 # Tagged before adopting: if this attempt dies too, the next one finds it (and what it adopted).
                 origin = resume.origin_of(interrupted) if interrupted else run.info.run_id
                 mlflow.set_tags({resume.RESUME_KEY: key, resume.ORIGIN: origin, **resume.owner_tags()})
-                adopted = resume.adopt(interrupted, run.info.run_id, say) if interrupted else {}
                 checkpoints = resume.checkpoint_folder(origin)
+                reusable = functools.partial(fold_reusable, cfg=request.config.train, checkpoints=checkpoints)
+                adopted = resume.adopt(interrupted, run.info.run_id, say, reusable) if interrupted else {}
                 stage_log.log_setup(_run_tags(plan, request, task_data, parent_id), request.config, task_data,
                                     workdir)
                 stage_log.log_exposure(exposure_of(plan, task_data, parent_id, run.info.run_id))

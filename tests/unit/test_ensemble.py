@@ -4,6 +4,8 @@ probabilities as the whole graph."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import keras
 import numpy as np
 import pytest
@@ -91,7 +93,7 @@ def test_a_resumed_fold_ensemble_reuses_finished_folds_only_with_their_weights(t
     (same members as an uninterrupted run), and trained again when they were not."""
     from mtl_suite.data.manifest import Entry
     from mtl_suite.data.splits import Split
-    from mtl_suite.training.cv import FoldResult, SilentObserver, cross_validate
+    from mtl_suite.training.cv import FoldResult, SilentObserver, cross_validate, fold_reusable
     from mtl_suite.training.fit import ArrayData
 
     rng = np.random.default_rng(0)
@@ -130,7 +132,38 @@ def test_a_resumed_fold_ensemble_reuses_finished_folds_only_with_their_weights(t
     for ours, theirs in zip(resumed.members[0], whole.members[0]):
         np.testing.assert_array_equal(ours, theirs)
 
+    assert fold_reusable("fold-0", cfg, checkpoints) and fold_reusable("fold-0", replace(cfg, ensemble="none"), None)
     (checkpoints / "members" / "fold-0.npz").unlink()
+    assert not fold_reusable("fold-0", cfg, checkpoints)  # so a resumed run drops the stored fold-0 run (below)
     observer = Trained()
     cross_validate(data, split, ["0", "1"], factory, cfg, observer, completed=from_store, checkpoints=checkpoints)
     assert observer.folds == ["fold-0", "fold-1"]
+
+
+def test_adopting_an_interrupted_run_drops_the_finished_folds_that_will_be_trained_again(tmp_path):
+    """A finished fold that cannot be reused (a fold ensemble's fold whose weights were not kept) is trained again
+    under the new run, so its old run goes: one run per fold, never two fold-0 runs under one stage run."""
+    import mlflow
+
+    from mtl_suite.tracking import resume
+    from mtl_suite.training.cv import FoldResult
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("adopt")
+    old = client.create_run(experiment)
+    for fold in ("fold-0", "fold-1"):
+        child = client.create_run(experiment, tags={"mlflow.parentRunId": old.info.run_id, "fold": fold})
+        result = FoldResult(fold, {"accuracy": 0.5}, {"loss": [1.0]}, np.array([0]), np.array([[0.5, 0.5]]))
+        client.log_dict(child.info.run_id, result.to_json(), resume.FOLD_RESULT)
+        client.set_terminated(child.info.run_id, "FINISHED")
+    new = client.create_run(experiment)
+    said = []
+    folds = resume.adopt(client.get_run(old.info.run_id), new.info.run_id, said.append,
+                         reusable=lambda fold: fold == "fold-1")
+    assert list(folds) == ["fold-1"] and "1 finished fold(s) reused (fold-1)" in said[0]
+    under_new = mlflow.search_runs([experiment], f"tags.mlflow.parentRunId = '{new.info.run_id}'",
+                                   output_format="list")
+    assert [run.data.tags["fold"] for run in under_new] == ["fold-1"]
+    left = mlflow.search_runs([experiment], f"tags.mlflow.parentRunId = '{old.info.run_id}'", output_format="list")
+    assert left == []  # fold-0's run is deleted, not left behind under the old attempt
