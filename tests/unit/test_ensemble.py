@@ -78,6 +78,19 @@ def test_members_are_scored_through_the_cache_with_the_graphs_probabilities(tmp_
     assert len(store.entries()) == len(x) * len(FLIP_VIEWS)
 
 
+def test_re_stained_images_are_scored_chunk_by_chunk_with_the_graphs_probabilities(monkeypatch):
+    """The robustness check scores an ensemble a chunk at a time (a throw-away store per chunk bounds the disk it
+    takes); chunks of 4 over 6 images, so the last one is partial."""
+    from mtl_suite.workflows import stage_checks
+
+    model = with_flips(fold_ensemble([classifier(5), classifier(6)]))
+    x = images()
+    whole = model.predict(x.astype("float32"), verbose=0)
+    monkeypatch.setattr(stage_checks, "SHIFTED_CHUNK", 4)
+    cfg = TrainConfig(backbone="tiny", finetune_epochs=1, unfreeze_layers=1, batch_size=4)
+    np.testing.assert_allclose(stage_checks._shifted_predictions(model, x, cfg), whole, rtol=1e-4, atol=1e-5)
+
+
 def test_ensemble_and_tta_are_validated_and_stay_out_of_keys_when_unset():
     with pytest.raises(UserError, match="'train.ensemble' must be one of none, folds. Received: 'bag'"):
         load_config(overrides={"train.ensemble": "bag"})
