@@ -19,7 +19,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from mtl_suite.config import TrainConfig
 from mtl_suite.data.arrays import ArrayData
-from mtl_suite.data.pipeline import BatchAugment, training_batches
+from mtl_suite.data.pipeline import BatchAugment, evaluation_batches, training_batches
 from mtl_suite.models.backbones import set_trainable_top
 from mtl_suite.models.ensemble import flipped, prediction_parts
 from mtl_suite.models.heads import head_on_features
@@ -30,7 +30,7 @@ from mtl_suite.training.checkpoint import (
 from mtl_suite.training.activations import (
     ActivationCache, ActivationStore, Cut, cut_activations, features_through_cut, find_cut, planned_cut,
 )
-from mtl_suite.training.features import FeatureStore, backbone_features
+from mtl_suite.training.features import FeatureStore, backbone_features, predict_in_chunks
 from mtl_suite.training.metrics import as_class_probabilities
 
 # (phase name, first epoch number of the phase) -> callbacks for that phase, e.g. an MLflow epoch logger.
@@ -264,7 +264,8 @@ class ShowClassifier(keras.callbacks.Callback):
 
 def _fit(model, train, val, cfg, n_classes, epochs, callbacks, augment, verbose, seed, first_epoch):
     weights = class_weights(train.labels, n_classes) if cfg.class_weights else None
-    validation = (val.images, _targets(model, val.labels)) if val is not None and len(val) else None
+    validation = (evaluation_batches(val.images, _targets(model, val.labels), cfg.batch_size)
+                  if val is not None and len(val) else None)
     batches, steps = training_batches(train.images, _targets(model, train.labels), cfg.batch_size, seed,
                                       first_epoch, epochs, augment)
     return model.fit(batches, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
@@ -300,8 +301,8 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64,
         cut = _fine_tuned_cut(model, activation_cache)
         if cut is not None:
             activations = cut_activations(cut, images, activation_cache.store, activation_cache.dtype, batch_size)
-            return as_class_probabilities(cut.top.predict(activations, batch_size=batch_size, verbose=0))
-        return as_class_probabilities(model.predict(images, batch_size=batch_size, verbose=0))
+            return as_class_probabilities(predict_in_chunks(cut.top, activations, batch_size))
+        return as_class_probabilities(predict_in_chunks(model, images, batch_size))
     compute = _through_cut(model, backbone, activation_cache, batch_size)
     features = backbone_features(backbone, images, feature_store, batch_size, compute)
     return as_class_probabilities(_run_head(head_on_features(model, backbone), features, batch_size))
