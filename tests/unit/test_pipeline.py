@@ -269,3 +269,23 @@ def test_training_batches_with_a_real_policy_repeat_exactly():
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(xa, xb)
     assert any(not np.array_equal(x, images[y]) for x, y in first)  # it did augment
+
+
+def test_training_and_evaluation_batches_are_the_arrays_rows_in_their_order():
+    """Batches are gathered from the numpy arrays by index (never copied whole into TensorFlow): each training
+    epoch is epoch_order's permutation of the rows, the evaluation batches the rows in order, the last one short."""
+    images = np.random.default_rng(1).random((11, 3, 3, 2), dtype=np.float32)
+    labels = np.arange(11, dtype=np.int32)
+    dataset, steps = pipeline.training_batches(images, labels, 4, seed=5, first_epoch=1, epochs=3)
+    batches = [(x.numpy(), y.numpy()) for x, y in dataset]
+    assert steps == 3 and [len(y) for _, y in batches] == [4, 4, 3] * 2
+    for epoch, start in ((1, 0), (2, 3)):
+        order = np.concatenate([y for _, y in batches[start:start + 3]])
+        np.testing.assert_array_equal(order, pipeline.epoch_order(11, 5, epoch))
+    for x, y in batches:
+        assert x.dtype == images.dtype
+        np.testing.assert_array_equal(x, images[y])
+    evaluation = [(x.numpy(), y.numpy()) for x, y in pipeline.evaluation_batches(images, labels, 4)]
+    assert [len(y) for _, y in evaluation] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in evaluation]), images)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in evaluation]), labels)
