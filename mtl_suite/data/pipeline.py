@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -136,7 +137,7 @@ def training_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, se
         # keeps augmentation off the training step's critical path.
         dataset = dataset.map(_seeded_augment(augment, seed), num_parallel_calls=1)
     dataset = dataset.map(lambda epoch, step, x, y: (x, y)).with_options(_deterministic())
-    return dataset.prefetch(tf.data.AUTOTUNE), steps
+    return _holding(dataset.prefetch(tf.data.AUTOTUNE), images, labels), steps
 
 
 def evaluation_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
@@ -149,23 +150,44 @@ def evaluation_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
     dataset = tf.data.Dataset.from_tensor_slices(starts).map(
         lambda start: take(tf.range(start, tf.minimum(start + batch_size, len(images)))),
         num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.with_options(_deterministic()).prefetch(tf.data.AUTOTUNE)
+    return _holding(dataset.with_options(_deterministic()).prefetch(tf.data.AUTOTUNE), images, labels)
 
 
 def _gathered(images: np.ndarray, labels: np.ndarray):
-    """index tensor -> (images[index], labels[index]), read from the numpy arrays by reference. Keras (and
-    tf.data.from_tensors) would first copy each whole array into TensorFlow's memory, and keep it for the fit: with
-    2,191 cached Xception activations that is 1.25 GB more, twice over while it is made."""
+    """index tensor -> (images[index], labels[index]), read from the numpy arrays in place. Keras (and
+    tf.data.from_tensors) would first copy each whole array into TensorFlow's memory and keep it for the fit: with
+    2,191 cached Xception activations that is 1.25 GB more, twice over while it is made.
+
+    The function TensorFlow keeps for the numpy call holds the arrays only weakly: in eager mode TensorFlow never
+    releases it (it stays with the process-wide graph), so a strong reference would keep every fold's arrays alive.
+    The dataset that reads them holds them instead (`_holding`)."""
     import tensorflow as tf
 
+    refs = (weakref.ref(images), weakref.ref(labels))
+
+    def rows(which: int):
+        def read(index: np.ndarray) -> np.ndarray:
+            array = refs[which]()
+            if array is None:
+                raise RuntimeError("a batch was asked of arrays already released: read a dataset of "
+                                   "training_batches/evaluation_batches only while it exists")
+            return array[index]
+        return read
+
     def take(index):
-        x = tf.numpy_function(lambda i: images[i], [index], tf.as_dtype(images.dtype), stateful=False)
-        y = tf.numpy_function(lambda i: labels[i], [index], tf.as_dtype(labels.dtype), stateful=False)
+        x = tf.numpy_function(rows(0), [index], tf.as_dtype(images.dtype), stateful=False)
+        y = tf.numpy_function(rows(1), [index], tf.as_dtype(labels.dtype), stateful=False)
         x.set_shape((None, *images.shape[1:]))
         y.set_shape((None, *labels.shape[1:]))
         return x, y
 
     return take
+
+
+def _holding(dataset, *arrays: np.ndarray):
+    """`dataset`, keeping `arrays` alive as long as it is (plain attribute: tf.data's tracking would wrap them)."""
+    object.__setattr__(dataset, "_source_arrays", arrays)
+    return dataset
 
 
 def _deterministic():
