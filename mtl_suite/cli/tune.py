@@ -45,7 +45,8 @@ def tune(
                       "optimisation).")] = "optuna",
     sampler: Annotated[choice(SAMPLERS), typer.Option("--sampler", help="Optuna's sampler (gp needs PyTorch).")
                        ] = "tpe",
-    pruner: Annotated[choice(PRUNERS), typer.Option("--pruner", help="Optuna's pruner.")] = "median",
+    pruner: Annotated[choice(PRUNERS), typer.Option("--pruner", help="Optuna's pruner: median (judged from the first "
+                      "epoch at which every trial is fine-tuning), hyperband, or none.")] = "median",
     metric: Annotated[str, typer.Option("--metric", help="CV metric to optimise: f1_macro, accuracy, auc_macro, "
                       "... (direction follows the metric).")] = "f1_macro",
     folds: Annotated[int, typer.Option("--folds", help="CV folds per trial.")] = 3,

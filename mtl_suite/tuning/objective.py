@@ -71,6 +71,10 @@ class TuningContext:
         return self.space.max_epochs(self.base.train)
 
     @property
+    def warmup_steps(self) -> int:
+        return self.space.max_warmup_epochs(self.base.train)
+
+    @property
     def max_steps(self) -> int:
         return self.epoch_steps + self.task_data.split.folds
 

@@ -65,11 +65,14 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "tpe": _sampler_tpe, "random": _sampler_random, "cmaes": _sampler_cmaes, "gp": _sampler_gp}
 
 
-def make_pruner(name: str, max_steps: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, max_steps: int, warmup_steps: int = 0) -> optuna.pruners.BasePruner:
     """median: stop a trial whose report is below the median of earlier trials at the same step (after 5 finished
-    trials); hyperband: successive halving over the steps (epochs of fold 0, then folds)."""
+    trials), judged only from the first step at which every trial is fine-tuning (`warmup_steps`): warm-up epochs
+    train the head on cached features, so stopping there saves almost no time, and their validation scores differ
+    by an image or two (22 of 32 trials of the aria-all study were stopped on them, benchmarks/RESULTS.md);
+    hyperband: successive halving over the steps (epochs of fold 0, then folds)."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup_steps)
     if name == "hyperband":  # brackets by trial slot, so a redone trial is judged as its first try was
         return SlotHyperbandPruner(min_resource=1, max_resource=max(2, max_steps), reduction_factor=3)
     if name == "none":
@@ -269,7 +272,8 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
     if request.sampler not in SAMPLERS:
         raise UserError(f"--sampler {request.sampler!r}: expected one of: {', '.join(SAMPLERS)}")
     SAMPLERS[request.sampler](request.seed)  # fail on a missing package before any work
-    pruner = request.pruner if not isinstance(request.pruner, str) else make_pruner(request.pruner, ctx.max_steps)
+    pruner = (make_pruner(request.pruner, ctx.max_steps, ctx.warmup_steps) if isinstance(request.pruner, str)
+              else request.pruner)
     pruner_name = request.pruner if isinstance(request.pruner, str) else type(request.pruner).__name__
     handler = StaleTrialHandler(request.max_retry, say)
     storage = open_storage(url, request.heartbeat_interval, request.grace_period, handler)

@@ -194,9 +194,14 @@ class SearchSpace:
 
     def max_epochs(self, base: TrainConfig) -> int:
         """The most epochs a trial can train (per-epoch pruning reports use steps below this)."""
-        view = _defaults(base)
-        return int(sum(self.params[k].upper() if k in self.params else view[k]
-                       for k in ("warmup_epochs", "finetune_epochs")))
+        return self._most("warmup_epochs", base) + self._most("finetune_epochs", base)
+
+    def max_warmup_epochs(self, base: TrainConfig) -> int:
+        """The most warm-up epochs a trial can draw: from this step on, every trial is fine-tuning."""
+        return self._most("warmup_epochs", base)
+
+    def _most(self, name: str, base: TrainConfig) -> int:
+        return int(self.params[name].upper() if name in self.params else _defaults(base)[name])
 
     def as_dict(self) -> dict:
         return {"stage": self.stage, "backbone": self.backbone,

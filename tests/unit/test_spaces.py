@@ -56,6 +56,7 @@ def test_backbone_section_replaces_stage_wide_specs():
     assert base.params["warmup_epochs"].type == "int" and base.params["warmup_epochs"].high == 4
     assert tiny.params["learning_rate"] == base.params["learning_rate"]  # not overridden: the stage-wide spec
     assert tiny.max_epochs(TrainConfig()) == 1 and base.max_epochs(TrainConfig()) == 6
+    assert tiny.max_warmup_epochs(TrainConfig()) == 1 and base.max_warmup_epochs(TrainConfig()) == 4
 
 
 def test_sampling_skips_inactive_parameters():
