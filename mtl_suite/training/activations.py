@@ -28,11 +28,10 @@ from mtl_suite.config import ACTIVATION_DTYPES, TrainConfig
 from mtl_suite.errors import UserError
 from mtl_suite.models.backbones import base_model
 from mtl_suite.models.precision import dtype_policy_scope
-from mtl_suite.training.features import backbone_digest
+from mtl_suite.training.features import CHUNK, backbone_digest
 
 FORMAT = "activations-v1"  # bump when the meaning of a stored array changes
 AUTO, NONE = "auto", "none"
-CHUNK = 128  # images per extraction call: bounds the memory of one step and shows progress
 
 
 @dataclass(frozen=True)

@@ -92,14 +92,14 @@ def _compute(backbone: keras.Model, images: np.ndarray, batch_size: int) -> np.n
     return np.asarray(predict_in_chunks(backbone, images, batch_size), dtype="float32")
 
 
-PREDICT_CHUNK = 128  # images per predict call
+CHUNK = 128  # images per predict or extraction call: bounds the memory of one call and paces progress lines
 
 
 def predict_in_chunks(model: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """model.predict, PREDICT_CHUNK inputs per call: Keras copies a numpy input whole into TensorFlow (twice while
+    """model.predict, CHUNK inputs per call: Keras copies a numpy input whole into TensorFlow (twice while
     it slices it, and the process keeps the memory), so one call on 548 test images' Xception activations would
     hold 0.6 GB more than its chunks do."""
-    if len(inputs) <= PREDICT_CHUNK:
+    if len(inputs) <= CHUNK:
         return model.predict(inputs, batch_size=batch_size, verbose=0)
-    return np.concatenate([model.predict(inputs[start:start + PREDICT_CHUNK], batch_size=batch_size, verbose=0)
-                           for start in range(0, len(inputs), PREDICT_CHUNK)])
+    return np.concatenate([model.predict(inputs[start:start + CHUNK], batch_size=batch_size, verbose=0)
+                           for start in range(0, len(inputs), CHUNK)])
