@@ -5,9 +5,12 @@ The stage-3 task of a smear dataset (4-class, 5-fold split; fold 0's training pa
 backbone's top `--unfreeze-layers` weighted layers trainable (batch norm frozen, as the suite fine-tunes), the
 stage-3 dense/dropout head. Cached: the activations at the cut (training/activations.py) are extracted once for
 every image of the dataset, then the layers above the cut train for --epochs epochs on them; the per-epoch figure is
-the median of the epochs after the first (the first also traces the step). Uncached: the whole classifier trains
-on --uncached-images training images for 2 epochs; the second epoch's time per image is scaled to fold 0's
-training part (extrapolated, and said so: an epoch through the whole network on all of them takes many minutes).
+the median of the epochs after the first (the first also traces the step), validation included. Uncached: the whole
+classifier trains on --uncached-images training images for 2 epochs and predicts them twice; the second epoch's and
+the second prediction's time per image are scaled to fold 0's training and validation parts (extrapolated, and said
+so: an epoch through the whole network on all of them takes many minutes). Beside them: the forward GFLOP per image
+of the whole network and of the top above the cut (cut_flops.py), the most the cache can gain per epoch at equal
+GFLOP/s, and the GFLOP/s the cached epoch reaches (to set against the machine's matmul limit).
 
     python benchmarks/bench_activation_cache.py --backbone xception \
         --weights ../shared/weights/xception_imagenet_notop.weights.h5 \
@@ -28,6 +31,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchlib import SAMPLE, add_quick, emit, quick_defaults  # noqa: E402
+from cut_flops import epoch_bound, forward_flops  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -85,6 +89,13 @@ def fit(model, images, labels, val, args, n_classes: int, epochs: int) -> list[f
     return timer.seconds
 
 
+def predict_seconds(model, images, batch_size: int) -> float:
+    model.predict(images, batch_size=batch_size, verbose=0)  # traces the step
+    start = time.perf_counter()
+    model.predict(images, batch_size=batch_size, verbose=0)
+    return time.perf_counter() - start
+
+
 def measure(args, size: int) -> dict:
     import numpy as np
 
@@ -111,7 +122,10 @@ def measure(args, size: int) -> dict:
     model, backbone = build(args, size, n_classes)  # the same starting point for the uncached fit
     part = train_idx[:args.uncached_images]
     seconds = fit(model, images[part], labels[part], None, args, n_classes, 2)[1]
-    uncached_epoch = seconds / len(part) * len(train_idx)
+    validation = predict_seconds(model, images[part], args.batch_size)
+    uncached_epoch = (seconds * len(train_idx) + validation * len(val_idx)) / len(part)
+    whole, top = forward_flops(model, (size, size, 3)) / 1e9, forward_flops(cut.top, cut.shape) / 1e9
+    cached_gflop = (3 * len(train_idx) + len(val_idx)) * top  # backward about 2 x forward
     return {
         "size": size, "images": len(images), "train": len(train_idx), "val": len(val_idx), "cut": cut.layer,
         "activation_shape": "x".join(map(str, cut.shape)), "activation_mb_per_image":
@@ -119,6 +133,9 @@ def measure(args, size: int) -> dict:
         "extraction_s": round(extraction, 1), "extraction_images_per_s": round(len(images) / extraction, 2),
         "cached_epoch_s": round(cached_epoch, 2), "uncached_epoch_s_extrapolated": round(uncached_epoch, 1),
         "uncached_measured_on": len(part), "speedup_per_epoch": round(uncached_epoch / cached_epoch, 1),
+        "gflop_whole": round(whole, 3), "gflop_top": round(top, 3),
+        "speedup_bound": round(epoch_bound(whole, top, len(train_idx), len(val_idx)), 1),
+        "cached_gflop_per_s": round(cached_gflop / cached_epoch, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
 

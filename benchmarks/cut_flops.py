@@ -6,7 +6,10 @@ fine-tuning (RESULTS.md, issue 17) is computed from.
 Prints the auto cut for that many trainable layers, the forward GFLOP per image of the whole classifier and of the
 top above the cut (TensorFlow's profiler on the frozen inference graph; weights do not change the count), and with
 --matmul the median GFLOP/s of a 2048 x 2048 float32 matmul as the suite runs TensorFlow (oneDNN on x86). A
-fine-tuning epoch on cached activations costs about 3 x top forward per training image + 1 x per validation image."""
+fine-tuning epoch on cached activations costs about 3 x top forward per training image + 1 x per validation image;
+through the whole network it also runs the frozen bottom's forward pass for every image. The ratio of the two is the
+most a cache can gain per epoch when both run at the same GFLOP/s (printed for --train/--val images: by default
+stage 3's fold 0 on aria-all, 1,753 and 438)."""
 
 from __future__ import annotations
 
@@ -28,11 +31,21 @@ def forward_flops(model, shape: tuple[int, ...]) -> int:
     return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
 
 
+def epoch_bound(whole: float, top: float, train: int, val: int) -> float:
+    """Epoch FLOPs through the whole network over those on cached activations (backward about 2 x forward)."""
+    bottom = whole - top
+    uncached = train * (bottom + 3 * top) + val * whole
+    cached = train * 3 * top + val * top
+    return uncached / cached
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="xception")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--unfreeze-layers", type=int, default=5)
+    parser.add_argument("--train", type=int, default=1753, help="training images per epoch")
+    parser.add_argument("--val", type=int, default=438, help="validation images per epoch")
     parser.add_argument("--matmul", action="store_true", help="also measure the matmul limit (run on a quiet machine)")
     args = parser.parse_args()
 
@@ -50,6 +63,8 @@ def main() -> None:
     print(f"{args.backbone} {args.size} px, top {args.unfreeze_layers} weighted layers trainable: cut {cut.layer} "
           f"{cut.shape}; forward GFLOP per image: whole {whole / 1e9:.3f}, above the cut {top / 1e9:.3f} "
           f"({top / whole:.1%})")
+    print(f"per-epoch speed-up bound at equal GFLOP/s ({args.train} training, {args.val} validation images): "
+          f"{epoch_bound(whole, top, args.train, args.val):.1f}x")
     if args.matmul:
         from bench_throughput import matmul_gflops
 
