@@ -14,6 +14,7 @@ from mtl_suite.analysis import compare as stats
 from mtl_suite.analysis.machine import machine_description
 from mtl_suite.analysis.tables import markdown_table
 from mtl_suite.catalog import Arm
+from mtl_suite.config import TrainConfig
 
 if TYPE_CHECKING:  # the caller's types, for the reader; no import at run time (workflows/ sits above analysis/)
     from mtl_suite.workflows.compare import CompareRequest, Pair
@@ -61,9 +62,7 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
              f"{', '.join(d[:16] for d in digests) or 'n/a'}; {cfg.data.image_size} px; outer test fraction "
              f"{cfg.data.test_fraction}; {cfg.data.folds} CV folds per run; n_test / n_train = {ratio:.3f}",
              _labels_line(pairs),
-             f"- Budget per arm: {cfg.train.warmup_epochs} warm-up + {cfg.train.finetune_epochs} fine-tuning "
-             f"epochs, batch {cfg.train.batch_size}, lr {cfg.train.learning_rate}, head {cfg.train.dense_units}, "
-             f"weights {cfg.train.weights}" + (f", parameters from study {request.study}" if request.study else ""),
+             budget_line(cfg.train, request.study),
              "- Protocol: pair i trains both arms with seed base+i on the same split (split seed base+i; the split "
              "digests of the two arms are checked to be equal). CTL = ImageNet -> task. MTL = ImageNet -> stage 2 "
              "(single-cell crops of the same split's development images only; re-run per pair) -> stage 3 with the "
@@ -113,6 +112,19 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
               "## Runs", ""]
     lines += [f"- run {p.index + 1}: " + ", ".join(f"{k} `{v}`" for k, v in sorted(p.runs.items())) for p in pairs]
     return "\n".join(lines) + "\n"
+
+
+def budget_line(train: TrainConfig, study: str | None = None) -> str:
+    """Every training setting an arm's score depends on, so a reader can tell one comparison's budget from another's."""
+    augment = "none" if train.augment == "none" else f"{train.augment} ({train.augment_mode})"
+    final = [f"{name} {value}" for name, value in (("ensemble", train.ensemble), ("test-time", train.tta))
+             if value != "none"]
+    return (f"- Budget per arm: {train.warmup_epochs} warm-up epochs (head {train.dense_units}, dropout "
+            f"{train.dropout}, lr {train.learning_rate}, decay {train.decay_rate}) + {train.finetune_epochs} "
+            f"fine-tuning epochs (top {train.unfreeze_layers} weighted layers, lr {train.finetune_learning_rate}, "
+            f"early-stopping patience {train.early_stopping_patience}), batch {train.batch_size}; stain "
+            f"{train.stain}, augmentation {augment}" + "".join(f", {item}" for item in final)
+            + f"; weights {train.weights}" + (f"; parameters from study {study}" if study else ""))
 
 
 def error_line(c: stats.Comparison) -> str:
