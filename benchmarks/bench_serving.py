@@ -78,6 +78,7 @@ def main() -> None:
     backbone = ["--backbone", "tiny", "--weights", "none"] if args.quick else ["--backbone", "mobilenet_025"]
 
     root = args.store or Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    root.mkdir(parents=True, exist_ok=True)  # --store may name a folder not made yet
     uri = args.tracking_uri or f"sqlite:///{root}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     cli = str(BIN / "mtl-suite")
