@@ -31,7 +31,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchlib import SAMPLE, add_quick, emit, quick_defaults  # noqa: E402
-from cut_flops import epoch_bound, forward_flops  # noqa: E402
+from cut_flops import cached_epoch_flops, epoch_bound, forward_flops  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -125,7 +125,6 @@ def measure(args, size: int) -> dict:
     validation = predict_seconds(model, images[part], args.batch_size)
     uncached_epoch = (seconds * len(train_idx) + validation * len(val_idx)) / len(part)
     whole, top = forward_flops(model, (size, size, 3)) / 1e9, forward_flops(cut.top, cut.shape) / 1e9
-    cached_gflop = (3 * len(train_idx) + len(val_idx)) * top  # backward about 2 x forward
     return {
         "size": size, "images": len(images), "train": len(train_idx), "val": len(val_idx), "cut": cut.layer,
         "activation_shape": "x".join(map(str, cut.shape)), "activation_mb_per_image":
@@ -135,7 +134,7 @@ def measure(args, size: int) -> dict:
         "uncached_measured_on": len(part), "speedup_per_epoch": round(uncached_epoch / cached_epoch, 1),
         "gflop_whole": round(whole, 3), "gflop_top": round(top, 3),
         "speedup_bound": round(epoch_bound(whole, top, len(train_idx), len(val_idx)), 1),
-        "cached_gflop_per_s": round(cached_gflop / cached_epoch, 1),
+        "cached_gflop_per_s": round(cached_epoch_flops(top, len(train_idx), len(val_idx)) / cached_epoch, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
 

@@ -31,12 +31,17 @@ def forward_flops(model, shape: tuple[int, ...]) -> int:
     return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops
 
 
+def cached_epoch_flops(top: float, train: int, val: int) -> float:
+    """An epoch on cached activations: the top forward and backward (about 2 x forward) per training image, forward
+    per validation image."""
+    return train * 3 * top + val * top
+
+
 def epoch_bound(whole: float, top: float, train: int, val: int) -> float:
-    """Epoch FLOPs through the whole network over those on cached activations (backward about 2 x forward)."""
-    bottom = whole - top
-    uncached = train * (bottom + 3 * top) + val * whole
-    cached = train * 3 * top + val * top
-    return uncached / cached
+    """Epoch FLOPs through the whole network over those on cached activations: the same plus the frozen bottom's
+    forward pass for every image."""
+    uncached = cached_epoch_flops(top, train, val) + (train + val) * (whole - top)
+    return uncached / cached_epoch_flops(top, train, val)
 
 
 def main() -> None:
