@@ -80,6 +80,11 @@ def make_pruner(name: str, max_steps: int, warmup_steps: int = 0) -> optuna.prun
     raise UserError(f"--pruner {name!r}: expected one of: median, hyperband, none")
 
 
+def pruner_label(name: str, warmup_steps: int) -> str:
+    """The study run's `pruner` tag: the median pruner's with the first step it judges (see make_pruner)."""
+    return f"median (judged from step {warmup_steps})" if name == "median" else name
+
+
 def _require(module: str, message: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise UserError(message)
@@ -274,7 +279,8 @@ def run_optuna(request: TuneRequest, ctx: TuningContext, runs: StudyRuns, say: C
     SAMPLERS[request.sampler](request.seed)  # fail on a missing package before any work
     pruner = (make_pruner(request.pruner, ctx.max_steps, ctx.warmup_steps) if isinstance(request.pruner, str)
               else request.pruner)
-    pruner_name = request.pruner if isinstance(request.pruner, str) else type(request.pruner).__name__
+    pruner_name = (pruner_label(request.pruner, ctx.warmup_steps) if isinstance(request.pruner, str)
+                   else type(request.pruner).__name__)
     handler = StaleTrialHandler(request.max_retry, say)
     storage = open_storage(url, request.heartbeat_interval, request.grace_period, handler)
     name = request.name

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from mtl_suite.cli import app
 from mtl_suite.config import load_config
+from mtl_suite.tuning.space import load_space, space_file
 from mtl_suite.tuning.study import TuneRequest
 from mtl_suite.workflows.tune import tune
 
@@ -55,8 +56,9 @@ def tune_cli(store, study, *extra):
 
 @pytest.fixture(scope="module")
 def three_trials(store):
-    """A 3-trial TPE study (stage 1 and 2 are made first, once, for the module)."""
-    result = tune_cli(store, "three", "--trials", "3", "--pruner", "none")
+    """A 3-trial TPE study (stage 1 and 2 are made first, once, for the module). The default median pruner judges
+    none of 3 trials (it waits for 5), but the study run records the step it would judge from."""
+    result = tune_cli(store, "three", "--trials", "3")
     assert result.exit_code == 0, result.output
     return result
 
@@ -68,6 +70,8 @@ def test_three_trials_are_nested_runs_with_params_values_and_fold_metrics(store,
     tags = parent.data.tags
     assert (tags["sampler"], tags["stage"], tags["backbone"], tags["storage"]) == ("tpe", "stage3", "tiny",
                                                                                    store["optuna"])
+    space = load_space(space_file("stage3"), "stage3", "tiny")  # the warm-up epochs it draws from, at most
+    assert tags["pruner"] == f"median (judged from step {space.max_warmup_epochs(load_config(None).train)})"
     study = optuna.load_study(study_name="three", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(store["optuna"])))
     values = {t.number: t.value for t in study.trials}
