@@ -26,6 +26,7 @@ AUGMENT_MODES = ("online", "offline")  # train.augment_mode; see training/cv.py
 STAINS = ("none", "gray", "reinhard")  # train.stain; see models/stain.py (a layer of the model graph)
 ENSEMBLES = ("none", "folds")  # train.ensemble; see models/ensemble.py
 TTAS = ("none", "flips")  # train.tta; see models/ensemble.py
+COLOUR_FUSIONS = ("none", "average")  # train.colour_fusion; see models/colour.py
 # Metadata of fields added after comparisons and interrupted runs were first keyed on the settings: such a field
 # enters those keys only when set (keyed_settings), so work begun before it existed still resumes.
 KEYED_WHEN_SET = {"keyed_when_set": True}
@@ -94,6 +95,9 @@ class TrainConfig:
     ensemble: str = field(default="none", metadata=KEYED_WHEN_SET)
     # tta none | flips: the final model averages its predictions of the image and its three flips
     tta: str = field(default="none", metadata=KEYED_WHEN_SET)
+    # colour_fusion none | average: the final model averages its probabilities with a colour-only classifier's
+    # (histograms and statistics, logistic regression) fit on the same training images; it reads stain, not cells
+    colour_fusion: str = field(default="none", metadata=KEYED_WHEN_SET)
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,8 @@ def validate(config: Any) -> None:
         (t.stain in STAINS, "train.stain", f"one of {', '.join(STAINS)}", t.stain),
         (t.ensemble in ENSEMBLES, "train.ensemble", f"one of {', '.join(ENSEMBLES)}", t.ensemble),
         (t.tta in TTAS, "train.tta", f"one of {', '.join(TTAS)}", t.tta),
+        (t.colour_fusion in COLOUR_FUSIONS, "train.colour_fusion", f"one of {', '.join(COLOUR_FUSIONS)}",
+         t.colour_fusion),
         (t.ensemble == "none" or d.folds >= 2, "train.ensemble + data.folds", "at least 2 folds for a fold "
          "ensemble", f"{t.ensemble} + {d.folds}"),
         (not (t.execution == "eager" and t.jit_compile), "train.execution + train.jit_compile",

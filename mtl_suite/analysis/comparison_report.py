@@ -117,8 +117,8 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
 def budget_line(train: TrainConfig, study: str | None = None) -> str:
     """Every training setting an arm's score depends on, so a reader can tell one comparison's budget from another's."""
     augment = "none" if train.augment == "none" else f"{train.augment} ({train.augment_mode})"
-    final = [f"{name} {value}" for name, value in (("ensemble", train.ensemble), ("test-time", train.tta))
-             if value != "none"]
+    final = [f"{name} {value}" for name, value in (("ensemble", train.ensemble), ("test-time", train.tta),
+                                                    ("colour fusion", train.colour_fusion)) if value != "none"]
     return (f"- Budget per arm: {train.warmup_epochs} warm-up epochs (head {train.dense_units}, dropout "
             f"{train.dropout}, lr {train.learning_rate}, decay {train.decay_rate}) + {train.finetune_epochs} "
             f"fine-tuning epochs (top {train.unfreeze_layers} weighted layers, lr {train.finetune_learning_rate}, "

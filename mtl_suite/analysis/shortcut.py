@@ -29,8 +29,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-SEED = 0
-PERCENTILES = (5, 25, 50, 75, 95)
+from mtl_suite.models.colour import PERCENTILES, REGRESSION_SEED as SEED
+
 CHANNELS = ("red", "green", "blue", "luminance")
 
 

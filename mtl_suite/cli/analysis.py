@@ -12,8 +12,8 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, Ensemble, Experiment, Quiet, SystemMetrics, TaskOption, TrackingUri, Tta,
-    check_inputs, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
+    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, Quiet, SystemMetrics, TaskOption,
+    TrackingUri, Tta, check_inputs, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
     mark_runs_killed_on_sigterm, say, study_overrides, typed,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
@@ -25,7 +25,7 @@ _D, _T = DataConfig(), TrainConfig()
 COMPARE_OPTION_KEYS = config_keys(
     "data", "allow_outside_root", "masks", "image_size", "cell_size", "folds", "test_fraction", "data_seed",
     "backbone", "weights", "epochs", "finetune_epochs", "batch_size", "learning_rate", "augment", "seed",
-    "ensemble", "tta", "tracking_uri", "experiment",
+    "ensemble", "tta", "colour_fusion", "tracking_uri", "experiment",
 )
 
 
@@ -66,6 +66,7 @@ def compare(
     seed: Annotated[int, typer.Option("--seed", help="Base training seed; pair i uses seed + i.")] = _T.seed,
     ensemble: Ensemble = _T.ensemble,
     tta: Tta = _T.tta,
+    colour_fusion: ColourFusion = _T.colour_fusion,
     data_seed: Annotated[int, typer.Option("--data-seed", help="Base split seed; pair i uses it + i.")] = _D.seed,
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Where compare-<backbone>-<task>-<date>.md "
                                              "and its plot go.")] = Path("reports"),

@@ -18,7 +18,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
 from mtl_suite.catalog import Task
-from mtl_suite.config import ENSEMBLES, EXECUTIONS, PRECISIONS, STAINS, TTAS
+from mtl_suite.config import COLOUR_FUSIONS, ENSEMBLES, EXECUTIONS, PRECISIONS, STAINS, TTAS
 from mtl_suite.data.layouts import LAYOUTS
 from mtl_suite.errors import UserError
 from mtl_suite.models.backbones import BACKBONES  # keras-free: the registry's names, --backbone's choices
@@ -39,7 +39,8 @@ CONFIG_KEYS = {
     "execution": "train.execution", "activation_cut": "train.activation_cut",
     "activation_dtype": "train.activation_dtype", "augment_mode": "train.augment_mode",
     "offline_per_class": "train.offline_per_class", "stain": "train.stain", "ensemble": "train.ensemble",
-    "tta": "train.tta", "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
+    "tta": "train.tta", "colour_fusion": "train.colour_fusion", "tracking_uri": "tracking.tracking_uri",
+    "experiment": "tracking.experiment",
 }
 
 
@@ -198,6 +199,7 @@ ExecutionName = choice(EXECUTIONS)
 StainName = choice(STAINS)
 EnsembleName = choice(ENSEMBLES)
 TtaName = choice(TTAS)
+ColourFusionName = choice(COLOUR_FUSIONS)
 
 Layout = Annotated[LayoutName, typer.Option("--layout", help="How the dataset is laid out; auto detects it.")]
 AllowOutsideRoot = Annotated[bool, typer.Option("--allow-outside-root", help="Let a CSV manifest list files "
@@ -225,6 +227,10 @@ Ensemble = Annotated[EnsembleName, typer.Option("--ensemble", help="The final st
                      "one model that predict, promote and serve use as any other). Earlier stages always refit.")]
 Tta = Annotated[TtaName, typer.Option("--tta", help="Test-time augmentation of the final stage's model: none, or "
                 "flips (the image and its three flips, predictions averaged inside the model).")]
+ColourFusion = Annotated[ColourFusionName, typer.Option("--colour-fusion", help="none, or average: the final "
+                         "model averages its probabilities with a colour-only classifier's (32-bin RGB histograms and "
+                         "colour statistics, logistic regression, fit on the same training images), inside the "
+                         "model. It reads stain, not cells: see the run's robustness/stain_shift_accuracy.")]
 SystemMetrics = Annotated[bool, typer.Option("--system-metrics/--no-system-metrics", help="Log CPU, memory (and "
                                              "GPU) use to each run through MLflow's system metrics (needs psutil: "
                                              "pip install -e '.[system-metrics]').")]
@@ -241,7 +247,7 @@ PANELS: dict[str, str] = {
                      "normal_class", "image_size", "cell_size", "folds", "test_fraction", "data_seed", "split_file",
                      "on_bad_image", "duplicates", "label_policy", "stain"), DATA),
     **dict.fromkeys(("backbone", "task", "weights", "dense_units", "dropout", "unfreeze_layers", "depth", "width",
-                     "model", "name", "run_id", "ensemble", "tta"), MODEL),
+                     "model", "name", "run_id", "ensemble", "tta", "colour_fusion"), MODEL),
     **dict.fromkeys(("epochs", "finetune_epochs", "batch_size", "learning_rate", "finetune_learning_rate",
                      "decay_rate", "early_stopping_patience", "augment", "augment_mode", "offline_per_class", "seed",
                      "parent_run", "resume", "runs", "size"), TRAINING),

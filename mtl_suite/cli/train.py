@@ -13,9 +13,9 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import STAGES, StagePlan, Task
 from mtl_suite.cli.common import (
-    CONFIG_KEYS, AllowOutsideRoot, BackboneName, Ensemble, ExecutionName, Experiment, Layout, Precision, Quiet,
-    Stain, SystemMetrics, TaskOption, TrackingUri, Tta, check_inputs, enable_system_metrics, explicit_options, given,
-    handle_user_errors, mark_runs_killed_on_sigterm, parse_units, say, study_overrides,
+    CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, Layout, Precision,
+    Quiet, Stain, SystemMetrics, TaskOption, TrackingUri, Tta, check_inputs, enable_system_metrics, explicit_options,
+    given, handle_user_errors, mark_runs_killed_on_sigterm, parse_units, say, study_overrides,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.models.backbones import get_backbone_spec
@@ -94,6 +94,7 @@ def stage_command(plan: StagePlan):
                                      ] = _T.offline_per_class,
         ensemble: Ensemble = _T.ensemble,
         tta: Tta = _T.tta,
+        colour_fusion: ColourFusion = _T.colour_fusion,
         data_seed: Annotated[int, typer.Option("--data-seed", help="Split seed.")] = _D.seed,
         parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run id of the previous stage. "
                               "Default: its newest finished run with this backbone.", show_default=False)] = None,

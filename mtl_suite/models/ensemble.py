@@ -3,6 +3,7 @@
 
   fold ensemble   the k cross-validation fold models, their class probabilities averaged (in place of the refit)
   flips (TTA)     the classifier applied to the image and to its horizontal, vertical and double flip, averaged
+  colour fusion   the classifier and a colour-only classifier (models/colour.py), their probabilities averaged
 
 A blood smear has no up, down, left or right, so a flipped field is as valid an input as the original; averaging
 the four is the test-time augmentation. Both wrappers hold their members as nested models and end in an `Average`
@@ -18,7 +19,7 @@ import keras
 import numpy as np
 from keras import ops
 
-ENSEMBLE_NAME, FLIPS_NAME = "fold_ensemble", "flips"
+ENSEMBLE_NAME, FLIPS_NAME, COLOUR_FUSED_NAME = "fold_ensemble", "flips", "colour_fused"
 # (image axes flipped) per TTA view, for (N, H, W, C) input: none, left-right, up-down, both
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))
 
@@ -61,10 +62,17 @@ def with_flips(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, keras.layers.Average(name="mean_probability")(outputs), name=FLIPS_NAME)
 
 
+def with_colour(model: keras.Model, colour: keras.Model) -> keras.Model:
+    """One model: `model` and the colour classifier `colour` (models/colour.py) on the same input, averaged."""
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    return keras.Model(inputs, keras.layers.Average(name="mean_probability")([model(inputs), colour(inputs)]),
+                       name=COLOUR_FUSED_NAME)
+
+
 def prediction_parts(model: keras.Model) -> list[tuple[tuple[int, ...], keras.Model]] | None:
-    """(flipped axes, member) for each averaged prediction of a model made by fold_ensemble or with_flips (its
-    output is the plain mean of these); None for any other model."""
-    if model.name == ENSEMBLE_NAME:
+    """(flipped axes, member) for each averaged prediction of a model made by fold_ensemble, with_flips or
+    with_colour (its output is the plain mean of these); None for any other model."""
+    if model.name in (ENSEMBLE_NAME, COLOUR_FUSED_NAME):
         return [((), layer) for layer in model.layers if isinstance(layer, keras.Model)]
     if model.name == FLIPS_NAME:
         inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]

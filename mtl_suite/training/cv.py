@@ -20,8 +20,9 @@ from mtl_suite.config import TrainConfig
 from mtl_suite.data.pipeline import BatchAugment
 from mtl_suite.data.splits import Split
 from mtl_suite.models.backbones import set_trainable_top
-from mtl_suite.models.ensemble import fold_ensemble, with_flips
+from mtl_suite.models.ensemble import fold_ensemble, with_colour, with_flips
 from mtl_suite.training.checkpoint import FitCheckpoint, load_weights, save_weights
+from mtl_suite.training.colour import fit_colour_classifier
 from mtl_suite.training.fit import (
     ArrayData, CallbackFactory, activation_cache_for, feature_store_for, fit_classifier, predict_proba,
     trained_top_layers,
@@ -161,8 +162,8 @@ def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.n
         val = _subset(data, val_idx)
         history = fit_classifier(model, backbone, training_part(data, train_idx, cfg, seed), val, cfg,
                                  len(class_names), callbacks, augment, verbose, checkpoint=checkpoint, seed=seed)
-        proba = predict_proba(final_form(model, cfg), val.images, cfg.batch_size, feature_store_for(cfg),
-                              activation_cache_for(cfg))
+        proba = predict_proba(final_form(model, cfg, data, train_idx), val.images, cfg.batch_size,
+                              feature_store_for(cfg), activation_cache_for(cfg))
         result = FoldResult(name, classification_metrics(val.labels, proba, class_names), history, val_idx, proba,
                             model.get_weights() if cfg.ensemble == "folds" else None)
         if member_file is not None:  # before the store records the fold: a resume then finds both or neither
@@ -192,7 +193,7 @@ def refit_and_test(data: ArrayData, split: Split, class_names: list[str], model_
         model, backbone = model_factory()
         history = fit_classifier(model, backbone, training_part(data, train_idx, cfg, cfg.seed), None, cfg,
                                  len(class_names), callbacks, augment, verbose, checkpoint=checkpoint, seed=cfg.seed)
-        model = final_form(model, cfg)
+        model = final_form(model, cfg, data, train_idx)
         proba, metrics = _score_test(model, data, test_idx, class_names, cfg)
     except BaseException as exc:
         observer.fold_failed("final", exc)
@@ -210,7 +211,8 @@ def ensemble_and_test(data: ArrayData, split: Split, class_names: list[str], mod
     test_idx = split.test_indices
     observer.fold_started("final", 0, len(test_idx))
     try:
-        model = final_form(fold_ensemble([_member(model_factory, weights, cfg) for weights in cv.members]), cfg)
+        members = [_member(model_factory, weights, cfg) for weights in cv.members]
+        model = final_form(fold_ensemble(members), cfg, data, split.development_indices)
         proba, metrics = _score_test(model, data, test_idx, class_names, cfg)
     except BaseException as exc:
         observer.fold_failed("final", exc)
@@ -219,9 +221,15 @@ def ensemble_and_test(data: ArrayData, split: Split, class_names: list[str], mod
     return TestResult(model, None, metrics, test_idx, proba, {})
 
 
-def final_form(model: keras.Model, cfg: TrainConfig) -> keras.Model:
-    """The model as it predicts: with `cfg.tta` flips, wrapped to average the image's four flips."""
-    return with_flips(model) if cfg.tta == "flips" else model
+def final_form(model: keras.Model, cfg: TrainConfig, data: ArrayData, train_idx: np.ndarray) -> keras.Model:
+    """The model as it predicts: with `cfg.tta` flips, wrapped to average the image's four flips; with
+    `cfg.colour_fusion` average, averaged with a colour classifier fit on the images at `train_idx` (those the
+    network trained on, without augmented copies: the shortcut check's baseline on the same fold)."""
+    if cfg.tta == "flips":
+        model = with_flips(model)
+    if cfg.colour_fusion == "average":
+        model = with_colour(model, fit_colour_classifier(model, _subset(data, train_idx), cfg.stain, cfg.batch_size))
+    return model
 
 
 def _member(model_factory: ModelFactory, weights: list[np.ndarray], cfg: TrainConfig) -> keras.Model:

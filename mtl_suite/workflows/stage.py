@@ -132,12 +132,14 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
 
 
 def _with_final_model_settings(plan: StagePlan, request: StageRequest) -> StageRequest:
-    """A fold ensemble and test-time flips shape the final stage's model; a stage whose backbone starts another
-    (stage 1, stage 2) always refits one network, so it runs without them (and resumes and is found as without)."""
+    """A fold ensemble, test-time flips and colour fusion shape the final stage's model; a stage whose backbone starts
+    another (stage 1, stage 2) always refits one network, so it runs without them (and resumes and is found as
+    without)."""
     train = request.config.train
-    if not plan.starts_another or (train.ensemble, train.tta) == ("none", "none"):
+    if not plan.starts_another or (train.ensemble, train.tta, train.colour_fusion) == ("none", "none", "none"):
         return request
-    return replace(request, config=replace(request.config, train=replace(train, ensemble="none", tta="none")))
+    plain = replace(train, ensemble="none", tta="none", colour_fusion="none")
+    return replace(request, config=replace(request.config, train=plain))
 
 
 def ui_link(experiment_id: str) -> str:
@@ -377,9 +379,9 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
 
 def _final_model_tags(train: TrainConfig, folds: int) -> dict[str, str]:
     """What the logged model is: one network refit on all development images, or the fold models averaged; and
-    whether it averages its predictions over flips."""
+    whether it averages its predictions over flips and with a colour classifier."""
     final = f"fold_ensemble_{folds}" if train.ensemble == "folds" else "refit"
-    return {"final_model": final, "tta": train.tta}
+    return {"final_model": final, "tta": train.tta, "colour_fusion": train.colour_fusion}
 
 
 def _log_test(final: TestResult, task_data: TaskData, workdir: Path) -> dict[str, float]:

@@ -45,7 +45,8 @@ def run_checks(plan_name: str, final: TestResult, task_data: TaskData, train: Tr
     logged.update(_robustness(final, task_data, check, train))
     mlflow.log_metrics(logged)
     mlflow.set_tag(BEST_VARIANT_TAG, check.best)
-    say(comparison_line(plan_name, {**metrics, **logged}, check))
+    model = "CNN + colour" if train.colour_fusion != "none" else "CNN"  # a fused model holds the colour baseline
+    say(comparison_line(plan_name, {**metrics, **logged}, check, model))
     return logged
 
 
@@ -85,17 +86,18 @@ def _shifted_predictions(model, shifted: np.ndarray, train: TrainConfig) -> np.n
     return np.concatenate(parts)
 
 
-def comparison_line(plan_name: str, metrics: dict[str, float], check: ShortcutCheck) -> str:
+def comparison_line(plan_name: str, metrics: dict[str, float], check: ShortcutCheck, model: str = "CNN") -> str:
     """'stage3: CNN test accuracy 0.965 vs colour alone 0.983 (hist32+lr); CV 0.950 vs 0.987; under stain shifts
-    0.930 vs 0.425'; each part only where the run has it."""
+    0.930 vs 0.425'; each part only where the run has it. `model` names what was scored ('CNN + colour' for a fused
+    model)."""
     best = check.best_score
     parts = []
     if "test/accuracy" in metrics and not math.isnan(best.test_accuracy):
-        parts.append(f"CNN test accuracy {metrics['test/accuracy']:.3f} vs colour alone {best.test_accuracy:.3f} "
+        parts.append(f"{model} test accuracy {metrics['test/accuracy']:.3f} vs colour alone {best.test_accuracy:.3f} "
                      f"({check.label()})")
     if "cv/accuracy_mean" in metrics and not math.isnan(best.cv_accuracy):
         cv = f"CV {metrics['cv/accuracy_mean']:.3f} vs {best.cv_accuracy:.3f}"
-        parts.append(cv if parts else f"CNN {cv.replace('CV', 'CV accuracy')} for colour alone ({check.label()})")
+        parts.append(cv if parts else f"{model} {cv.replace('CV', 'CV accuracy')} for colour alone ({check.label()})")
     shifted = ("robustness/stain_shift_accuracy", "robustness/shortcut_stain_shift_accuracy")
     if all(k in metrics for k in shifted):
         parts.append(f"under stain shifts {metrics[shifted[0]]:.3f} vs {metrics[shifted[1]]:.3f}")

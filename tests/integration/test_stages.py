@@ -340,3 +340,36 @@ def test_killed_runs_are_marked_and_a_rerun_resumes_to_the_uninterrupted_result(
     got = new.data.metrics
     keys = [k for k in want if k.startswith(("cv/", "test/"))]
     assert keys and {k: got[k] for k in keys} == {k: want[k] for k in keys}
+
+
+def test_colour_fusion_is_logged_as_one_model_that_predicts_what_was_scored(tmp_path):
+    """--colour-fusion average on the binary task (a single sigmoid head): the logged model is the refit network and
+    a colour classifier averaged in one graph, and it gives the outer-test probabilities the run logged."""
+    import pandas as pd
+
+    from mtl_suite.data.images import read_resized
+    from mtl_suite.models.ensemble import prediction_parts
+    from mtl_suite.paths import SAMPLE_IMAGES
+    from mtl_suite.tracking.report_queries import load_run_model
+
+    uri, previous = f"sqlite:///{tmp_path}/m.db", mlflow.get_tracking_uri()
+    try:
+        result = invoke("classical", *FAST, "--task", "binary", "--colour-fusion", "average", "--tracking-uri", uri,
+                        "--experiment", "fused")
+        assert result.exit_code == 0, result.output
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient(uri)
+        run = client.search_runs([client.get_experiment_by_name("fused").experiment_id],
+                                 "tags.run_kind = 'stage'")[0]
+        assert run.data.tags["colour_fusion"] == "average" and run.data.tags["final_model"] == "refit"
+        assert "robustness/stain_shift_accuracy" in run.data.metrics
+
+        model = load_run_model(run.info.run_id)
+        assert [member.name for _, member in prediction_parts(model)][1] == "colour"
+        logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                                 artifact_path="test/predictions.csv"))
+        pixels = np.stack([read_resized(SAMPLE_IMAGES / path, 48) for path in logged["path"]]).astype("float32")
+        positive = logged[[c for c in logged.columns if c.startswith("p_")]].to_numpy()[:, 1:]
+        np.testing.assert_allclose(model.predict(pixels, verbose=0), positive, atol=1e-4)
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -205,9 +205,9 @@ def test_the_budget_line_names_every_setting_an_arm_depends_on():
     line = budget_line(TrainConfig(warmup_epochs=9, finetune_epochs=8, unfreeze_layers=5, learning_rate=1.24e-3,
                                    finetune_learning_rate=2.8e-4, early_stopping_patience=2, dropout=0.241,
                                    dense_units=(256,), stain="gray", augment="paper", augment_mode="offline",
-                                   tta="flips"), "s1")
+                                   tta="flips", colour_fusion="average"), "s1")
     assert line == ("- Budget per arm: 9 warm-up epochs (head (256,), dropout 0.241, lr 0.00124, decay 0.9) + 8 "
                     "fine-tuning epochs (top 5 weighted layers, lr 0.00028, early-stopping patience 2), batch 48; "
-                    "stain gray, augmentation paper (offline), test-time flips; weights imagenet; parameters from "
+                    "stain gray, augmentation paper (offline), test-time flips, colour fusion average; weights imagenet; parameters from "
                     "study s1")
     assert "augmentation none; weights" in budget_line(TrainConfig())
