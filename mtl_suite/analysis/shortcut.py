@@ -23,13 +23,10 @@ from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from mtl_suite.models.colour import PERCENTILES, REGRESSION_SEED as SEED
+from mtl_suite.models.colour import PERCENTILES, REGRESSION_SEED as SEED, colour_regression
 
 CHANNELS = ("red", "green", "blue", "luminance")
 
@@ -83,10 +80,6 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 ]}
 
 
-def _model(seed: int = SEED) -> Pipeline:
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
-
-
 class _Constant:
     """Stands in for the regression when the training rows hold one class: it predicts that class."""
 
@@ -101,7 +94,7 @@ def _fit(x: np.ndarray, y: np.ndarray, seed: int):
     classes = np.unique(y)
     if len(classes) < 2:
         return _Constant(int(classes[0]) if len(classes) else 0)
-    return _model(seed).fit(x, y)
+    return colour_regression(seed).fit(x, y)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ import math
 import keras
 import numpy as np
 from keras import ops
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mtl_suite.models.stain import stain_layer
 
@@ -121,11 +124,17 @@ class SecondColumn(keras.layers.Layer):
         return (input_shape[0], 1)
 
 
+def colour_regression(seed: int = REGRESSION_SEED) -> Pipeline:
+    """The classifier on colour features, for the shortcut check and for colour fusion alike."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+
+
 def regression_weights(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, n_classes: int,
                        mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A standardised logistic regression (sklearn: coef_ (k or 1, F), intercept_, classes_) as (F, n_classes)
-    weights and a bias on the raw features: the standardisation (x - mean) / scale folded in. A binary regression's
-    single row is the second class's logit against 0; a class the regression never saw gets a logit of -30."""
+    """A colour_regression's parts (sklearn: coef_ (k or 1, F), intercept_, classes_; the scaler's mean_ and scale_)
+    as (F, n_classes) weights and a bias on the raw features: the standardisation (x - mean) / scale folded in. A
+    binary regression's single row is the second class's logit against 0; a class it never saw gets a logit of
+    -30."""
     classes = np.asarray(classes, dtype=np.int64)
     rows = np.zeros((n_classes, coef.shape[1]))
     offsets = np.full(n_classes, _ABSENT_CLASS_LOGIT)

@@ -6,7 +6,7 @@
   colour fusion   the classifier and a colour-only classifier (models/colour.py), their probabilities averaged
 
 A blood smear has no up, down, left or right, so a flipped field is as valid an input as the original; averaging
-the four is the test-time augmentation. Both wrappers hold their members as nested models and end in an `Average`
+the four is the test-time augmentation. The wrappers hold their members as nested models and end in an `Average`
 layer, so `prediction_parts` can take a loaded model apart again: training/fit.py:predict_proba scores the members
 one by one through the feature and activation caches instead of running k x 4 whole networks.
 """

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from mtl_suite.models.colour import REGRESSION_SEED, colour_classifier, colour_feature_model, regression_weights
+from mtl_suite.models.colour import colour_classifier, colour_feature_model, colour_regression, regression_weights
 from mtl_suite.models.heads import is_single_sigmoid
 from mtl_suite.training.features import predict_in_chunks
 from mtl_suite.training.fit import ArrayData
@@ -30,12 +28,12 @@ def fit_colour_classifier(cnn: keras.Model, train: ArrayData, stain: str, batch_
 
 
 def _regression(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    scaler = StandardScaler().fit(x)
     classes = np.unique(y)
     if len(classes) < 2:  # nothing to separate: the one class seen gets all the probability
-        return regression_weights(np.zeros((1, x.shape[1])), np.zeros(1), classes, n_classes, scaler.mean_,
-                                  scaler.scale_)
+        return regression_weights(np.zeros((1, x.shape[1])), np.zeros(1), classes, n_classes, x.mean(axis=0),
+                                  np.ones(x.shape[1]))
     with threadpool_limits(1):
-        regression = LogisticRegression(max_iter=2000, C=1.0, random_state=REGRESSION_SEED).fit(scaler.transform(x), y)
+        pipeline = colour_regression().fit(x, y)
+    scaler, regression = pipeline[0], pipeline[-1]
     return regression_weights(regression.coef_, regression.intercept_, regression.classes_, n_classes,
                               scaler.mean_, scaler.scale_)
