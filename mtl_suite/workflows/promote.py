@@ -203,6 +203,19 @@ def example_image(info: dict) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def model_line(tags: dict[str, str], metrics: dict[str, float]) -> str:
+    """What the registered model averages, and how it holds up on re-stained images beside colour alone: a model
+    with colour fusion reads stain as well as cells, which whoever serves it should know."""
+    line = (f"- model: {tags.get('final_model', 'refit')}, test-time {tags.get('tta', 'none')}, colour fusion "
+            f"{tags.get('colour_fusion', 'none')}")
+    shifted = metrics.get("robustness/stain_shift_accuracy")
+    if shifted is not None:
+        line += f"; on re-stained test images {shifted:.4f}"
+        colour = metrics.get("robustness/shortcut_stain_shift_accuracy")
+        line += f" (colour alone {colour:.4f})" if colour is not None else ""
+    return line
+
+
 def version_description(run: Run, request: PromoteRequest, plan: PromotePlan) -> str:
     tags, metrics = run.data.tags, run.data.metrics
     shown = [request.metric] + [k for k in SHOWN_METRICS if k != request.metric]
@@ -211,6 +224,7 @@ def version_description(run: Run, request: PromoteRequest, plan: PromotePlan) ->
              f"- stage run: {run.info.run_id} ({run.info.run_name}), backbone {tags.get('backbone', '?')}, "
              f"task {tags.get('task', '?')}, image size {tags.get('image_size', '?')}, seed {tags.get('seed', '?')}",
              "- metrics: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics),
+             model_line(tags, metrics),
              f"- lineage: stage-2 run {tags.get('stage2_run') or '-'}, stage-1 run {tags.get('stage1_run') or '-'}, "
              f"weights {tags.get('weights') or '-'} sha256 {tags.get('weights_sha256') or '-'}",
              f"- data: dataset digest {tags.get('dataset_digest', '-')}, split digest {tags.get('split_digest', '-')}",

@@ -74,7 +74,8 @@ def test_promote_picks_best_and_moves_aliases(store, client):
     assert aliases(client) == {"champion": first.version}
     stage_run = client.get_run(best)
     for text in ("cv/f1_macro_mean", stage_run.data.tags["stage2_run"], stage_run.data.tags["stage1_run"],
-                 stage_run.data.tags["dataset_digest"], stage_run.data.tags["split_digest"]):
+                 stage_run.data.tags["dataset_digest"], stage_run.data.tags["split_digest"],
+                 "- model: refit, test-time none, colour fusion none; on re-stained test images "):
         assert text in first.description
     assert first.tags["dataset_digest"] == stage_run.data.tags["dataset_digest"]
 
