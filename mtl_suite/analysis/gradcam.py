@@ -3,13 +3,18 @@
 The classifier nests its backbone (a model named "backbone": input -> normalisation -> "base" -> pooling), and the
 base is itself a nested Keras application. An inner layer's output cannot be reached from the outer graph, so the
 forward pass is replayed: the layers before "base", a feature model over "base" that also returns its last
-convolutional feature map, then the remaining backbone and head layers, all under one gradient tape."""
+convolutional feature map, then the remaining backbone and head layers, all under one gradient tape.
+
+A final model that averages parts (fold ensemble, test-time flips, colour fusion: models/ensemble.py) is explained
+by its first network: fold 0, the unflipped view, the CNN without its colour half (`GradCam.partial`)."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from mtl_suite.models.ensemble import prediction_parts
 
 
 def last_feature_layer(base: keras.Model) -> keras.layers.Layer:
@@ -26,9 +31,19 @@ def _chain(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
+def explained_network(model: keras.Model) -> keras.Model:
+    """The plain classifier Grad-CAM reads: `model` itself, or the first part of an averaging model, followed down."""
+    parts = prediction_parts(model)
+    while parts is not None:
+        model = parts[0][1]
+        parts = prediction_parts(model)
+    return model
+
+
 class GradCam:
     def __init__(self, model: keras.Model):
-        self.model = model
+        self.partial = prediction_parts(model) is not None  # explains a part of `model`, not all of it
+        model = self.model = explained_network(model)
         backbone = model.get_layer("backbone")
         base = backbone.get_layer("base")
         feature = last_feature_layer(base)

@@ -132,9 +132,13 @@ def gradcam_section(headline: list[RunData], figures: Path, per_class: int, say:
             blocks.append(rp.Para(f"{rd.title}: test images are not readable here; no Grad-CAM."))
             continue
         say(f"Grad-CAM for {rd.title} ({len(paths)} images)")
-        path, feature_size = _gradcam_figure(rd, load_model(rd.run.info.run_id), picks, figures)
+        path, cam = _gradcam_figure(rd, load_model(rd.run.info.run_id), picks, figures)
+        feature_size = cam.feature_size
         caveat = ("" if max(feature_size) > 1 else f" Caution: at {rd.image_size} px the last feature map is 1x1, "
                   "so these maps carry no spatial information; use a larger --image-size.")
+        if cam.partial:
+            caveat += (" The model averages several parts (fold models, flips or a colour classifier); the maps "
+                       "are its first network's, the predictions and probabilities the whole model's.")
         blocks.append(rp.Figure(path, f"Grad-CAM, {rd.title}: rows are true class and outcome; captions give the "
                                       f"prediction and its probability (feature map {feature_size[0]}x"
                                       f"{feature_size[1]}).{caveat}"))
@@ -156,7 +160,7 @@ def _gradcam_picks(test: pd.DataFrame, class_names: list[str], per_class: int) -
 
 
 def _gradcam_figure(rd: RunData, model, picks: list[tuple[str, list[dict]]],
-                    figures: Path) -> tuple[Path, tuple[int, int]]:
+                    figures: Path) -> tuple[Path, Any]:
     from mtl_suite.analysis.gradcam import GradCam
     from mtl_suite.data.pipeline import load_image_array
 
@@ -167,10 +171,10 @@ def _gradcam_figure(rd: RunData, model, picks: list[tuple[str, list[dict]]],
             rows.append((label, []))
             continue
         images = load_image_array([r["path"] for r in items], rd.image_size)
-        heat, proba = cam.heatmaps(images.astype("float32"))
+        heat, _ = cam.heatmaps(images.astype("float32"))
         cells = [(images[i], heat[i], f"{Path(r['path']).name[:22]}\npred {r['predicted']} "
-                                      f"{proba[i].max():.2f}") for i, r in enumerate(items)]
+                                      f"{r['p_' + r['predicted']]:.2f}") for i, r in enumerate(items)]
         rows.append((label, cells))
     path = overlay_grid_png(rows, figures / f"gradcam-{rd.slug}.png", f"Grad-CAM, {rd.title} "
                                                                       f"(layer {cam.feature_name})")
-    return path, cam.feature_size
+    return path, cam

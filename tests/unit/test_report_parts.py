@@ -45,6 +45,24 @@ def test_gradcam_replays_the_model(n_classes):
     assert heat.reshape(3, -1).max(axis=1).max() > 0.9  # normalised to a peak of 1 before bilinear resizing
 
 
+def test_gradcam_explains_the_first_network_of_an_averaging_model():
+    """Fold ensemble, flips and colour fusion wrap the network: Grad-CAM reads the first one (fold 0, unflipped, the
+    CNN half) and says it explains a part."""
+    from mtl_suite.analysis.gradcam import GradCam
+    from mtl_suite.models.backbones import build_backbone
+    from mtl_suite.models.colour import colour_classifier
+    from mtl_suite.models.ensemble import fold_ensemble, with_colour, with_flips
+    from mtl_suite.models.heads import build_classifier
+
+    members = [build_classifier(build_backbone("tiny", 64, "none")[0], "dense_dropout", 3) for _ in range(2)]
+    colour = colour_classifier((64, 64, 3), "none", np.zeros((124, 3)), np.zeros(3), single_sigmoid=False)
+    model = with_colour(with_flips(fold_ensemble(members)), colour)
+    cam = GradCam(model)
+    assert cam.partial and cam.model is members[0] and not GradCam(members[1]).partial
+    heat, _ = cam.heatmaps(np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
+    assert heat.shape == (2, 64, 64)
+
+
 def test_html_embeds_every_figure(tmp_path):
     import matplotlib
 
