@@ -20,8 +20,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from mtl_suite.analysis.shortcut import VARIANTS, _fit, channel_histograms
+from mtl_suite.analysis.shortcut import VARIANTS, channel_histograms
 from mtl_suite.config import DataConfig
+from mtl_suite.models.colour import colour_regression
 from mtl_suite.models.stain import controlled_pixels
 from mtl_suite.tasks import smear_task
 
@@ -55,7 +56,7 @@ def score(run, client) -> dict[str, tuple[float, float, float]]:
     if set(test["sha256"]) != set(digests[test_idx]):
         raise SystemExit(f"run {run.info.run_id}: its logged test part is not the rebuilt split's")
     cnn_test = test.set_index("sha256").loc[digests[test_idx], columns].to_numpy()
-    colour_test = _fit(x[dev], labels[dev], 0).predict_proba(x[test_idx])
+    colour_test = colour_regression().fit(x[dev], labels[dev]).predict_proba(x[test_idx])
     out = {}
     for name, test_p in (("cnn", cnn_test), ("colour", colour_test), ("fused", (cnn_test + colour_test) / 2)):
         out[name] = [np.nan, np.nan, float((test_p.argmax(1) == labels[test_idx]).mean())]
@@ -64,7 +65,7 @@ def score(run, client) -> dict[str, tuple[float, float, float]]:
         folds = {"cnn": [], "colour": [], "fused": []}
         for _, train, val in split.fold_indices():
             cnn = by_digest.loc[digests[val], columns].to_numpy()
-            colour = _fit(x[train], labels[train], 0).predict_proba(x[val])
+            colour = colour_regression().fit(x[train], labels[train]).predict_proba(x[val])
             for name, p in (("cnn", cnn), ("colour", colour), ("fused", (cnn + colour) / 2)):
                 folds[name].append(float((p.argmax(1) == labels[val]).mean()))
         for name, accs in folds.items():
@@ -99,7 +100,8 @@ def main() -> None:
         for name, (_, _, test) in scores.items():
             means[(tags.get("comparison_arm", "run"), name)].append(test)
     for (arm, name), values in sorted(means.items()):
-        print(f"{arm} {name}: mean test accuracy {np.mean(values):.4f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.4f} over {len(values)} run(s)")
+        spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
+        print(f"{arm} {name}: mean test accuracy {np.mean(values):.4f} +- {spread:.4f} over {len(values)} run(s)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import mlflow
 import numpy as np
@@ -222,40 +223,47 @@ def test_stain_control_is_a_layer_of_the_logged_model(tmp_path):
         mlflow.set_tracking_uri(previous)
 
 
-def test_a_fold_ensemble_with_flips_is_logged_as_one_model_that_predicts_what_was_scored(tmp_path):
-    """--ensemble folds --tta flips: no refit, the logged model is the two fold models averaged over four flips (one
-    Keras graph, safe-mode load), and it gives the outer-test probabilities the run logged, from the image files."""
+@contextmanager
+def classical_run(tmp_path, experiment: str, *options: str):
+    """A classical stage run (FAST, plus `options`) in a fresh store made current while the block runs: yields the
+    client, the stage run, its logged model, its logged test predictions and the pixels of those test images."""
     import pandas as pd
 
     from mtl_suite.data.images import read_resized
-    from mtl_suite.models.ensemble import prediction_parts
     from mtl_suite.paths import SAMPLE_IMAGES
     from mtl_suite.tracking.report_queries import load_run_model
 
     uri, previous = f"sqlite:///{tmp_path}/m.db", mlflow.get_tracking_uri()
     try:
-        result = invoke("classical", *FAST, "--ensemble", "folds", "--tta", "flips", "--tracking-uri", uri,
-                        "--experiment", "ensemble")
+        result = invoke("classical", *FAST, *options, "--tracking-uri", uri, "--experiment", experiment)
         assert result.exit_code == 0, result.output
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient(uri)
-        run = client.search_runs([client.get_experiment_by_name("ensemble").experiment_id],
+        run = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
                                  "tags.run_kind = 'stage'")[0]
-        assert run.data.tags["final_model"] == "fold_ensemble_2" and run.data.tags["tta"] == "flips"
-        assert "backbone" not in [a.path for a in client.list_artifacts(run.info.run_id)]  # it starts no stage
-
-        model = load_run_model(run.info.run_id)
-        flips = prediction_parts(model)
-        assert len(flips) == 4 and len(prediction_parts(flips[0][1])) == 2
         logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                                  artifact_path="test/predictions.csv"))
         pixels = np.stack([read_resized(SAMPLE_IMAGES / path, 48) for path in logged["path"]]).astype("float32")
+        yield client, run, load_run_model(run.info.run_id), logged, pixels
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_a_fold_ensemble_with_flips_is_logged_as_one_model_that_predicts_what_was_scored(tmp_path):
+    """--ensemble folds --tta flips: no refit, the logged model is the two fold models averaged over four flips (one
+    Keras graph, safe-mode load), and it gives the outer-test probabilities the run logged, from the image files."""
+    from mtl_suite.models.ensemble import prediction_parts
+
+    with classical_run(tmp_path, "ensemble", "--ensemble", "folds", "--tta", "flips") as (
+            client, run, model, logged, pixels):
+        assert run.data.tags["final_model"] == "fold_ensemble_2" and run.data.tags["tta"] == "flips"
+        assert "backbone" not in [a.path for a in client.list_artifacts(run.info.run_id)]  # it starts no stage
+        flips = prediction_parts(model)
+        assert len(flips) == 4 and len(prediction_parts(flips[0][1])) == 2
         probabilities = logged[[c for c in logged.columns if c.startswith("p_")]].to_numpy()
         np.testing.assert_allclose(model.predict(pixels, verbose=0), probabilities, atol=1e-4)
         assert run.data.metrics["test/accuracy"] == pytest.approx(
             float((logged["predicted"] == logged["label"]).mean()))
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -345,31 +353,12 @@ def test_killed_runs_are_marked_and_a_rerun_resumes_to_the_uninterrupted_result(
 def test_colour_fusion_is_logged_as_one_model_that_predicts_what_was_scored(tmp_path):
     """--colour-fusion average on the binary task (a single sigmoid head): the logged model is the refit network and
     a colour classifier averaged in one graph, and it gives the outer-test probabilities the run logged."""
-    import pandas as pd
-
-    from mtl_suite.data.images import read_resized
     from mtl_suite.models.ensemble import prediction_parts
-    from mtl_suite.paths import SAMPLE_IMAGES
-    from mtl_suite.tracking.report_queries import load_run_model
 
-    uri, previous = f"sqlite:///{tmp_path}/m.db", mlflow.get_tracking_uri()
-    try:
-        result = invoke("classical", *FAST, "--task", "binary", "--colour-fusion", "average", "--tracking-uri", uri,
-                        "--experiment", "fused")
-        assert result.exit_code == 0, result.output
-        mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient(uri)
-        run = client.search_runs([client.get_experiment_by_name("fused").experiment_id],
-                                 "tags.run_kind = 'stage'")[0]
+    with classical_run(tmp_path, "fused", "--task", "binary", "--colour-fusion", "average") as (
+            _, run, model, logged, pixels):
         assert run.data.tags["colour_fusion"] == "average" and run.data.tags["final_model"] == "refit"
         assert "robustness/stain_shift_accuracy" in run.data.metrics
-
-        model = load_run_model(run.info.run_id)
         assert [member.name for _, member in prediction_parts(model)][1] == "colour"
-        logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                                 artifact_path="test/predictions.csv"))
-        pixels = np.stack([read_resized(SAMPLE_IMAGES / path, 48) for path in logged["path"]]).astype("float32")
         positive = logged[[c for c in logged.columns if c.startswith("p_")]].to_numpy()[:, 1:]
         np.testing.assert_allclose(model.predict(pixels, verbose=0), positive, atol=1e-4)
-    finally:
-        mlflow.set_tracking_uri(previous)

@@ -90,3 +90,23 @@ def test_the_fused_model_averages_loads_in_safe_mode_and_is_scored_by_parts(tmp_
     assert [member.name for _, member in prediction_parts(loaded)] == [cnn.name, "colour"]
     assert loaded.get_layer("colour").get_layer("stain").mode == "gray"
     np.testing.assert_allclose(predict_proba(loaded, images, 8), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_final_form_fits_the_colour_part_on_the_training_images_only():
+    """cv.final_form, which the folds, the refit and the fold ensemble all use: with colour_fusion average the model
+    gains a colour part fit on the images at train_idx, not on the images it will then score."""
+    from mtl_suite.config import TrainConfig
+    from mtl_suite.training.cv import final_form
+
+    images, labels = colour_coded(40, 4)
+    images[20:] = 255 - images[20:]  # the second half's colours tell the classes differently
+    data, train_idx = ArrayData(images, labels), np.arange(20)
+    cnn = tiny_cnn(4)
+    assert final_form(cnn, TrainConfig(batch_size=8), data, train_idx) is cnn
+    fused = final_form(cnn, TrainConfig(batch_size=8, colour_fusion="average"), data, train_idx)
+    colour = [member for _, member in prediction_parts(fused)][1]
+    x = images.astype("float32")
+    on_train = fit_colour_classifier(cnn, ArrayData(images[:20], labels[:20]), "none", 8).predict(x, verbose=0)
+    on_all = fit_colour_classifier(cnn, data, "none", 8).predict(x, verbose=0)
+    np.testing.assert_allclose(colour.predict(x, verbose=0), on_train, atol=1e-6)
+    assert not np.allclose(on_train, on_all, atol=1e-3)
