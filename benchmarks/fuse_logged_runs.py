@@ -25,6 +25,7 @@ from mtl_suite.config import DataConfig
 from mtl_suite.models.colour import colour_regression
 from mtl_suite.models.stain import controlled_pixels
 from mtl_suite.tasks import smear_task
+from mtl_suite.training.metrics import normal_vs_rest
 
 
 def run_data(run) -> tuple[DataConfig, str, str]:
@@ -41,13 +42,23 @@ def logged(client, run_id: str, path: str, folder: str) -> pd.DataFrame | None:
     return pd.read_csv(client.download_artifacts(run_id, path, folder))
 
 
-def score(run, client) -> dict[str, tuple[float, float, float]]:
-    """{'cnn'|'colour'|'fused': (cv mean, cv sd, test accuracy)}."""
+def accuracy(probabilities: np.ndarray, labels: np.ndarray, normal: int | None) -> float:
+    """Accuracy of the argmax; with `normal` (a class index), of the argmax read as normal vs leukemia, as stage runs
+    log it (`as_binary`)."""
+    if normal is None:
+        return float((probabilities.argmax(1) == labels).mean())
+    return normal_vs_rest(labels, probabilities.argmax(1), normal)["accuracy"]
+
+
+def score(run, client, normal_class: str | None = None) -> dict[str, tuple[float, float, float]]:
+    """{'cnn'|'colour'|'fused': (cv mean, cv sd, test accuracy)}; with `normal_class`, a multiclass run's
+    normal-vs-leukemia accuracy."""
     data_cfg, task, stain = run_data(run)
     task_data = smear_task(data_cfg, task, None)
     split, labels = task_data.split, task_data.data.labels
     x = VARIANTS["hist32_stats"].features(channel_histograms(controlled_pixels(task_data.data.images, stain)))
     columns = ["p_" + name for name in task_data.class_names]
+    normal = task_data.class_names.index(normal_class) if normal_class else None
     digests = np.array([e.sha256 for e in split.entries])
     with tempfile.TemporaryDirectory() as folder:
         test = logged(client, run.info.run_id, "test/predictions.csv", folder)
@@ -59,7 +70,7 @@ def score(run, client) -> dict[str, tuple[float, float, float]]:
     colour_test = colour_regression().fit(x[dev], labels[dev]).predict_proba(x[test_idx])
     out = {}
     for name, test_p in (("cnn", cnn_test), ("colour", colour_test), ("fused", (cnn_test + colour_test) / 2)):
-        out[name] = [np.nan, np.nan, float((test_p.argmax(1) == labels[test_idx]).mean())]
+        out[name] = [np.nan, np.nan, accuracy(test_p, labels[test_idx], normal)]
     if oof is not None:
         by_digest = oof.set_index("sha256")
         folds = {"cnn": [], "colour": [], "fused": []}
@@ -67,7 +78,7 @@ def score(run, client) -> dict[str, tuple[float, float, float]]:
             cnn = by_digest.loc[digests[val], columns].to_numpy()
             colour = colour_regression().fit(x[train], labels[train]).predict_proba(x[val])
             for name, p in (("cnn", cnn), ("colour", colour), ("fused", (cnn + colour) / 2)):
-                folds[name].append(float((p.argmax(1) == labels[val]).mean()))
+                folds[name].append(accuracy(p, labels[val], normal))
         for name, accs in folds.items():
             out[name][:2] = [float(np.mean(accs)), float(np.std(accs, ddof=1)) if len(accs) > 1 else np.nan]
     return {name: tuple(values) for name, values in out.items()}
@@ -79,6 +90,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=[], help="stage run ids")
     parser.add_argument("--experiment", help="with --comparison: every arm's final-stage run of that comparison")
     parser.add_argument("--comparison", help="a `mtl-suite compare` run id")
+    parser.add_argument("--normal-class", help="score multiclass runs as normal (this class) vs leukemia (the others)")
     args = parser.parse_args()
     client = mlflow.MlflowClient(args.tracking_uri)
     runs = [client.get_run(run_id) for run_id in args.runs]
@@ -92,7 +104,7 @@ def main() -> None:
         tags = run.data.tags
         label = (f"pair {tags['comparison_pair']} {tags['comparison_arm']}" if "comparison_pair" in tags
                  else tags.get("stage", ""))
-        scores = score(run, client)
+        scores = score(run, client, args.normal_class)
         print(f"{run.info.run_id[:8]} {label} ({tags.get('task', 'multiclass')}, split seed "
               f"{run.data.params['data.seed']}): " + "; ".join(
                   f"{name} CV {cv:.4f} +- {sd:.4f} test {test:.4f}" for name, (cv, sd, test) in scores.items()),

@@ -38,6 +38,9 @@ class TaskData:
     # stage 2: where its cells came from, for the run's `cell_source` tag ("cells:<path>", "masks:<path>",
     # "unet:<run id>", "roi"); "" for the other stages
     cell_source: str = ""
+    # a multiclass task's normal class (one of class_names), when the data has one: its runs are also read as
+    # normal vs leukemia (workflows/stage_checks.py); None for binary tasks, whose class 0 is normal
+    normal_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,18 +70,25 @@ def class_map_for(task: Task | str, classes: list[str], normal_class: str | None
         raise UserError(f"the data has only one class ({', '.join(classes)}); a classifier needs at least 2")
     if task == Task.MULTICLASS:
         return None
+    normal_class = normal_class_of(classes, normal_class)
     if normal_class is None:
-        found = [c for c in classes if c.lower() in NORMAL_NAMES]
-        if len(found) != 1:
-            raise UserError(
-                f"binary task on classes {', '.join(classes)}: cannot tell which class is normal. "
-                f"Pass --normal-class NAME (one of {', '.join(classes)})"
-            )
-        normal_class = found[0]
-    if normal_class not in classes:
-        raise UserError(f"--normal-class {normal_class!r} is not a class of the data. Expected one of: "
-                        f"{', '.join(classes)}")
+        raise UserError(
+            f"binary task on classes {', '.join(classes)}: cannot tell which class is normal. "
+            f"Pass --normal-class NAME (one of {', '.join(classes)})"
+        )
     return {c: ("normal" if c == normal_class else positive) for c in classes}
+
+
+def normal_class_of(classes: list[str], normal_class: str | None = None) -> str | None:
+    """The data's normal class: `normal_class` when given (it must be one of `classes`), else the one class named
+    like a normal one (NORMAL_NAMES); None when no class or more than one is."""
+    if normal_class is not None:
+        if normal_class not in classes:
+            raise UserError(f"--normal-class {normal_class!r} is not a class of the data. Expected one of: "
+                            f"{', '.join(classes)}")
+        return normal_class
+    found = [c for c in classes if c.lower() in NORMAL_NAMES]
+    return found[0] if len(found) == 1 else None
 
 
 def ordered_classes(manifest: Manifest, task: Task | str, positive: str) -> list[str]:
@@ -92,8 +102,11 @@ def smear_task(data_cfg: DataConfig, task: Task | str, normal_class: str | None,
     stage 2's crops) share one outer test part."""
     manifest = smear_manifest(data_cfg)
     task_map = class_map_for(task, manifest.classes, normal_class, POSITIVE_NAME[StageData.SMEARS])
-    return _task_from_manifest(manifest, data_cfg, task, task_map, POSITIVE_NAME[StageData.SMEARS],
-                               f"smears:{resolve_data_path(data_cfg.path)}", data_cfg.image_size, progress)
+    task_data = _task_from_manifest(manifest, data_cfg, task, task_map, POSITIVE_NAME[StageData.SMEARS],
+                                    f"smears:{resolve_data_path(data_cfg.path)}", data_cfg.image_size, progress)
+    if task == Task.MULTICLASS and len(manifest.classes) > 2:
+        task_data.normal_class = normal_class_of(manifest.classes, normal_class)
+    return task_data
 
 
 def smear_manifest(data_cfg: DataConfig, masks: str | None = None) -> Manifest:

@@ -117,6 +117,10 @@ class ShortcutCheck:
     scores: dict[str, VariantScore]
     best: str  # highest CV accuracy (the first listed on a tie; the test part never chooses)
     best_model: object = field(repr=False, default=None)  # the best variant refit on the development part
+    # the best variant's predicted labels: out-of-fold for each validated image (-1 for the others), and on the
+    # outer test part after the refit; for reading its answers another way (normal vs leukemia)
+    best_oof: np.ndarray | None = field(repr=False, default=None)
+    best_test: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def best_score(self) -> VariantScore:
@@ -152,22 +156,24 @@ def shortcut_check(images: np.ndarray, labels: np.ndarray, folds: Iterable[tuple
     folds = [(np.asarray(t), np.asarray(v)) for t, v in folds]
     hist = channel_histograms(images)
     with threadpool_limits(1):
-        scores, models = _score_variants(hist, labels, folds, development, test, variants, seed)
+        scores, models, predictions = _score_variants(hist, labels, folds, development, test, variants, seed)
     best = max(variants, key=lambda n: (_finite(scores[n].cv_accuracy), -list(variants).index(n)))
-    return ShortcutCheck(scores, best, models.get(best))
+    return ShortcutCheck(scores, best, models.get(best), *predictions[best])
 
 
 def _score_variants(hist: np.ndarray, labels: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
                     development: np.ndarray, test: np.ndarray, variants: Sequence[str],
-                    seed: int) -> tuple[dict[str, VariantScore], dict[str, object]]:
-    scores, models = {}, {}
+                    seed: int) -> tuple[dict[str, VariantScore], dict[str, object], dict[str, tuple]]:
+    """Each variant's score, its refit model and its (out-of-fold, test) predicted labels."""
+    scores, models, predictions = {}, {}, {}
     for name in variants:
         x = VARIANTS[name].features(hist)
         fold_acc, fold_f1 = [], []
+        oof, test_pred = np.full(len(labels), -1, dtype=np.int64), None
         for train, val in folds:
             if not len(val):
                 continue
-            pred = _fit(x[train], labels[train], seed).predict(x[val])
+            pred = oof[val] = _fit(x[train], labels[train], seed).predict(x[val])
             fold_acc.append(accuracy_score(labels[val], pred))
             fold_f1.append(f1_score(labels[val], pred, average="macro"))
         test_acc = test_f1 = float("nan")
@@ -175,14 +181,15 @@ def _score_variants(hist: np.ndarray, labels: np.ndarray, folds: list[tuple[np.n
         if len(development):
             models[name] = _fit(x[development], labels[development], seed)
             if len(test):
-                pred = models[name].predict(x[test])
+                pred = test_pred = models[name].predict(x[test])
                 correct = int((pred == labels[test]).sum())
                 test_acc = correct / len(test)
                 test_f1 = float(f1_score(labels[test], pred, average="macro"))
         scores[name] = VariantScore(
             name, _mean(fold_acc), float(np.std(fold_acc, ddof=1)) if len(fold_acc) > 1 else float("nan"),
             _mean(fold_f1), test_acc, test_f1, correct, len(test))
-    return scores, models
+        predictions[name] = (oof, test_pred)
+    return scores, models, predictions
 
 
 def split_check(images: np.ndarray, labels: np.ndarray, split, seed: int = SEED) -> ShortcutCheck:

@@ -71,6 +71,19 @@ def rate_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[str, float]
     return out
 
 
+def normal_vs_rest(y_true: np.ndarray, y_pred: np.ndarray, normal: int) -> dict[str, float]:
+    """A multiclass model's predicted labels read as normal (class `normal`) vs leukemia (any other class), the
+    paper's binary question asked of its 4-class model: `accuracy`, `sensitivity` (leukemia called leukemia,
+    whichever subtype) and `specificity` (normal called normal); a rate without images to count on is left out."""
+    is_normal, called_normal = np.asarray(y_true) == normal, np.asarray(y_pred) == normal
+    out = {"accuracy": float((is_normal == called_normal).mean())} if len(is_normal) else {}
+    if (~is_normal).any():
+        out[SENSITIVITY] = float((~called_normal[~is_normal]).mean())
+    if is_normal.any():
+        out[SPECIFICITY] = float(called_normal[is_normal].mean())
+    return out
+
+
 def auc_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict[str, float]:
     """One-vs-rest AUC per class, micro (pooled) and macro (mean of classes). A class absent from y_true has no
     AUC; it is left out rather than reported as a number it cannot have."""

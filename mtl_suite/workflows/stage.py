@@ -373,7 +373,7 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
                                observer, augment, verbose, checkpoints=resumption.checkpoints)
     metrics.update(_log_test(final, task_data, workdir))
     _log_backbone_and_model(final, task_data, config, workdir, lineage)
-    metrics.update(stage_checks.run_checks(plan.name, final, task_data, config.train, metrics, say))
+    metrics.update(stage_checks.run_checks(plan.name, final, task_data, config.train, metrics, say, cv))
     return metrics
 
 

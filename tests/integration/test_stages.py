@@ -204,6 +204,31 @@ def test_trained_stages_log_the_colour_shortcut_and_say_it_beside_the_cnn(store)
     assert float(said.group(4)) == pytest.approx(m3["test/majority_class_accuracy"], abs=0.005)
 
 
+def test_multiclass_runs_are_also_read_as_normal_vs_leukemia(store, tmp_path):
+    """The sample's Benign class is normal: a multiclass run's logged predictions, grouped as Benign vs the other
+    classes, give its as_binary metrics (CV per fold, test with n and interval) and the line stage 3 says; the
+    binary cell stage has none."""
+    import pandas as pd
+
+    client = store["client"]
+    for stage in ("stage3", "classical"):
+        run = stage_run(store, stage)
+        m = run.data.metrics
+        test = pd.read_csv(client.download_artifacts(run.info.run_id, "test/predictions.csv", str(tmp_path)))
+        right = (test["label"] == "Benign") == (test["predicted"] == "Benign")
+        assert m["test/as_binary/accuracy"] == pytest.approx(right.mean()) and m["test/as_binary/n"] == len(test)
+        assert m["test/as_binary/accuracy_ci_low"] <= m["test/as_binary/accuracy"] <= m["test/as_binary/accuracy_ci_high"]
+        oof = pd.read_csv(client.download_artifacts(run.info.run_id, "cv/oof_predictions.csv", str(tmp_path)))
+        oof["right"] = (oof["label"] == "Benign") == (oof["predicted"] == "Benign")
+        assert m["cv/as_binary/accuracy_mean"] == pytest.approx(oof.groupby("fold")["right"].mean().mean())
+        assert 0 <= m["shortcut/best/as_binary/cv_accuracy"] <= 1
+        assert m["shortcut/best/as_binary/test_accuracy"] >= m["shortcut/best/test_accuracy"]  # grouping only forgives
+    m3 = stage_run(store, "stage3").data.metrics
+    assert (f"stage3 read as Benign vs leukemia: CNN test accuracy {m3['test/as_binary/accuracy']:.3f} "
+            f"({round(m3['test/as_binary/accuracy'] * m3['test/n'])}/{int(m3['test/n'])}; 95% CI") in store["output"]
+    assert not any(k.startswith(("test/as_binary", "cv/as_binary")) for k in stage_run(store, "stage2").data.metrics)
+
+
 def test_stain_control_is_a_layer_of_the_logged_model(tmp_path):
     """--stain reaches the model: the logged Keras model holds the layer (safe-mode load) and the run its param."""
     from mtl_suite.tracking.report_queries import load_run_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtl_suite.training.metrics import SCORES, classification_metrics, rate_metrics, summarise_folds
+from mtl_suite.training.metrics import SCORES, classification_metrics, normal_vs_rest, rate_metrics, summarise_folds
 
 # rows: true a, b, c; columns: predicted a, b, c (15 images)
 MATRIX = np.array([[4, 1, 0],
@@ -66,3 +66,14 @@ def test_an_absent_class_has_no_sensitivity_and_folds_still_summarise():
     assert summary["sensitivity/a_mean"] == pytest.approx((4 / 5 + 3 / 4) / 2)
     assert summary["specificity_macro_mean"] == pytest.approx((full["specificity_macro"]
                                                                + missing["specificity_macro"]) / 2)
+
+
+def test_normal_vs_rest_groups_the_leukemia_subtypes():
+    """MATRIX read with a as normal: a subtype mistaken for another (b for c) is still leukemia found."""
+    y_true, proba = _predictions(MATRIX)
+    scores = normal_vs_rest(y_true, proba.argmax(axis=1), normal=0)
+    # normal a: 4 of 5 called a; leukemia b+c: 10, of which 2 called a -> 8 found; right: 4 + 8 of 15
+    assert scores == pytest.approx({"accuracy": 12 / 15, "sensitivity": 8 / 10, "specificity": 4 / 5})
+    only_leukemia = normal_vs_rest(np.array([1, 2]), np.array([2, 0]), normal=0)
+    assert only_leukemia == {"accuracy": 0.5, "sensitivity": 0.5}  # no normal image: no specificity
+    assert normal_vs_rest(np.array([], dtype=int), np.array([], dtype=int), normal=0) == {}

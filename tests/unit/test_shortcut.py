@@ -109,6 +109,20 @@ def test_finds_no_shortcut_where_only_shape_tells_the_class():
     assert found.best_score.cv_accuracy > 0.95 and found.best_score.test_accuracy > 0.95
 
 
+def test_the_best_variants_predictions_are_the_ones_it_was_scored_on():
+    """best_oof holds each validated image's out-of-fold label (-1 elsewhere), best_test the refit's test labels:
+    reading them another way (normal vs leukemia) starts from exactly what the scores counted."""
+    images, labels = shape_coded(96)
+    folds, development, test = _split_indices(96)
+    check = shortcut_check(images, labels, folds, development, test)
+    score = check.best_score
+    fold_accuracy = [(check.best_oof[val] == labels[val]).mean() for _, val in folds]
+    assert np.mean(fold_accuracy) == pytest.approx(score.cv_accuracy)
+    validated = np.concatenate([val for _, val in folds])
+    assert (check.best_oof[np.setdiff1d(np.arange(96), validated)] == -1).all()
+    assert int((check.best_test == labels[test]).sum()) == score.test_correct
+
+
 def test_best_is_chosen_by_cv_not_by_test():
     images, labels = colour_coded(48)
     folds, development, test = _split_indices(48)

@@ -8,7 +8,7 @@ import pytest
 from mtl_suite.config import TrainConfig
 from mtl_suite.errors import UserError
 from mtl_suite.training.metrics import as_class_probabilities, classification_metrics, summarise_folds
-from mtl_suite.tasks import class_map_for
+from mtl_suite.tasks import class_map_for, normal_class_of
 
 
 def test_binary_metrics_from_a_sigmoid_column_match_hand_computed_values():
@@ -53,6 +53,16 @@ def test_binary_mapping_finds_the_normal_class_or_asks_for_it():
         class_map_for("binary", ["A", "B"], "Z", "leukemia")
     with pytest.raises(UserError, match="only one class"):
         class_map_for("multiclass", ["A"], None, "leukemia")
+
+
+def test_the_normal_class_is_named_found_or_none():
+    """A multiclass run is read as normal vs leukemia only where one class is plainly the normal one."""
+    assert normal_class_of(["Benign", "Early", "Pre", "Pro"]) == "Benign"
+    assert normal_class_of(["A", "B", "C"], "B") == "B"
+    assert normal_class_of(["A", "B", "C"]) is None
+    assert normal_class_of(["normal", "healthy", "ALL"]) is None  # two candidates: no guess
+    with pytest.raises(UserError, match="'Z' is not a class of the data"):
+        normal_class_of(["A", "B", "C"], "Z")
 
 
 def test_cross_validation_is_reproducible_under_a_seed():
