@@ -339,7 +339,27 @@ def shortcut_section(headline: list[RunData]) -> list[rp.Block]:
                   "under stain shifts: colour / CNN (%)", "best colour model", "source"), tuple(rows)),
         rp.Table(("model", "colour baseline", "CV accuracy (%)", "test accuracy (%)"), tuple(variant_rows),
                  "Every colour baseline on each run's split"),
+        *_as_binary_table(headline),
     ]
+
+
+def _as_binary_table(headline: list[RunData]) -> list[rp.Block]:
+    """Multiclass runs read as normal vs leukemia (`*/as_binary/*`, logged where the data has a normal class)."""
+    rows = []
+    for rd in headline:
+        mt = rd.run.data.metrics
+        if "test/as_binary/accuracy" not in mt and "cv/as_binary/accuracy_mean" not in mt:
+            continue
+        colour = {k: mt.get(f"shortcut/best/as_binary/{k}") for k in ("cv_accuracy", "test_accuracy")}
+        rows.append((rd.title, f"{pct(colour['cv_accuracy'])} / {pct(mt.get('cv/as_binary/accuracy_mean'))}",
+                     f"{pct(colour['test_accuracy'])} / {pct(mt.get('test/as_binary/accuracy'))}",
+                     f"{pct(mt.get('test/as_binary/sensitivity'))} / {pct(mt.get('test/as_binary/specificity'))}"))
+    if not rows:
+        return []
+    return [rp.Table(("model", "CV accuracy: colour / CNN (%)", "test accuracy: colour / CNN (%)",
+                      "CNN test sensitivity / specificity (%)"), tuple(rows),
+                     "Read as normal vs leukemia: a multiclass model's calls (and colour alone's) grouped as the "
+                     "normal class against every leukemia class")]
 
 
 ShortcutScores = tuple[str, dict[str, dict[str, float]], str]  # best variant, {variant: {score: value}}, source

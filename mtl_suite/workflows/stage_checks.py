@@ -97,7 +97,8 @@ def as_binary_line(plan_name: str, normal_class: str, metrics: dict[str, float],
                      + (f" vs colour alone {colour_test:.3f}" if colour_test is not None else ""))
     if f"cv/{AS_BINARY}/accuracy_mean" in metrics:
         colour_cv = metrics.get(f"shortcut/best/{AS_BINARY}/cv_accuracy")
-        cv = f"CV {metrics[f'cv/{AS_BINARY}/accuracy_mean']:.3f}" + (f" vs {colour_cv:.3f}" if colour_cv is not None else "")
+        cv = f"CV {metrics[f'cv/{AS_BINARY}/accuracy_mean']:.3f}"
+        cv += f" vs {colour_cv:.3f}" if colour_cv is not None else ""
         parts.append(cv if parts else f"{model} {cv}")
     return f"{plan_name} read as {normal_class} vs leukemia: " + ("; ".join(parts) or "nothing to score")
 

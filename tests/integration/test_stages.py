@@ -217,7 +217,8 @@ def test_multiclass_runs_are_also_read_as_normal_vs_leukemia(store, tmp_path):
         test = pd.read_csv(client.download_artifacts(run.info.run_id, "test/predictions.csv", str(tmp_path)))
         right = (test["label"] == "Benign") == (test["predicted"] == "Benign")
         assert m["test/as_binary/accuracy"] == pytest.approx(right.mean()) and m["test/as_binary/n"] == len(test)
-        assert m["test/as_binary/accuracy_ci_low"] <= m["test/as_binary/accuracy"] <= m["test/as_binary/accuracy_ci_high"]
+        low, high = m["test/as_binary/accuracy_ci_low"], m["test/as_binary/accuracy_ci_high"]
+        assert low <= m["test/as_binary/accuracy"] <= high
         oof = pd.read_csv(client.download_artifacts(run.info.run_id, "cv/oof_predictions.csv", str(tmp_path)))
         oof["right"] = (oof["label"] == "Benign") == (oof["predicted"] == "Benign")
         assert m["cv/as_binary/accuracy_mean"] == pytest.approx(oof.groupby("fold")["right"].mean().mean())

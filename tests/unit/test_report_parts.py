@@ -118,10 +118,17 @@ def test_shortcut_section_shows_logged_baselines_and_recomputes_for_older_runs(t
     for variant, cv, test in (("hist8", 0.95, 0.9), ("hist32", 0.99, 0.97)):
         logged.update({f"shortcut/{variant}/cv_accuracy": cv, f"shortcut/{variant}/test_accuracy": test})
     blocks = shortcut_section([_run_data(tmp_path / "a", logged, {"shortcut/best_variant": "hist32"}, False)])
-    main, variants = [b for b in blocks if isinstance(b, rp.Table)]
+    main, variants = [b for b in blocks if isinstance(b, rp.Table)]  # no as_binary metrics: no third table
     assert main.rows[0][1:4] == ("99.00 / 90.00", "97.00 / 87.50", "40.00 / 80.00")
     assert main.rows[0][4].startswith("hist32 (") and main.rows[0][5] == "logged by the stage run"
     assert {r[1] for r in variants.rows} == {"hist8", "hist32"}
+
+    read_binary = {**logged, "cv/as_binary/accuracy_mean": 0.95, "test/as_binary/accuracy": 0.9,
+                   "test/as_binary/sensitivity": 1.0, "test/as_binary/specificity": 0.5,
+                   "shortcut/best/as_binary/cv_accuracy": 0.97, "shortcut/best/as_binary/test_accuracy": 0.98}
+    tables = [b for b in shortcut_section([_run_data(tmp_path / "a", read_binary, {}, False)])
+              if isinstance(b, rp.Table)]
+    assert tables[2].rows[0][1:] == ("97.00 / 95.00", "98.00 / 90.00", "100.00 / 50.00")
 
     (tmp_path / "b").mkdir()
     older = _run_data(tmp_path / "b", {"cv/accuracy_mean": 0.5, "test/accuracy": 0.5}, {}, True)
