@@ -25,8 +25,9 @@ from mtl_suite.tracking.setup import record_in_launcher_run
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRIC = "cv/f1_macro_mean"
+# shown where the run has them (as_binary: a multiclass run read as normal vs leukemia, workflows/stage_checks.py)
 SHOWN_METRICS = ("cv/accuracy_mean", "cv/f1_macro_mean", "cv/f1_macro_std", "cv/auc_macro_mean", "test/accuracy",
-                 "test/f1_macro", "test/auc_macro")
+                 "test/f1_macro", "test/auc_macro", "cv/as_binary/accuracy_mean", "test/as_binary/accuracy")
 
 
 @dataclass(frozen=True)

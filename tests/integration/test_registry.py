@@ -77,6 +77,8 @@ def test_promote_picks_best_and_moves_aliases(store, client):
                  stage_run.data.tags["dataset_digest"], stage_run.data.tags["split_digest"],
                  "- model: refit, test-time none, colour fusion none; on re-stained test images "):
         assert text in first.description
+    # the sample's Benign class: the description also reads the 4-class model as normal vs leukemia
+    assert f"test/as_binary/accuracy {stage_run.data.metrics['test/as_binary/accuracy']:.4f}" in first.description
     assert first.tags["dataset_digest"] == stage_run.data.tags["dataset_digest"]
 
     # Promoting the same run again does nothing.
