@@ -32,6 +32,19 @@ def logged_probabilities(client, run_id: str, folder: str) -> tuple[pd.DataFrame
     return oof.set_index("sha256"), test.set_index("sha256")
 
 
+def scores(runs: list[tuple[pd.DataFrame, pd.DataFrame]], task_data, normal: int | None) -> tuple[list[float], float]:
+    """Per-fold and test accuracy of the runs' (out-of-fold, test) probabilities averaged per image."""
+    split, labels = task_data.split, task_data.data.labels
+    columns = ["p_" + name for name in task_data.class_names]
+    digests = np.array([e.sha256 for e in split.entries])
+
+    def accuracy_on(part: int, rows: np.ndarray) -> float:
+        mean = np.mean([run[part].loc[digests[rows], columns].to_numpy() for run in runs], axis=0)
+        return accuracy(mean, labels[rows], normal)
+
+    return [accuracy_on(0, val) for _, _, val in split.fold_indices()], accuracy_on(1, split.test_indices)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", required=True)
@@ -41,28 +54,22 @@ def main() -> None:
     client = mlflow.MlflowClient(args.tracking_uri)
     data_cfg, task, _ = run_data(client.get_run(args.runs[0]))
     task_data = smear_task(data_cfg, task, None)
-    split, labels = task_data.split, task_data.data.labels
-    columns = ["p_" + name for name in task_data.class_names]
-    digests = np.array([e.sha256 for e in split.entries])
+    test_part = {task_data.split.entries[i].sha256 for i in task_data.split.test_indices}
     with tempfile.TemporaryDirectory() as folder:
         logged_runs = [logged_probabilities(client, run_id, folder) for run_id in args.runs]
-    for oof, test in logged_runs:
-        if set(test.index) != set(digests[split.test_indices]):
-            raise SystemExit("the runs' logged test parts differ from the first run's split")
+    for run_id, (_, test) in zip(args.runs, logged_runs):
+        if set(test.index) != test_part:
+            raise SystemExit(f"run {run_id}: its logged test part is not the split of run {args.runs[0]}")
     readings = [("4-class", None)]
     if args.normal_class:
         readings.append((f"{args.normal_class} vs leukemia", task_data.class_names.index(args.normal_class)))
-    members = [(run_id[:8], [i]) for i, run_id in enumerate(args.runs)] + [("average", list(range(len(args.runs))))]
-    for name, picked in members:
+    members = [(run_id[:8], [run]) for run_id, run in zip(args.runs, logged_runs)] + [("average", logged_runs)]
+    n = len(test_part)
+    for name, runs in members:
         for reading, normal in readings:
-            def averaged(part: int, rows: np.ndarray) -> np.ndarray:
-                return np.mean([logged_runs[i][part].loc[digests[rows], columns].to_numpy() for i in picked], axis=0)
-
-            folds = [accuracy(averaged(0, val), labels[val], normal) for _, _, val in split.fold_indices()]
-            test_rows = split.test_indices
-            test = accuracy(averaged(1, test_rows), labels[test_rows], normal)
+            folds, test = scores(runs, task_data, normal)
             print(f"{name} {reading}: folds {' '.join(f'{a:.4f}' for a in folds)}; CV {np.mean(folds):.5f} +- "
-                  f"{np.std(folds, ddof=1):.4f}; test {test:.4f} ({round(test * len(test_rows))}/{len(test_rows)})")
+                  f"{np.std(folds, ddof=1):.4f}; test {test:.4f} ({round(test * n)}/{n})")
 
 
 if __name__ == "__main__":
