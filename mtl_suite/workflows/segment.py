@@ -19,6 +19,7 @@ from mtl_suite.errors import UserError
 from mtl_suite.imaging.roi import RoiParams
 from mtl_suite.tracking.runs import git_commit, log_split
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
+from mtl_suite.tracking.stage_log import model_requirements
 
 OVERLAY_COUNT = 6
 SEGMENTATION = "segmentation"  # the `stage` tag of segmentation runs; their `task` tag is "train" or "evaluate"
@@ -128,7 +129,10 @@ def _log_model(model, sample: np.ndarray) -> None:
     from mtl_suite.imaging.unet import predict_probabilities
 
     signature = infer_signature(sample, predict_probabilities(model, sample)[..., None])
-    mlflow.keras.log_model(model, name="model", signature=signature)  # no input_example: fails in 3.17.2
+    # Requirements stated, not inferred: MLflow's inference reloads the model in a subprocess (seconds) and, for this
+    # flavour, fails over to `keras` alone, which cannot load the model without TensorFlow.
+    mlflow.keras.log_model(model, name="model", signature=signature,  # no input_example: fails in 3.17.2
+                           pip_requirements=model_requirements())
 
 
 # --- loading a trained run -----------------------------------------------------------------------------------------

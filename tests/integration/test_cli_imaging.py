@@ -78,6 +78,8 @@ def test_train_logs_tags_curves_overlays_and_a_model(trained, store):
     assert model.output_shape[-1] == 1
     info = mlflow.models.get_model_info(f"runs:/{trained.info.run_id}/model")
     assert info.signature is not None
+    requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.info.run_id}/model/requirements.txt"))
+    assert {line.split("==")[0] for line in requirements.read_text().split()} >= {"tensorflow", "keras"}  # loadable
 
 
 @pytest.mark.slow
