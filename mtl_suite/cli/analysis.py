@@ -14,10 +14,11 @@ from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
     AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, Quiet, SystemMetrics, TaskOption,
     TrackingUri, Tta, check_inputs, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
-    mark_runs_killed_on_sigterm, say, study_overrides, typed,
+    say, study_overrides, typed,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
+from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
 
 _D, _T = DataConfig(), TrainConfig()
@@ -89,7 +90,7 @@ def compare(
     enable_system_metrics(system_metrics)
     from mtl_suite.workflows.compare import CompareRequest, run_comparison
 
-    mark_runs_killed_on_sigterm()
+    unwind_on_interrupts()
     command = command_line(ctx)
     with progress.display(quiet):
         run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,

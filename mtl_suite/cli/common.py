@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, Optional
@@ -145,15 +144,6 @@ def enable_system_metrics(on: bool) -> None:
         raise UserError("--system-metrics needs the psutil package: pip install -e '.[system-metrics]' "
                         "(or pip install psutil)")
     os.environ[SYSTEM_METRICS_ENV] = "true"
-
-
-def mark_runs_killed_on_sigterm() -> None:
-    """`kill` (SIGTERM) unwinds like Ctrl-C, so open MLflow runs are closed as KILLED/FAILED, not left RUNNING."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def say(message: str, quiet: bool = False) -> None:

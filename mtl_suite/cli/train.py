@@ -15,9 +15,10 @@ from mtl_suite.catalog import STAGES, StagePlan, Task
 from mtl_suite.cli.common import (
     CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, Layout, Precision,
     Quiet, Stain, SystemMetrics, TaskOption, TrackingUri, Tta, check_inputs, enable_system_metrics, explicit_options,
-    given, handle_user_errors, mark_runs_killed_on_sigterm, parse_units, say, study_overrides,
+    given, handle_user_errors, parse_units, say, study_overrides,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
+from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
 
 _D, _T = DataConfig(), TrainConfig()
@@ -124,7 +125,7 @@ def stage_command(plan: StagePlan):
         enable_system_metrics(system_metrics)
         from mtl_suite.workflows.stage import StageRequest, run_stage  # heavy imports only when training
 
-        mark_runs_killed_on_sigterm()
+        unwind_on_interrupts()
         with progress.display(quiet) as display, display.level("stages", 1):  # grows by the missing stages run first
             outcome = run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class,
                                              cells=cells, source=source, parent_run=parent_run, quiet=quiet,

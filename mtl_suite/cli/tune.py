@@ -13,9 +13,10 @@ from mtl_suite.catalog import TUNABLE_STAGES, Stage, Task
 from mtl_suite.cli.common import (
     AllowOutsideRoot, BackboneName, Experiment, Layout, Quiet, SystemMetrics, TaskName, TrackingUri, check_inputs,
     choice, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
-    mark_runs_killed_on_sigterm, say,
+    say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
+from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
 from mtl_suite.tuning.names import ENGINES, PRUNERS, SAMPLERS
 
@@ -94,7 +95,7 @@ def tune(
     enable_system_metrics(system_metrics)
     from mtl_suite.workflows.tune import TuneRequest, tune as run_tune
 
-    mark_runs_killed_on_sigterm()
+    unwind_on_interrupts()
     with progress.display(quiet):
         outcome = run_tune(TuneRequest(
             stage=stage, config=cfg, task=task, normal_class=normal_class, cells=cells, parent_run=parent_run,

@@ -19,6 +19,7 @@ import numpy as np
 from mtl_suite.config import TrainConfig
 from mtl_suite.data.pipeline import BatchAugment
 from mtl_suite.data.splits import Split
+from mtl_suite.interrupts import raise_if_interrupted
 from mtl_suite.models.backbones import set_trainable_top
 from mtl_suite.models.ensemble import fold_ensemble, with_colour, with_flips
 from mtl_suite.training.checkpoint import FitCheckpoint, load_weights, save_weights
@@ -110,6 +111,7 @@ def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_
     results: list[FoldResult] = []
     with heap_frozen():  # each finished fold's full garbage collection then walks only what the folds created
         for fold, train_idx, val_idx in split.fold_indices():
+            raise_if_interrupted()
             name = f"fold-{fold}"
             result = completed.get(name)
             if result is not None and keep_weights:
@@ -183,6 +185,7 @@ def refit_and_test(data: ArrayData, split: Split, class_names: list[str], model_
                    verbose: int = 0, checkpoints: Path | None = None) -> TestResult:
     """Train on every development image (no validation part, so no early stopping: the same epoch budget as the
     folds) and score once on the outer test images."""
+    raise_if_interrupted()
     observer = observer or SilentObserver()
     train_idx, test_idx = split.development_indices, split.test_indices
     checkpoint = _checkpoint(checkpoints, "final")

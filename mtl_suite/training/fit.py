@@ -32,6 +32,7 @@ from mtl_suite.training.activations import (
 )
 from mtl_suite.training.features import FeatureStore, backbone_features, predict_in_chunks
 from mtl_suite.training.metrics import as_class_probabilities
+from mtl_suite.training.session import InterruptCheck
 
 # (phase name, first epoch number of the phase) -> callbacks for that phase, e.g. an MLflow epoch logger.
 CallbackFactory = Callable[[str, int], list[keras.callbacks.Callback]]
@@ -134,7 +135,7 @@ def fit_classifier(
         if trained is not model:  # injected callbacks see the classifier, as on the uncached path
             injected = [ShowClassifier(callback, model) for callback in injected]
         stopping = _early_stopping(val, cfg, state)
-        own = [EpochSeeding(seed, phase), *stopping]
+        own = [InterruptCheck(), EpochSeeding(seed, phase), *stopping]
         if checkpoint is not None:
             own.append(EpochCheckpoint(checkpoint, index, epochs, history, stopping[0] if stopping else None))
         result = _fit(trained, train_part, val_part, cfg, n_classes, epochs, injected + own, augment, verbose,

@@ -1,4 +1,4 @@
-"""Freeing a finished fold's TensorFlow state quickly and without losing Ctrl-C or `kill`."""
+"""Freeing a finished fold's TensorFlow state quickly, and training that never loses Ctrl-C or `kill`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import keras
 
-DEFERRED = (signal.SIGINT, signal.SIGTERM)
+from mtl_suite.interrupts import INTERRUPTS, raise_if_interrupted
 
 
 def free_models() -> None:
@@ -38,7 +38,7 @@ def heap_frozen() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def signals_deferred(signals: tuple[signal.Signals, ...] = DEFERRED) -> Iterator[None]:
+def signals_deferred(signals: tuple[signal.Signals, ...] = INTERRUPTS) -> Iterator[None]:
     """Record `signals` while the block runs; afterwards restore the handlers and raise each received signal again,
     so the usual handler acts on it (KeyboardInterrupt, the CLI's SIGTERM unwinding, or the default action)."""
     if threading.current_thread() is not threading.main_thread():
@@ -53,3 +53,11 @@ def signals_deferred(signals: tuple[signal.Signals, ...] = DEFERRED) -> Iterator
             signal.signal(signum, handler)
         for signum in dict.fromkeys(received):
             signal.raise_signal(signum)
+
+
+class InterruptCheck(keras.callbacks.Callback):
+    """Raises, after each epoch, an interrupt that reached the process but was dropped inside a finalizer
+    (mtl_suite/interrupts.py), so a `kill` during training ends the run as KILLED instead of letting it finish."""
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        raise_if_interrupted()

@@ -261,8 +261,8 @@ def test_the_flag_reaches_the_training_commands(runner, monkeypatch, outside_man
                                best_value=None, best_trial=None, storage="s")
 
     monkeypatch.setattr(importlib.import_module(module_name), function, fake)
-    for module in ("mtl_suite.cli.train", "mtl_suite.cli.tune"):  # leave pytest's SIGTERM handling alone
-        monkeypatch.setattr(f"{module}.mark_runs_killed_on_sigterm", lambda: None)
+    for module in ("mtl_suite.cli.train", "mtl_suite.cli.tune"):  # leave pytest's Ctrl-C and SIGTERM handling alone
+        monkeypatch.setattr(f"{module}.unwind_on_interrupts", lambda: None)
     for flag in ([], ["--allow-outside-root"]):
         result = invoke(runner, command, "--data", outside_manifest, *flag, "-q")
         assert result.exit_code == 0, result.output

@@ -18,7 +18,7 @@ def store(tmp_path, monkeypatch):
     for variable in ("MLFLOW_TRACKING_URI", "MTL_SUITE_OPTUNA_STORAGE"):
         monkeypatch.delenv(variable, raising=False)
     for module in ("mtl_suite.cli.train", "mtl_suite.cli.tune", "mtl_suite.cli.analysis"):
-        monkeypatch.setattr(f"{module}.mark_runs_killed_on_sigterm", lambda: None, raising=False)
+        monkeypatch.setattr(f"{module}.unwind_on_interrupts", lambda: None, raising=False)
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 

@@ -234,7 +234,7 @@ LAYERS = [
     ("training",),
     ("tasks",),
     ("models", "imaging", "data"),
-    ("catalog", "config", "errors", "io_utils", "cache", "paths", "output", "progress", "__init__"),
+    ("catalog", "config", "errors", "interrupts", "io_utils", "cache", "paths", "output", "progress", "__init__"),
 ]
 
 

@@ -24,7 +24,7 @@ def test_speed_options_override_the_train_config(runner, monkeypatch):
         return stage_runs.StageOutcome("run", request.stage, {}, "sqlite:///x.db", "0")
 
     monkeypatch.setattr(stage_runs, "run_stage", fake_run_stage)
-    monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
+    monkeypatch.setattr(train_cli, "unwind_on_interrupts", lambda: None)
     result = runner.invoke(stage_app(), ["stage3", "--no-feature-cache", "--precision", "mixed", "--jit-compile",
                                          "--execution", "graph"])
     assert result.exit_code == 0, result.output
@@ -38,7 +38,7 @@ def test_speed_options_override_the_train_config(runner, monkeypatch):
 def test_unknown_precision_is_refused_while_parsing(runner, monkeypatch):
     from mtl_suite.cli import app
 
-    monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
+    monkeypatch.setattr(train_cli, "unwind_on_interrupts", lambda: None)
     result = runner.invoke(app, ["stage3", "--precision", "half"])
     assert result.exit_code == 2
     assert ("error: Invalid value for '--precision': 'half' is not one of 'float32', 'mixed', 'mixed_float16', "
@@ -46,7 +46,7 @@ def test_unknown_precision_is_refused_while_parsing(runner, monkeypatch):
 
 
 def test_unknown_precision_in_a_config_file_names_the_key(runner, monkeypatch, tmp_path):
-    monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
+    monkeypatch.setattr(train_cli, "unwind_on_interrupts", lambda: None)
     config = tmp_path / "experiment.yaml"
     config.write_text("train: {precision: half}\n")
     result = runner.invoke(stage_app(), ["stage3", "--config", str(config)])
@@ -55,7 +55,7 @@ def test_unknown_precision_in_a_config_file_names_the_key(runner, monkeypatch, t
 
 
 def test_eager_execution_with_xla_is_refused_in_one_line(runner, monkeypatch):
-    monkeypatch.setattr(train_cli, "mark_runs_killed_on_sigterm", lambda: None)
+    monkeypatch.setattr(train_cli, "unwind_on_interrupts", lambda: None)
     result = runner.invoke(stage_app(), ["stage3", "--execution", "eager", "--jit-compile"])
     assert result.exit_code == 2
     assert ("command line: 'train.execution + train.jit_compile' must be compatible: eager steps are never "
