@@ -25,7 +25,9 @@ def write_cv_files(cv: CVResult, task_data: TaskData, folder: Path) -> Path:
         folder / "oof_predictions.csv", index=False)
     pooled = m.classification_metrics(y_true, cv.oof_proba, names)
     _figures(y_true, cv.oof_proba, names, pooled, folder, "cross-validation (out-of-fold)")
-    plots.curves_png(cv.histories, folder / "curves.png", "training and validation per epoch (mean, range over folds)")
+    if cv.histories:  # an ensemble of logged runs trained nothing here
+        plots.curves_png(cv.histories, folder / "curves.png",
+                         "training and validation per epoch (mean, range over folds)")
     (folder / "classification_report.txt").write_text(m.classification_report(y_true, cv.oof_proba, names))
     return folder
 

@@ -1,6 +1,6 @@
-"""`mtl-suite promote`, `mtl-suite predict`, `mtl-suite serve`: the model registry and serving.
+"""`mtl-suite ensemble`, `mtl-suite promote`, `mtl-suite predict`, `mtl-suite serve`: the model registry and serving.
 
-promote registers the best finished stage run as a raw-image pyfunc with alias `champion`; predict and serve load
+ensemble combines finished stage-3 runs into one run whose model averages theirs; promote registers the best finished stage run as a raw-image pyfunc with alias `champion`; predict and serve load
 `models:/<name>@champion` (or any model URI) and take image files, folders, or base64 bytes over HTTP."""
 
 from __future__ import annotations
@@ -59,6 +59,29 @@ def promote(
         typer.echo(outcome.plan.ranking.head(10).to_string(index=False), err=True)
     if outcome.version is not None:
         typer.echo(f"models:/{name}/{outcome.version.version}")
+
+
+@handle_user_errors
+def ensemble(
+    run_ids: Annotated[list[str], typer.Argument(help="Finished stage-3 (or classical) runs on one split, same task "
+                                                 "and image size.", show_default=False)],
+    normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="Multiclass data: also score the calls "
+                                                        "as this class vs leukemia (default: a class named like a "
+                                                        "normal one).", show_default=False)] = None,
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = DEFAULT_EXPERIMENT,
+    quiet: Quiet = False,
+) -> None:
+    """Combine finished runs into one model that averages their probabilities, logged as a stage run (promote,
+    predict and serve take it like any other). Nothing is trained: its CV and test figures are the members' logged
+    out-of-fold and test probabilities averaged."""
+    from mtl_suite.interrupts import unwind_on_interrupts
+    from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
+
+    unwind_on_interrupts()
+    outcome = make_ensemble(EnsembleRequest(tuple(run_ids), tracking_uri, experiment, normal_class, quiet),
+                            say=lambda m: say(m, quiet))
+    typer.echo(outcome.run_id)
 
 
 def _experiment_ids(tracking_uri: str | None, experiment: str, all_experiments: bool,
@@ -274,6 +297,7 @@ def check_model_uri(model: str, tracking_uri: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    app.command("ensemble")(ensemble)
     app.command("promote")(promote)
     app.command("predict")(predict)
     app.command("serve")(serve)

@@ -4,6 +4,7 @@
   fold ensemble   the k cross-validation fold models, their class probabilities averaged (in place of the refit)
   flips (TTA)     the classifier applied to the image and to its horizontal, vertical and double flip, averaged
   colour fusion   the classifier and a colour-only classifier (models/colour.py), their probabilities averaged
+  run ensemble    the final models of finished stage runs on one split (`mtl-suite ensemble`), averaged
 
 A blood smear has no up, down, left or right, so a flipped field is as valid an input as the original; averaging
 the four is the test-time augmentation. The wrappers hold their members as nested models and end in an `Average`
@@ -20,6 +21,7 @@ import numpy as np
 from keras import ops
 
 ENSEMBLE_NAME, FLIPS_NAME, COLOUR_FUSED_NAME = "fold_ensemble", "flips", "colour_fused"
+RUN_ENSEMBLE_NAME = "run_ensemble"
 # (image axes flipped) per TTA view, for (N, H, W, C) input: none, left-right, up-down, both
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))
 
@@ -43,16 +45,25 @@ class Flip(keras.layers.Layer):
 
 
 def fold_ensemble(members: Sequence[keras.Model]) -> keras.Model:
-    """One model: the input through every member, their outputs averaged. Members are renamed fold_0, fold_1, ...
-    (nested models need unique names to be saved)."""
+    """One model: the input through every fold model, their outputs averaged."""
+    return _averaged(members, "fold", ENSEMBLE_NAME)
+
+
+def run_ensemble(members: Sequence[keras.Model]) -> keras.Model:
+    """One model: the input through the final model of every member run, their outputs averaged."""
+    return _averaged(members, "run", RUN_ENSEMBLE_NAME)
+
+
+def _averaged(members: Sequence[keras.Model], prefix: str, name: str) -> keras.Model:
+    """Members are renamed <prefix>_0, <prefix>_1, ... (nested models need unique names to be saved)."""
     if len(members) < 2:
-        raise ValueError(f"a fold ensemble needs at least 2 members, got {len(members)}")
+        raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
     inputs = keras.Input(shape=members[0].input_shape[1:], name="image")
     outputs = []
     for index, member in enumerate(members):
-        member.name = f"fold_{index}"
+        member.name = f"{prefix}_{index}"
         outputs.append(member(inputs))
-    return keras.Model(inputs, keras.layers.Average(name="mean_probability")(outputs), name=ENSEMBLE_NAME)
+    return keras.Model(inputs, keras.layers.Average(name="mean_probability")(outputs), name=name)
 
 
 def with_flips(model: keras.Model) -> keras.Model:
@@ -71,8 +82,8 @@ def with_colour(model: keras.Model, colour: keras.Model) -> keras.Model:
 
 def prediction_parts(model: keras.Model) -> list[tuple[tuple[int, ...], keras.Model]] | None:
     """(flipped axes, member) for each averaged prediction of a model made by fold_ensemble, with_flips or
-    with_colour (its output is the plain mean of these); None for any other model."""
-    if model.name in (ENSEMBLE_NAME, COLOUR_FUSED_NAME):
+    with_colour or run_ensemble (its output is the plain mean of these); None for any other model."""
+    if model.name in (ENSEMBLE_NAME, COLOUR_FUSED_NAME, RUN_ENSEMBLE_NAME):
         return [((), layer) for layer in model.layers if isinstance(layer, keras.Model)]
     if model.name == FLIPS_NAME:
         inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]

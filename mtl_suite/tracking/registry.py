@@ -41,16 +41,17 @@ def finished_stage_runs(experiment_ids: list[str], stage: str, task: str | None 
                               order_by=["attributes.start_time DESC"], max_results=5000, output_format="list")
 
 
-def finished_stage_run(run_id: str) -> Run:
-    """The run named by --run-id; a user error unless it is a finished stage run."""
+def finished_stage_run(run_id: str, what: str | None = None) -> Run:
+    """The run named by --run-id (or `what`, e.g. 'member run abc'); a user error unless it is a finished stage run."""
+    what = what or f"--run-id {run_id}"
     try:
         run = mlflow.get_run(run_id)
     except MlflowException:
-        raise UserError(f"--run-id {run_id}: no such run in the tracking store") from None
+        raise UserError(f"{what}: no such run in the tracking store") from None
     if run.data.tags.get("run_kind") != RunKind.STAGE:
-        raise UserError(f"--run-id {run_id} is not a stage run (tag run_kind={run.data.tags.get('run_kind')!r})")
+        raise UserError(f"{what} is not a stage run (tag run_kind={run.data.tags.get('run_kind')!r})")
     if run.info.status != "FINISHED":
-        raise UserError(f"--run-id {run_id} did not finish (status {run.info.status}); pick a finished run")
+        raise UserError(f"{what} did not finish (status {run.info.status}); pick a finished run")
     return run
 
 

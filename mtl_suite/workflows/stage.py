@@ -371,7 +371,7 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
     else:
         final = refit_and_test(task_data.data, task_data.split, task_data.class_names, factory, config.train,
                                observer, augment, verbose, checkpoints=resumption.checkpoints)
-    metrics.update(_log_test(final, task_data, workdir))
+    metrics.update(log_test(final, task_data, workdir))
     _log_backbone_and_model(final, task_data, config, workdir, lineage)
     metrics.update(stage_checks.run_checks(plan.name, final, task_data, config.train, metrics, say, cv))
     return metrics
@@ -384,7 +384,7 @@ def _final_model_tags(train: TrainConfig, folds: int) -> dict[str, str]:
     return {"final_model": final, "tta": train.tta, "colour_fusion": train.colour_fusion}
 
 
-def _log_test(final: TestResult, task_data: TaskData, workdir: Path) -> dict[str, float]:
+def log_test(final: TestResult, task_data: TaskData, workdir: Path) -> dict[str, float]:
     if not len(final.index):
         return {}
     test_metrics = {f"test/{k}": v

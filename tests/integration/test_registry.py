@@ -1,4 +1,6 @@
-"""`mtl-suite promote` and the registered raw-image pyfunc, end to end on two real stage-3 runs (tiny backbone)."""
+"""`mtl-suite promote` and the registered raw-image pyfunc, end to end on two real stage-3 runs (tiny backbone), and
+`mtl-suite ensemble` of the two: one stage run whose figures are the runs' logged probabilities averaged, whose model
+averages theirs, and which promote and the registered pyfunc take like any other run."""
 
 from __future__ import annotations
 
@@ -228,3 +230,75 @@ def test_predict_cli_on_a_folder(store, client, tmp_path):
 
 def _experiment_id(store) -> str:
     return mlflow.MlflowClient(tracking_uri=store.uri).get_experiment_by_name(store.experiment).experiment_id
+
+
+# --- mtl-suite ensemble -------------------------------------------------------------------------------------------
+
+ENSEMBLES = "ensembles"  # not the members' experiment, where the tests above rank the runs
+
+
+def ensemble(store, *args: str):
+    return CliRunner().invoke(app, ["ensemble", *args, "--tracking-uri", store.uri, "--experiment", ENSEMBLES, "-q"])
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(store, client):
+    result = ensemble(store, *store.runs)
+    assert result.exit_code == 0, result.output
+    return client.get_run(result.stdout.strip().splitlines()[-1])
+
+
+def logged_csv(run_id: str, path: str) -> pd.DataFrame:
+    return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def probabilities(frame: pd.DataFrame) -> np.ndarray:
+    return frame.set_index("sha256").sort_index().filter(like="p_").to_numpy()
+
+
+def test_the_ensemble_scores_the_members_probabilities_averaged(store, ensemble_run):
+    tags, metrics = ensemble_run.data.tags, ensemble_run.data.metrics
+    assert (tags["run_kind"], tags["stage"], tags["ensemble_members"]) == ("stage", "stage3", ",".join(store.runs))
+    for path in ("test/predictions.csv", "cv/oof_predictions.csv"):
+        members = np.mean([probabilities(logged_csv(run_id, path)) for run_id in store.runs], axis=0)
+        np.testing.assert_allclose(probabilities(logged_csv(ensemble_run.info.run_id, path)), members, atol=1e-6)
+    test = logged_csv(ensemble_run.info.run_id, "test/predictions.csv")
+    assert metrics["test/accuracy"] == pytest.approx((test["label"] == test["predicted"]).mean())
+    oof = logged_csv(ensemble_run.info.run_id, "cv/oof_predictions.csv")
+    per_fold = oof.assign(hit=oof["label"] == oof["predicted"]).groupby("fold")["hit"].mean()
+    assert metrics["cv/accuracy_mean"] == pytest.approx(per_fold.mean())
+    assert "shortcut/best/cv_accuracy" in metrics and "robustness/stain_shift_accuracy" in metrics
+
+
+def test_the_promoted_ensemble_serves_the_members_average(store, client, ensemble_run):
+    name = "mtl-ensemble"
+    result = CliRunner().invoke(app, ["promote", "--run-id", ensemble_run.info.run_id, "--name", name,
+                                      "--tracking-uri", store.uri, "--experiment", ENSEMBLES, "-q"])
+    assert result.exit_code == 0, result.output
+    batch = np.stack([read_resized(p, IMAGE_SIZE) for p in SAMPLES]).astype("float32")
+    members = [mlflow.keras.load_model(f"runs:/{run_id}/model") for run_id in store.runs]
+    expected = np.mean([as_class_probabilities(m.predict(batch, verbose=0)) for m in members], axis=0)
+    served = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(
+        pd.DataFrame({"image": [str(p) for p in SAMPLES]}))
+    np.testing.assert_allclose(np.array(served["probabilities"].tolist()), expected, atol=1e-5)
+
+
+def stage2_run(client, store) -> str:
+    experiment = client.get_experiment_by_name(store.experiment).experiment_id
+    return client.search_runs([experiment], "tags.stage = 'stage2' AND tags.run_kind = 'stage'")[0].info.run_id
+
+
+@pytest.mark.parametrize("members, message", [
+    (lambda store, client: [store.runs[0]], "an ensemble needs at least 2 different runs"),
+    (lambda store, client: [store.runs[0], store.runs[0]], "an ensemble needs at least 2 different runs"),
+    (lambda store, client: [store.runs[0], "0" * 32], f"member run {'0' * 32}: no such run"),
+    (lambda store, client: [stage2_run(client, store), store.runs[0]], "is a stage2 run: only the final stage's"),
+], ids=["one", "twice", "unknown", "stage2"])
+def test_bad_members_get_one_line_and_no_run(store, client, members, message):
+    experiment = client.get_experiment_by_name(ENSEMBLES)
+    before = len(client.search_runs([experiment.experiment_id])) if experiment else 0
+    result = ensemble(store, *members(store, client))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    experiment = client.get_experiment_by_name(ENSEMBLES)
+    assert (len(client.search_runs([experiment.experiment_id])) if experiment else 0) == before
