@@ -119,7 +119,9 @@ def test_a_real_benchmark_in_quick_mode(tmp_path):
 # bench_segmentation (U-Net training, ~50 s) and bench_stages (MobileNet fits, ~30 s) likewise: test_cli_imaging and
 # test_stages run their code paths. bench_server starts a tracking server on PostgreSQL and three `mtl-suite tune`
 # workers, the path test_scale_out runs with a killed worker. bench_loader runs in the test just above.
-OUTSIDE_CI = ("serving", "tuning", "throughput", "faults", "segmentation", "stages", "server", "loader")
+# bench_execution (about 25 s: eager and traced fits of the tiny backbone) times what tests/unit/test_execution.py
+# runs both ways.
+OUTSIDE_CI = ("serving", "tuning", "throughput", "faults", "segmentation", "stages", "server", "loader", "execution")
 
 
 @pytest.mark.slow
