@@ -31,7 +31,8 @@ from mtl_suite.tracking import stage_log
 from mtl_suite.tracking.logged_runs import LoggedStageRun, read_stage_run
 from mtl_suite.tracking.report_queries import load_run_model
 from mtl_suite.tracking.runs import git_commit, log_split
-from mtl_suite.tracking.setup import use_tracking
+from mtl_suite.tracking.reachability import check_tracking_uri
+from mtl_suite.tracking.setup import resolve_tracking_uri, use_tracking
 from mtl_suite.training.cv import CVResult, TestResult
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
 from mtl_suite.workflows import stage_checks
@@ -51,7 +52,9 @@ class EnsembleRequest:
 
 
 def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) -> StageOutcome:
-    uri, experiment_id = use_tracking(request.tracking_uri, request.experiment)
+    uri = resolve_tracking_uri(request.tracking_uri)
+    check_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)  # the members are read before the experiment is made: bad input leaves nothing
     with tempfile.TemporaryDirectory(prefix="mtl-ensemble-") as tmp:
         members = [read_stage_run(run_id, Path(tmp) / run_id, f"member run {run_id}") for run_id in request.run_ids]
         check_members(members)
@@ -68,6 +71,7 @@ def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) 
         model = run_ensemble([load_run_model(m.run_id) for m in members])
         final = averaged_test(members, task_data, model)
         name = f"ensemble-{stage}-{_backbones(members)}-{task}"
+        _, experiment_id = use_tracking(uri, request.experiment)
         with mlflow.start_run(run_name=name, experiment_id=experiment_id) as run:
             say(f"ensemble of runs {', '.join(m.run_id for m in members)}: MLflow run {run.info.run_id} in {uri}")
             try:

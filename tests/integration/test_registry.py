@@ -295,10 +295,8 @@ def stage2_run(client, store) -> str:
     (lambda store, client: [stage2_run(client, store), store.runs[0]], "is a stage2 run: only the final stage's"),
 ], ids=["one", "twice", "unknown", "stage2"])
 def test_bad_members_get_one_line_and_no_run(store, client, members, message):
-    experiment = client.get_experiment_by_name(ENSEMBLES)
-    before = len(client.search_runs([experiment.experiment_id])) if experiment else 0
-    result = ensemble(store, *members(store, client))
+    result = CliRunner().invoke(app, ["ensemble", *members(store, client), "--tracking-uri", store.uri,
+                                      "--experiment", "ensembles-bad-input"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
-    experiment = client.get_experiment_by_name(ENSEMBLES)
-    assert (len(client.search_runs([experiment.experiment_id])) if experiment else 0) == before
+    assert client.get_experiment_by_name("ensembles-bad-input") is None  # nothing made, not even the experiment
