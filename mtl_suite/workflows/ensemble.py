@@ -146,11 +146,7 @@ def _log(members: list[LoggedStageRun], task_data: TaskData, split: tuple[Path, 
          final: TestResult, workdir: Path, say: Callable[[str], None]) -> dict[str, float]:
     first = members[0]
     workdir.mkdir()
-    shared = {tag: first.run.data.tags[tag] for tag in SHARED_TAGS + ("dataset_digest",) if tag in first.run.data.tags}
-    backbone = _backbones(members)
-    mlflow.set_tags({"run_kind": RunKind.STAGE, "git_commit": git_commit(), **shared, "backbone": backbone,
-                     "final_model": f"run_ensemble_{len(members)}", "ensemble_members": ",".join(
-                         m.run_id for m in members), "data": task_data.description[:250]})
+    mlflow.set_tags(_run_tags(members, task_data))
     log_split(*split, task_data.split.to_json())
     stage_log.log_exposure(_union([m.exposure for m in members]))
     metrics: dict[str, float] = {}
@@ -159,12 +155,24 @@ def _log(members: list[LoggedStageRun], task_data: TaskData, split: tuple[Path, 
         stage_log.log_metrics_and_folder(cv_metrics, write_cv_files(cv, task_data, workdir / "cv"), "cv")
         metrics.update(cv_metrics)
     metrics.update(log_test(final, task_data, workdir))
+    say("logging the combined model")
     stage_log.log_keras_model(final.model, task_data.data.images[:2].astype("float32"), {
         **{k: v for k, v in first.info.items() if k in ("class_names", "image_size", "input_masking")},
-        "backbone": backbone, "ensemble_members": [m.run_id for m in members]})
+        "backbone": _backbones(members), "ensemble_members": [m.run_id for m in members]})
     train = checks_config([m.config.train for m in members])
+    say(f"checks: colour baselines on the split, the combined model on {len(task_data.split.test_indices)} "
+        "re-stained test images")
     metrics.update(stage_checks.run_checks("ensemble", final, task_data, train, metrics, say, cv))
     return metrics
+
+
+def _run_tags(members: list[LoggedStageRun], task_data: TaskData) -> dict[str, str]:
+    """A stage run's tags (promote and the reports find it as one), with what it combines."""
+    tags = members[0].run.data.tags
+    shared = {tag: tags[tag] for tag in (*SHARED_TAGS, "dataset_digest") if tag in tags}
+    return {"run_kind": RunKind.STAGE, "git_commit": git_commit(), **shared, "backbone": _backbones(members),
+            "final_model": f"run_ensemble_{len(members)}", "ensemble_members": ",".join(m.run_id for m in members),
+            "data": task_data.description[:250]}
 
 
 def _backbones(members: list[LoggedStageRun]) -> str:
