@@ -30,8 +30,8 @@ from mtl_suite.tasks import TaskData, smear_task
 from mtl_suite.tracking import stage_log
 from mtl_suite.tracking.logged_runs import LoggedStageRun, read_stage_run
 from mtl_suite.tracking.report_queries import load_run_model
-from mtl_suite.tracking.runs import git_commit, log_split
 from mtl_suite.tracking.reachability import check_tracking_uri
+from mtl_suite.tracking.runs import git_commit, log_split
 from mtl_suite.tracking.setup import resolve_tracking_uri, use_tracking
 from mtl_suite.training.cv import CVResult, TestResult
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
@@ -86,7 +86,8 @@ def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) 
 
 
 def check_members(members: list[LoggedStageRun]) -> None:
-    """At least two distinct finished stage-3 runs that share SHARED_TAGS and test the same images."""
+    """At least two distinct finished final-stage runs (stage 3, classical) that share SHARED_TAGS and test the same
+    images."""
     ids = [m.run_id for m in members]
     if len(set(ids)) < 2:
         raise UserError(f"an ensemble needs at least 2 different runs. Received: {' '.join(ids) or 'none'}")
