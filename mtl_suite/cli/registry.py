@@ -1,7 +1,8 @@
 """`mtl-suite ensemble`, `mtl-suite promote`, `mtl-suite predict`, `mtl-suite serve`: the model registry and serving.
 
-ensemble combines finished stage-3 runs into one run whose model averages theirs; promote registers the best finished stage run as a raw-image pyfunc with alias `champion`; predict and serve load
-`models:/<name>@champion` (or any model URI) and take image files, folders, or base64 bytes over HTTP."""
+ensemble combines finished stage-3 runs into one run whose model averages theirs; promote registers the best finished
+stage run as a raw-image pyfunc with alias `champion`; predict and serve load `models:/<name>@champion` (or any model
+URI) and take image files, folders, or base64 bytes over HTTP."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from mtl_suite.cli.common import (Experiment, Quiet, TaskName, TrackingUri, choi
                                   progress_printer, say)
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME as DEFAULT_NAME, DEFAULT_MODEL_URI as DEFAULT_MODEL
 from mtl_suite.errors import UserError
+from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.tracking.reachability import check_tracking_uri
 
 FORMATS = ("table", "csv", "json")
@@ -75,7 +77,6 @@ def ensemble(
     """Combine finished runs into one model that averages their probabilities, logged as a stage run (promote,
     predict and serve take it like any other). Nothing is trained: its CV and test figures are the members' logged
     out-of-fold and test probabilities averaged."""
-    from mtl_suite.interrupts import unwind_on_interrupts
     from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
 
     unwind_on_interrupts()
