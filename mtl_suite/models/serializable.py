@@ -3,4 +3,5 @@ test-time flips, colour features), so a safe-mode load finds them: import it bef
 
 import mtl_suite.models.colour  # noqa: F401
 import mtl_suite.models.ensemble  # noqa: F401
+import mtl_suite.models.ood  # noqa: F401
 import mtl_suite.models.stain  # noqa: F401
