@@ -63,12 +63,17 @@ def score(class_names: list[str], paths: list[str], sha256: list[str], data_labe
     return Scored(list(class_names), list(paths), list(sha256), list(data_labels), y_true, proba, metrics, context)
 
 
-def write_evaluation_files(scored: Scored, folder: Path, title: str = "evaluation") -> Path:
+def write_evaluation_files(scored: Scored, folder: Path, title: str = "evaluation",
+                           extra_columns: pd.DataFrame | None = None) -> Path:
     """predictions.csv, confusion_matrix.csv/.png, roc.png, classification_report.txt and metrics.json in `folder`
-    (the names a stage run's test/ folder uses)."""
+    (the names a stage run's test/ folder uses). `extra_columns`: more per-image columns for predictions.csv (the
+    detector's score and flag, the prediction set), in the images' order."""
     names = scored.class_names
     folder.mkdir(parents=True, exist_ok=True)
-    predictions_frame(scored).to_csv(folder / "predictions.csv", index=False)
+    predictions = predictions_frame(scored)
+    if extra_columns is not None:
+        predictions = pd.concat([predictions, extra_columns.reset_index(drop=True)], axis=1)
+    predictions.to_csv(folder / "predictions.csv", index=False)
     matrix = scored.confusion()
     pd.DataFrame(matrix, index=names, columns=names).to_csv(folder / "confusion_matrix.csv")
     plots.confusion_matrix_png(matrix, names, folder / "confusion_matrix.png", f"Confusion matrix, {title}")

@@ -45,7 +45,8 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, fl
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    if curves:  # none when the images are all of one class (evaluate --expect): no ROC to draw
+        ax.legend(loc="lower right", fontsize=8)
     return save_figure(fig, path)
 
 

@@ -43,6 +43,28 @@ CONFIG_KEYS = {
 }
 
 
+ExternalOption = Annotated[Optional[str], typer.Option(
+    "--external", help="Also score the final model on this folder of images from elsewhere (another lab), all of "
+    "--external-class: the share called that class, flagged as unlike the training images, and called otherwise "
+    "without a flag. Never trained, tuned or thresholded on.", show_default=False)]
+ExternalClassOption = Annotated[Optional[str], typer.Option(
+    "--external-class", help="The class of every --external image (a class of the model; for a binary task the "
+    "data's normal class may be named).", show_default=False)]
+
+
+def external_check(path: str | None, expected: str | None):
+    """--external with --external-class (both or neither) as the workflows' ExternalCheck, or None."""
+    path, expected = given(path), given(expected)
+    if path is None and expected is None:
+        return None
+    if path is None or expected is None:
+        raise UserError("--external and --external-class go together: the folder and the class all its images are. "
+                        f"Received: --external {path!r}, --external-class {expected!r}")
+    from mtl_suite.workflows.reliability import ExternalCheck  # heavy imports only when asked for
+
+    return ExternalCheck(path, expected)
+
+
 def config_keys(*options: str) -> dict[str, str]:
     """The part of CONFIG_KEYS a command has (an unknown option name is a KeyError at import)."""
     return {option: CONFIG_KEYS[option] for option in options}
@@ -228,8 +250,8 @@ SystemMetrics = Annotated[bool, typer.Option("--system-metrics/--no-system-metri
 
 # --- help panels ---------------------------------------------------------------------------------------------------
 
-DATA, MODEL, TRAINING, SPEED, TUNING, ROI, TRACKING, OUTPUT = (
-    "Data", "Model", "Training", "Speed", "Tuning", "ROI preprocessing", "Tracking", "Output")
+DATA, MODEL, TRAINING, SPEED, TUNING, ROI, TRACKING, OUTPUT, EXTERNAL = (
+    "Data", "Model", "Training", "Speed", "Tuning", "ROI preprocessing", "Tracking", "Output", "Another lab's images")
 # Option name -> the panel `--help` shows it under, one map for every command (as CONFIG_KEYS is one map of config
 # keys). An option not listed stays under "Options"; a command's own panel= on an option wins.
 PANELS: dict[str, str] = {
@@ -248,6 +270,7 @@ PANELS: dict[str, str] = {
     **dict.fromkeys(("red", "green", "blue", "threshold", "offset_mode"), ROI),
     **dict.fromkeys(("tracking_uri", "experiment", "system_metrics", "all_experiments"), TRACKING),
     **dict.fromkeys(("quiet", "out", "output_format", "report_dir", "as_json"), OUTPUT),
+    **dict.fromkeys(("external", "external_class"), EXTERNAL),
 }
 
 

@@ -12,6 +12,7 @@ from mtl_suite.cli.common import (OUTPUT, AllowOutsideRoot, DataPath, Experiment
                                   given, handle_user_errors, progress_printer, say)
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.data.manifest import BAD_IMAGE_POLICIES
+from mtl_suite.training.conformal import DEFAULT_COVERAGE
 
 
 @handle_user_errors
@@ -28,6 +29,13 @@ def evaluate(
         "--normal-class", help="For a binary model (normal vs leukemia/blast): the data's class scored as normal; "
         "every other class is scored as the positive class. Default: the data's labels must be the model's "
         "classes.", show_default=False)] = None,
+    expect: Annotated[Optional[str], typer.Option(
+        "--expect", help="Every image under DATA (in any folders) is of this class, e.g. another lab's normal "
+        "smears: report the share called it, flagged as unlike the training images, and called otherwise without a "
+        "flag. A class of the model (for a binary model, with --normal-class NAME, the data's NAME).",
+        show_default=False)] = None,
+    coverage: Annotated[float, typer.Option("--coverage", help="Coverage of the prediction sets.")
+                        ] = DEFAULT_COVERAGE,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 32,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Also write the metrics, confusion matrix and per-class report to this JSON file.",
@@ -37,13 +45,16 @@ def evaluate(
     quiet: Quiet = False,
 ) -> None:
     """Score a model on a labelled dataset (e.g. an external test set): accuracy with n, 95% CI and majority
-    class, precision/recall/F1, AUC, confusion matrix, logged as an evaluation run linked to the model."""
+    class, precision/recall/F1, AUC, confusion matrix, the share flagged as unlike the training images and the
+    prediction sets' coverage, logged as an evaluation run linked to the model. With --expect CLASS, a folder of
+    one class's images (another lab's normal smears): the share called CLASS, flagged, and wrong without a flag."""
     from mtl_suite.workflows.evaluate import EvaluateRequest, evaluate as run_evaluate
 
     request = EvaluateRequest(
         model_uri=model, data=str(data) if data else None, layout=layout, allow_outside_root=allow_outside_root,
         on_bad_image=on_bad_image, normal_class=given(normal_class), batch_size=batch_size,
-        tracking_uri=given(tracking_uri), experiment=experiment, output=str(output) if output else None)
+        tracking_uri=given(tracking_uri), experiment=experiment, output=str(output) if output else None,
+        expect=given(expect), coverage=coverage)
     outcome = run_evaluate(request, say=lambda m: say(m, quiet),
                            progress=lambda total: progress_printer(total, "evaluating", quiet))
     typer.echo(outcome.summary())

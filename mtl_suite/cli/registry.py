@@ -17,11 +17,12 @@ from typing import Annotated, Optional
 import typer
 
 from mtl_suite.catalog import ARM_STAGES, Stage
-from mtl_suite.cli.common import (Experiment, Quiet, TaskName, TrackingUri, choice, handle_user_errors,
-                                  progress_printer, say)
+from mtl_suite.cli.common import (Experiment, ExternalClassOption, ExternalOption, Quiet, TaskName, TrackingUri, choice,
+                                  external_check, handle_user_errors, progress_printer, say)
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME as DEFAULT_NAME, DEFAULT_MODEL_URI as DEFAULT_MODEL
 from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
+from mtl_suite.training.conformal import DEFAULT_COVERAGE
 from mtl_suite.tracking.reachability import check_tracking_uri
 
 FORMATS = ("table", "csv", "json")
@@ -70,6 +71,8 @@ def ensemble(
     normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="Multiclass data: also score the calls "
                                                         "as this class vs leukemia (default: a class named like a "
                                                         "normal one).", show_default=False)] = None,
+    external: ExternalOption = None,
+    external_class: ExternalClassOption = None,
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
     quiet: Quiet = False,
@@ -80,7 +83,8 @@ def ensemble(
     from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
 
     unwind_on_interrupts()
-    outcome = make_ensemble(EnsembleRequest(tuple(run_ids), tracking_uri, experiment, normal_class, quiet),
+    outcome = make_ensemble(EnsembleRequest(tuple(run_ids), tracking_uri, experiment, normal_class, quiet,
+                                            external_check(external, external_class)),
                             say=lambda m: say(m, quiet))
     typer.echo(outcome.run_id)
 
@@ -116,18 +120,32 @@ def predict(
     output_format: Annotated[choice(FORMATS), typer.Option("--format", "-f", help="How to print the results.")
                              ] = "table",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 32,
+    coverage: Annotated[float, typer.Option("--coverage", help="Prediction sets cover the true class with this "
+                                            "probability on images like the training images (split-conformal).")
+                        ] = DEFAULT_COVERAGE,
     tracking_uri: TrackingUri = None,
     quiet: Quiet = False,
 ) -> None:
-    """Classify images with a registered model (default: the champion). Unusable images get an error row; the
-    exit code is 2 only if no image could be classified."""
+    """Classify images with a registered model (default: the champion): per image the class, probabilities, whether
+    it is like the model's training images, and the set of classes that covers the true one with --coverage. Unusable
+    images get an error row; the exit code is 2 only if no image could be classified."""
     if output_format not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}. Received: {output_format!r}")
+    if not 0.0 < coverage < 1.0:
+        raise UserError(f"--coverage: expected a number between 0 and 1 (exclusive), e.g. 0.95. Received: {coverage}")
     files = collect_images(images)
     pyfunc = load_pyfunc(model, tracking_uri, quiet)
-    frame = predict_files(pyfunc, files, batch_size, quiet)
+    frame = predict_files(pyfunc, files, batch_size, quiet, coverage)
     failed = int(frame["error"].notna().sum())
     typer.echo(render(frame, output_format))
+    flagged = flagged_count(frame)
+    marked = f" (marked{FLAG_MARK})" if output_format == "table" else " (in_distribution false)"
+    say(f"{flagged} of {len(frame) - failed} image(s) flagged as unlike the model's training images"
+        + (f"{marked}: their labels are the classifier's, but the model was not made for such images"
+           if flagged else ""), quiet)
+    if frame["in_distribution"].isna().all() and failed < len(frame):
+        say("this model carries no out-of-distribution detector (made before mtl-suite fitted one); nothing is "
+            "flagged", quiet)
     if failed:
         say(f"{failed} of {len(frame)} image(s) could not be classified (see the error column)", quiet)
     if failed == len(frame):
@@ -170,22 +188,23 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None, quiet: bool = True):
         raise UserError(f"cannot load model {model_uri}{hint}: {str(exc).splitlines()[0][:300]}") from None
 
 
-def predict_files(pyfunc, files: list[Path], batch_size: int = 32, quiet: bool = True):
+def predict_files(pyfunc, files: list[Path], batch_size: int = 32, quiet: bool = True,
+                  coverage: float = DEFAULT_COVERAGE):
     """Predict in batches (progress on stderr); a batch in which no image is usable still gives error rows."""
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from mtl_suite.serving.pyfunc import ImageError, to_image
+    from mtl_suite.serving.pyfunc import COVERAGE_PARAM, OUTPUT_COLUMNS, ImageError, to_image
 
     report = progress_printer(len(files), "predicting", quiet or len(files) <= batch_size)
     parts = []
     for start in range(0, len(files), batch_size):
         chunk = [str(p) for p in files[start:start + batch_size]]
         try:
-            part = pyfunc.predict(pd.DataFrame({"image": chunk}))
+            part = pyfunc.predict(pd.DataFrame({"image": chunk}), params={COVERAGE_PARAM: coverage})
         except MlflowException:  # every image of this batch is unusable: name each one's reason
-            part = pd.DataFrame([{"label": None, "probabilities": None, "class_names": None,
-                                  "error": _reason(p, to_image, ImageError)} for p in chunk])
+            part = pd.DataFrame([{**dict.fromkeys(OUTPUT_COLUMNS), "error": _reason(p, to_image, ImageError)}
+                                 for p in chunk])
         part.insert(0, "file", chunk)
         parts.append(part)
         if report:
@@ -205,30 +224,57 @@ def _reason(path: str, to_image, image_error) -> str:
     return "could not be classified"
 
 
+FLAG_MARK = " [flagged]"  # after a flagged image's label in the table: its class is never shown without the flag
+
+
 def render(frame, output_format: str) -> str:
-    """One row per image: file, predicted label, one p_<class> column per class, error."""
+    """One row per image: file, predicted label, whether the image is like the training images (in_distribution,
+    ood_score), the prediction set, the reading's zoom, one p_<class> column per class, error."""
     import pandas as pd
 
     names = next((c for c in frame["class_names"] if _is_list(c)), [])
     names = [str(n) for n in names]
-    flat = pd.DataFrame({"file": frame["file"], "label": frame["label"]})
+    ok = [not isinstance(e, str) for e in frame["error"]]
+    if output_format == "json":
+        records = [{"file": row["file"], "label": row["label"] if good else None, "class_names": names,
+                    "probabilities": [float(v) for v in row["probabilities"]] if good else None,
+                    "in_distribution": _plain(row["in_distribution"]) if good else None,
+                    "ood_score": _plain(row["ood_score"]) if good else None,
+                    "prediction_set": list(row["prediction_set"]) if good and _is_list(row["prediction_set"])
+                    else None,
+                    "zoom": _plain(row["zoom"]) if good else None, "error": None if good else row["error"]}
+                   for good, (_, row) in zip(ok, frame.iterrows())]
+        return json.dumps(records, indent=2)
+    flat = pd.DataFrame({"file": frame["file"], "label": frame["label"],
+                         "in_distribution": [_plain(v) for v in frame["in_distribution"]],
+                         "ood_score": [_plain(v) for v in frame["ood_score"]],
+                         "prediction_set": ["|".join(s) if _is_list(s) else None for s in frame["prediction_set"]],
+                         "zoom": [_plain(v) for v in frame["zoom"]]})
     for k, name in enumerate(names):
         flat[f"p_{name}"] = [float(p[k]) if _is_list(p) else None for p in frame["probabilities"]]
     flat["error"] = frame["error"]
-    if output_format == "json":
-        records = []
-        for file, label, proba, error in zip(frame["file"], frame["label"], frame["probabilities"], frame["error"]):
-            ok = isinstance(error, float) or error is None
-            records.append({"file": file, "label": label if ok else None, "class_names": names,
-                            "probabilities": [float(v) for v in proba] if ok else None,
-                            "error": None if ok else error})
-        return json.dumps(records, indent=2)
     if output_format == "csv":
         return flat.to_csv(index=False, float_format="%.6f").rstrip("\n")
     shown = flat.copy()
+    flagged = [_plain(value) is False for value in flat["in_distribution"]]
+    shown["label"] = [("-" if label is None else label) + (FLAG_MARK if flag else "")
+                      for label, flag in zip(shown["label"], flagged)]
+    shown["in_distribution"] = ["-" if v is None else ("yes" if v else "NO") for v in flat["in_distribution"]]
+    shown["prediction_set"] = shown["prediction_set"].fillna("-")
     shown["error"] = shown["error"].fillna("")
-    shown["label"] = shown["label"].fillna("-")
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+
+
+def flagged_count(frame) -> int:
+    """Images the model's detector flagged as unlike its training images."""
+    return sum(_plain(value) is False for value in frame["in_distribution"])
+
+
+def _plain(value):
+    """A JSON-ready scalar: numpy scalars as Python ones, NaN and None as None."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def _is_list(value) -> bool:

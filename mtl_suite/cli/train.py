@@ -13,11 +13,13 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import STAGES, StagePlan, Task
 from mtl_suite.cli.common import (
-    CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, Layout, Precision,
-    Quiet, Stain, SystemMetrics, TaskOption, TrackingUri, Tta, check_inputs, enable_system_metrics, explicit_options,
-    given, handle_user_errors, parse_units, say, study_overrides,
+    CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, ExternalClassOption,
+    ExternalOption, Layout, Precision, Quiet, Stain, SystemMetrics, TaskOption, TrackingUri, Tta, check_inputs,
+    enable_system_metrics, explicit_options, external_check, given, handle_user_errors, parse_units, say,
+    study_overrides,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
+from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
 
@@ -107,12 +109,15 @@ def stage_command(plan: StagePlan):
                                      show_default=False)] = None,
         storage: Annotated[Optional[str], typer.Option("--storage", envvar="MTL_SUITE_OPTUNA_STORAGE", help="Optuna "
                            "storage of --params-from-study. Default: optuna-studies.log.", show_default=False)] = None,
+        external: ExternalOption = None,
+        external_class: ExternalClassOption = None,
         tracking_uri: TrackingUri = None,
         experiment: Experiment = DEFAULT_EXPERIMENT,
         system_metrics: SystemMetrics = False,
         quiet: Quiet = False,
     ) -> None:
         cells, source, parent_run, params_from_study = map(given, (cells, source, parent_run, params_from_study))
+        external_check = final_stage_external(plan, external, external_class)
         overrides = explicit_options(ctx, CONFIG_KEYS)
         if "train.dense_units" in overrides:
             overrides["train.dense_units"] = parse_units(dense_units)
@@ -129,7 +134,7 @@ def stage_command(plan: StagePlan):
         with progress.display(quiet) as display, display.level("stages", 1):  # grows by the missing stages run first
             outcome = run_stage(StageRequest(stage=stage, config=cfg, task=task, normal_class=normal_class,
                                              cells=cells, source=source, parent_run=parent_run, quiet=quiet,
-                                             extra_tags=study_tags, resume=resume),
+                                             extra_tags=study_tags, resume=resume, external=external_check),
                                 say=lambda message: say(message, quiet))
         # Always said, even with --quiet: where the results went.
         typer.echo(f"{stage} run {outcome.run_id} (experiment {outcome.experiment_id}) in {outcome.tracking_uri}")
@@ -141,3 +146,11 @@ def stage_command(plan: StagePlan):
 def register(app: typer.Typer) -> None:
     for plan in STAGES.values():
         app.command(name=plan.name, help=plan.help)(stage_command(plan))
+
+
+def final_stage_external(plan: StagePlan, path: str | None, expected: str | None):
+    """--external is for the served model: the final stage's (stage 3 or classical) only."""
+    if plan.starts_another and (given(path) or given(expected)):
+        raise UserError(f"--external scores the served model: give it to a final stage (stage3, classical), not "
+                        f"{plan.name}")
+    return external_check(path, expected)

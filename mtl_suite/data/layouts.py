@@ -187,6 +187,19 @@ def detect_layout(root: Path) -> Layout:
     )
 
 
+ONE_CLASS = "one-class"  # not a layout to detect: every image under a folder given one label (evaluate --expect)
+
+
+def read_one_class(root: Path, label: str) -> list[Record]:
+    """Every image under `root` (searched recursively, whatever the folder names), all labelled `label`."""
+    if not root.is_dir():
+        raise UserError(f"expected a folder of images. Received: {root}")
+    records = [Record(path=p, label=label) for p in _images_under(root, recursive=True)]
+    if not records:
+        raise UserError(f"{root}: no image files (.jpg, .jpeg, .png, .bmp, .tif, .tiff) in it or its subfolders")
+    return records
+
+
 def read_layout(root: str | Path, layout: str = "auto", allow_outside_root: bool = False) -> tuple[str, list[Record]]:
     """`allow_outside_root`: a CSV manifest may list files outside its own folder (off by default, so that a
     manifest from elsewhere cannot make the suite read, hash and log arbitrary files)."""

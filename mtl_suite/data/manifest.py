@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, read_rgb
-from mtl_suite.data.layouts import Record, read_layout
+from mtl_suite.data.layouts import ONE_CLASS, Record, read_layout, read_one_class
 from mtl_suite.errors import BadImageError, UserError
 from mtl_suite.io_utils import sha256_file, sha256_text
 
@@ -83,9 +83,11 @@ def build_manifest(
     max_pixels: int = MAX_PIXELS,
     workers: int | None = None,
     allow_outside_root: bool = False,
+    one_class: str | None = None,
 ) -> Manifest:
     """Read a dataset, decode every image once to check it, hash it, and group duplicates. A CSV manifest's paths
-    must stay inside its folder unless `allow_outside_root`."""
+    must stay inside its folder unless `allow_outside_root`. `one_class`: every image under the folder has this
+    label, whatever the layout (images from elsewhere known to be of one class)."""
     if duplicates not in DUPLICATE_POLICIES:
         raise UserError(f"unknown --duplicates policy. Expected one of: {', '.join(DUPLICATE_POLICIES)}. "
                         f"Received: {duplicates!r}")
@@ -93,7 +95,10 @@ def build_manifest(
         raise UserError(f"unknown --on-bad-image policy. Expected one of: {', '.join(BAD_IMAGE_POLICIES)}. "
                         f"Received: {on_bad_image!r}")
     root = Path(root).resolve()
-    layout_name, records = read_layout(root, layout, allow_outside_root)
+    if one_class is not None:
+        layout_name, records = ONE_CLASS, read_one_class(root, one_class)
+    else:
+        layout_name, records = read_layout(root, layout, allow_outside_root)
     if masks is not None:
         records = _attach_masks(records, root, Path(masks))
     if class_map:

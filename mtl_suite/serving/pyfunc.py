@@ -12,7 +12,12 @@ Input (one image per row; the column is called `image`):
 
 Output: a DataFrame, one row per input row, in order, with columns
   `label` (predicted class name), `probabilities` (one float per class, in `class_names` order), `class_names`,
-  `error` (null, or why this image could not be used; then `label` and `probabilities` are null).
+  `ood_score` (the out-of-distribution detector's score: how unlike the training images the image is),
+  `in_distribution` (false: flagged, the score is above the threshold fitted on held-out development images; the
+  label is still the classifier's), `prediction_set` (the classes that cover the true class with the requested
+  coverage, split-conformal), `zoom` (1: read as in training; larger: a flagged image read zoomed out, see
+  training/reliability.py), `error` (null, or why this image could not be used; then the other values are null).
+Parameter `coverage` (default 0.99): the prediction sets' coverage, e.g. {"params": {"coverage": 0.95}} over HTTP.
 A request with no images, or one in which no image can be used, raises MlflowException(INVALID_PARAMETER_VALUE):
 the scoring server answers HTTP 400 with the message and keeps serving.
 
@@ -39,13 +44,18 @@ from mlflow.pyfunc import PythonModel
 
 from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, read_rgb, resize, too_small
 from mtl_suite.errors import BadImageError, UserError
+from mtl_suite.training.conformal import DEFAULT_COVERAGE, check_coverage
+from mtl_suite.training.reliability import Reliability
 
 COLUMN = "image"
 KERAS_ARTIFACT = "keras_model"
 INFO_ARTIFACT = "model_info"
+RELIABILITY_ARTIFACT = "reliability"
+COVERAGE_PARAM = "coverage"
 PATHS_ENV = "MTL_SUITE_ALLOW_PATHS"  # "0": strings are only base64 (a served model must not read server files)
 BATCH = 32
-OUTPUT_COLUMNS = ["label", "probabilities", "class_names", "error"]
+OUTPUT_COLUMNS = ["label", "probabilities", "class_names", "ood_score", "in_distribution", "prediction_set", "zoom",
+                  "error"]
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _SHOWN = 60
 
@@ -55,7 +65,8 @@ class ImageError(ValueError):
 
 
 class MtlImageClassifier(PythonModel):
-    """Raw images in, class probabilities out, for a stage-3 (or classical) Keras model of mtl-suite."""
+    """Raw images in, class probabilities with how far to trust them out, for a stage-3 (or classical) Keras model of
+    mtl-suite and its reliability parts (training/reliability.py)."""
 
     # The input is validated by the model's signature and the checks below, not by predict()'s type hints
     # (MLflow would otherwise warn at class creation that there are none).
@@ -72,6 +83,11 @@ class MtlImageClassifier(PythonModel):
         # safe_mode: a model file cannot smuggle Python code (Lambda bytecode) into the server.
         self.model = mlflow.keras.load_model(context.artifacts[KERAS_ARTIFACT],
                                              load_model_kwargs={"safe_mode": True})
+        # every model `promote` registers has one (it refuses a run without); a bare classifier answers without flags
+        folder = context.artifacts.get(RELIABILITY_ARTIFACT)
+        self.reliability = Reliability.load(Path(folder)) if folder else None
+
+    reliability: Reliability | None = None
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
         items = input_items(model_input)
@@ -79,12 +95,13 @@ class MtlImageClassifier(PythonModel):
             raise MlflowException("empty payload: expected at least one image in the column 'image' "
                                   "(a path, a base64 string of the file bytes, or an (H, W, 3) uint8 array)",
                                   INVALID_PARAMETER_VALUE)
+        coverage = requested_coverage(params)
         allow_paths = os.environ.get(PATHS_ENV, "1") != "0"
         images: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for index, item in enumerate(items):
             try:
-                images.append(resize(to_image(item, allow_paths), self.image_size))
+                images.append(to_image(item, allow_paths))
                 errors.append(None)
             except ImageError as exc:
                 images.append(None)
@@ -93,14 +110,26 @@ class MtlImageClassifier(PythonModel):
         if not good:
             shown = "; ".join(e for e in errors[:5] if e) + ("; ..." if len(errors) > 5 else "")
             raise MlflowException(f"no usable image in the request: {shown}", INVALID_PARAMETER_VALUE)
-        proba = self.probabilities(np.stack([images[i] for i in good]))
-        rows = [{"label": None, "probabilities": None, "class_names": self.class_names, "error": error}
-                for error in errors]
-        for i, p in zip(good, proba):
-            rows[i]["label"] = self.class_names[int(np.argmax(p))]
-            rows[i]["probabilities"] = [float(v) for v in p]
+        rows = [{**dict.fromkeys(OUTPUT_COLUMNS), "class_names": self.class_names, "error": error} for error in errors]
+        for i, row in zip(good, self.answers([images[i] for i in good], coverage)):
+            rows[i].update(row)
         # object columns keep None as None (pandas 3 string columns would turn it into NaN, which is not JSON)
         return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS})
+
+    def answers(self, images: list[np.ndarray], coverage: float) -> list[dict]:
+        """Per image: label and probabilities, with the detector's score, flag and reading and the prediction set."""
+        if self.reliability is None:
+            proba = self.probabilities(np.stack([resize(image, self.image_size) for image in images]))
+            return [{"label": self.class_names[int(np.argmax(p))], "probabilities": [float(v) for v in p]}
+                    for p in proba]
+        readings = self.reliability.read(images, self.probabilities)
+        sets = self.reliability.sets(readings.proba, coverage)
+        return [{"label": self.class_names[int(np.argmax(p))], "probabilities": [float(v) for v in p],
+                 "ood_score": float(readings.ood_score[k]), "in_distribution": bool(readings.in_distribution[k]),
+                 "zoom": float(readings.zoom[k]),
+                 "prediction_set": None if sets is None else
+                 [name for name, inside in zip(self.class_names, sets[k]) if inside]}
+                for k, p in enumerate(readings.proba)]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, classes); a single sigmoid column becomes [1 - p, p] as in training."""
@@ -111,17 +140,35 @@ class MtlImageClassifier(PythonModel):
         return as_class_probabilities(np.concatenate(chunks))
 
 
+def requested_coverage(params: dict | None) -> float:
+    """The `coverage` parameter (default DEFAULT_COVERAGE); a value outside (0, 1) is the request's error."""
+    value = (params or {}).get(COVERAGE_PARAM, DEFAULT_COVERAGE)
+    try:
+        coverage = float(value)
+        check_coverage(coverage)
+    except (TypeError, ValueError):
+        raise MlflowException(f"parameter {COVERAGE_PARAM!r}: expected a number between 0 and 1 (exclusive), e.g. "
+                              f"0.95. Received: {value!r}", INVALID_PARAMETER_VALUE) from None
+    return coverage
+
+
 def signature():
     """The logged model's signature: one `image` column of any type in (the checks in this module decide what is usable),
-    the four output columns out. The scoring server parses requests against it."""
+    the output columns out, and the prediction sets' `coverage` as a parameter. The scoring server parses requests
+    against it."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType(), COLUMN)]),
         outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(Array(DataType.double), "probabilities"),
                         ColSpec(Array(DataType.string), "class_names"),
-                        ColSpec(DataType.string, "error", required=False)]))
+                        ColSpec(DataType.double, "ood_score", required=False),
+                        ColSpec(DataType.boolean, "in_distribution", required=False),
+                        ColSpec(Array(DataType.string), "prediction_set", required=False),
+                        ColSpec(DataType.double, "zoom", required=False),
+                        ColSpec(DataType.string, "error", required=False)]),
+        params=ParamSchema([ParamSpec(COVERAGE_PARAM, DataType.double, DEFAULT_COVERAGE)]))
 
 
 def input_items(model_input: Any) -> list[Any]:

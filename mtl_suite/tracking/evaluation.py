@@ -18,8 +18,9 @@ from mlflow.entities import LoggedModelInput
 from mlflow.exceptions import MlflowException
 
 from mtl_suite.errors import UserError
+from mtl_suite.serving.pyfunc import COVERAGE_PARAM
 from mtl_suite.tracking.reachability import check_tracking_uri
-from mtl_suite.tracking.registry import first_line, logged_model_id
+from mtl_suite.tracking.registry import fetch_reliability, first_line, logged_model_id
 
 METRIC_PREFIX = "eval/"
 ARTIFACT_PATH = "eval"
@@ -31,7 +32,8 @@ class EvaluatedModel:
     """A loaded model and where it came from."""
 
     uri: str
-    predict: Callable[[pd.DataFrame], pd.DataFrame]  # serving/pyfunc.py's contract: column `image` in, rows out
+    # serving/pyfunc.py's contract: column `image` in, rows out; the prediction sets' coverage
+    predict: Callable[[pd.DataFrame, float], pd.DataFrame]
     class_names: list[str]
     image_size: int
     kind: str  # "raw-image-pyfunc" (registered by promote) or "keras" (a stage run's model, wrapped alike here)
@@ -85,10 +87,13 @@ def load_model(model_uri: str, tracking_uri: str) -> EvaluatedModel:
     run_id = run_id or getattr(meta, "run_id", None)
     info = (meta.metadata or {}).get("mtl_suite") or {}
     if info.get("class_names") and info.get("image_size"):
-        kind, predict = "raw-image-pyfunc", pyfunc.predict
+        kind = "raw-image-pyfunc"
+
+        def predict(frame: pd.DataFrame, coverage: float) -> pd.DataFrame:
+            return pyfunc.predict(frame, params={COVERAGE_PARAM: coverage})
     elif "keras" in meta.flavors:
         info = _stage_model_info(model_uri, run_id)
-        kind, predict = "keras", _raw_image_classifier(pyfunc.get_raw_model(), info)
+        kind, predict = "keras", _raw_image_classifier(pyfunc.get_raw_model(), info, run_reliability(run_id))
     else:
         raise UserError(f"{model_uri} is not an mtl-suite model: neither the raw-image pyfunc of `mtl-suite "
                         f"promote` nor a stage run's Keras model (flavors: {', '.join(meta.flavors) or 'none'})")
@@ -97,7 +102,7 @@ def load_model(model_uri: str, tracking_uri: str) -> EvaluatedModel:
                           registered_name=name, registered_version=version)
 
 
-def _raw_image_classifier(keras_model, info: dict) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def _raw_image_classifier(keras_model, info: dict, reliability) -> Callable[[pd.DataFrame, float], pd.DataFrame]:
     """A stage run's Keras model behind the registered pyfunc's own class, so images are read, checked and resized
     exactly as `predict` and `serve` do (the class is set up by hand here instead of from a model's artifacts)."""
     from mtl_suite.serving.pyfunc import MtlImageClassifier
@@ -107,7 +112,23 @@ def _raw_image_classifier(keras_model, info: dict) -> Callable[[pd.DataFrame], p
     classifier.class_names = [str(c) for c in info["class_names"]]
     classifier.image_size = int(info["image_size"])
     classifier.model = keras_model
-    return lambda frame: classifier.predict(None, frame)
+    classifier.reliability = reliability
+    return lambda frame, coverage: classifier.predict(None, frame, {COVERAGE_PARAM: coverage})
+
+
+def run_reliability(run_id: str | None):
+    """The run's reliability parts (training/reliability.py), or None for a run made before the suite fitted them."""
+    import tempfile
+
+    from mtl_suite.training.reliability import Reliability
+
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mtl-reliability-") as tmp:
+        try:
+            return Reliability.load(fetch_reliability(run_id, Path(tmp)))
+        except UserError:
+            return None
 
 
 def _origin(model_uri: str) -> tuple[str | None, str | None, str | None, str | None]:

@@ -86,17 +86,39 @@ def fetch_model(run_id: str, workdir: Path) -> tuple[Path, Path, dict]:
     except (MlflowException, OSError) as exc:
         raise UserError(f"run {run_id} has no usable logged model (artifacts 'model' and 'model_info.json'): "
                         f"{first_line(exc)}") from None
+    info = _model_info(run_id, info_path)
+    return keras_dir, info_path, info
+
+
+def fetch_reliability(run_id: str, workdir: Path) -> Path:
+    """The run's `reliability/` folder (OOD detector, conformal calibration: training/reliability.py)."""
+    from mtl_suite.training.reliability import ARTIFACT, INFO_FILE
+
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT,
+                                                          dst_path=str(workdir / "reliability")))
+    except (MlflowException, OSError):
+        folder = None
+    if folder is None or not (folder / INFO_FILE).is_file():
+        raise UserError(f"run {run_id} has no '{ARTIFACT}/' artifact (the out-of-distribution detector and the "
+                        "prediction sets' calibration that every served model carries): it was made by an older "
+                        "mtl-suite; train it again, or combine such runs with `mtl-suite ensemble`, which fits them")
+    return folder
+
+
+def _model_info(run_id: str, info_path: Path) -> dict:
     try:
         info = json.loads(info_path.read_text())
         info["class_names"], info["image_size"]  # noqa: B018 (both are required)
     except (ValueError, KeyError) as exc:
         raise UserError(f"run {run_id}: model_info.json lacks class_names/image_size ({exc})") from None
-    return keras_dir, info_path, info
+    return info
 
 
 # --- logging and registering ------------------------------------------------------------------------------------
 
-def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, example: pd.DataFrame) -> str:
+def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, reliability_dir: Path,
+               example: pd.DataFrame) -> str:
     """Log the raw-image pyfunc as a logged model linked to the stage run (without reopening that run)."""
     from mtl_suite.serving import pyfunc as serving
 
@@ -109,7 +131,8 @@ def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, example: 
             info_model = mlflow.pyfunc.log_model(
                 name=PYFUNC_NAME, python_model=str(Path(serving.__file__).with_name("model_code.py")),
                 model_id=logged.model_id, code_paths=[str(package_code(Path(tmp)))],
-                artifacts={serving.KERAS_ARTIFACT: str(keras_dir), serving.INFO_ARTIFACT: str(info_path)},
+                artifacts={serving.KERAS_ARTIFACT: str(keras_dir), serving.INFO_ARTIFACT: str(info_path),
+                           serving.RELIABILITY_ARTIFACT: str(reliability_dir)},
                 signature=signature, input_example=example, pip_requirements=serving_requirements(),
                 metadata={"mtl_suite": {k: info.get(k) for k in ("class_names", "image_size", "backbone")}},
             )

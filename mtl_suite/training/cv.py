@@ -32,6 +32,9 @@ from mtl_suite.training.metrics import classification_metrics, summarise_folds
 from mtl_suite.training.session import free_models, heap_frozen
 
 ModelFactory = Callable[[], tuple[keras.Model, keras.Model]]  # -> (classifier, its backbone), freshly built
+# A fold's trained model (as it predicts), its training images and its validation images -> more fold metrics (how
+# the model holds up on its validation images changed: workflows/reliability.py:shift_probe)
+FoldProbe = Callable[[keras.Model, ArrayData, ArrayData], dict[str, float]]
 
 
 @dataclass
@@ -102,9 +105,11 @@ class TestResult:
 def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_factory: ModelFactory,
                    cfg: TrainConfig, observer: FoldObserver | None = None, augment: BatchAugment | None = None,
                    verbose: int = 0, progress: Callable[[str], None] | None = None,
-                   completed: dict[str, FoldResult] | None = None, checkpoints: Path | None = None) -> CVResult:
+                   completed: dict[str, FoldResult] | None = None, checkpoints: Path | None = None,
+                   probe: FoldProbe | None = None) -> CVResult:
     """With `cfg.ensemble` folds, every fold keeps its weights (CVResult.members), and with `checkpoints` saves
-    them there, so a resumed run reuses a finished fold only when its weights are there too."""
+    them there, so a resumed run reuses a finished fold only when its weights are there too. `probe` adds metrics
+    to every fold trained here."""
     observer = observer or SilentObserver()
     keep_weights = cfg.ensemble == "folds"
     completed = completed or {}
@@ -126,7 +131,8 @@ def cross_validate(data: ArrayData, split: Split, class_names: list[str], model_
                     progress(f"{name}: training on {len(train_idx)} images, validating on {len(val_idx)}")
                 member_file = _member_file(checkpoints, name) if keep_weights and checkpoints is not None else None
                 result = _train_fold(name, data, train_idx, val_idx, class_names, model_factory, cfg, observer,
-                                     augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold, member_file)
+                                     augment, verbose, _checkpoint(checkpoints, name), cfg.seed + fold, member_file,
+                                     probe)
                 if progress:
                     progress(f"{name}: accuracy {result.metrics['accuracy']:.3f}, "
                              f"macro-F1 {result.metrics['f1_macro']:.3f}")
@@ -155,7 +161,8 @@ def _member_file(folder: Path, name: str) -> Path:
 
 def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str],
                 model_factory: ModelFactory, cfg: TrainConfig, observer: FoldObserver, augment, verbose: int,
-                checkpoint: FitCheckpoint | None, seed: int, member_file: Path | None = None) -> FoldResult:
+                checkpoint: FitCheckpoint | None, seed: int, member_file: Path | None = None,
+                probe: FoldProbe | None = None) -> FoldResult:
     resumed = checkpoint.load() if checkpoint is not None else None
     callbacks = observer.fold_started(name, len(train_idx), len(val_idx), resumed.history if resumed else None)
     try:
@@ -164,9 +171,13 @@ def _train_fold(name: str, data: ArrayData, train_idx: np.ndarray, val_idx: np.n
         val = _subset(data, val_idx)
         history = fit_classifier(model, backbone, training_part(data, train_idx, cfg, seed), val, cfg,
                                  len(class_names), callbacks, augment, verbose, checkpoint=checkpoint, seed=seed)
-        proba = predict_proba(final_form(model, cfg, data, train_idx), val.images, cfg.batch_size,
-                              feature_store_for(cfg), activation_cache_for(cfg))
-        result = FoldResult(name, classification_metrics(val.labels, proba, class_names), history, val_idx, proba,
+        predicting = final_form(model, cfg, data, train_idx)
+        proba = predict_proba(predicting, val.images, cfg.batch_size, feature_store_for(cfg),
+                              activation_cache_for(cfg))
+        metrics = classification_metrics(val.labels, proba, class_names)
+        if probe is not None:
+            metrics.update(probe(predicting, _subset(data, train_idx), val))
+        result = FoldResult(name, metrics, history, val_idx, proba,
                             model.get_weights() if cfg.ensemble == "folds" else None)
         if member_file is not None:  # before the store records the fold: a resume then finds both or neither
             save_weights(member_file, result.weights)

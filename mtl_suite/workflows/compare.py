@@ -172,7 +172,8 @@ def _run_pair(client, experiment_id: str, parent: str, request: CompareRequest, 
             outcome = run_stage(StageRequest(stage=name, config=cfg, task=request.task,
                                              normal_class=request.normal_class, cells=request.cells,
                                              segmentation=request.segmentation, parent_run=parent_run,
-                                             quiet=request.quiet, extra_tags=tags, name_prefix=f"pair{index}-"),
+                                             quiet=request.quiet, extra_tags=tags, name_prefix=f"pair{index}-",
+                                             shift_probe=False),
                                 say=say)
         except (KeyboardInterrupt, UserError):
             raise  # an interrupt, or the user's input (bad path, value): every pair would fail the same way

@@ -36,6 +36,7 @@ from mtl_suite.tracking.setup import resolve_tracking_uri, use_tracking
 from mtl_suite.training.cv import CVResult, TestResult
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
 from mtl_suite.workflows import stage_checks
+from mtl_suite.workflows.reliability import ExternalCheck, fit_reliability, log_reliability
 from mtl_suite.workflows.stage import StageOutcome, log_test, ui_link
 
 # what every member must share (run tags): one stage, task and split, so the averaged images are the same images
@@ -49,6 +50,7 @@ class EnsembleRequest:
     experiment: str = DEFAULT_EXPERIMENT
     normal_class: str | None = None  # multiclass data: also read the calls as this class vs leukemia
     quiet: bool = False
+    external: ExternalCheck | None = None  # the combined model also scored on these images
 
 
 def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) -> StageOutcome:
@@ -62,6 +64,8 @@ def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) 
         stage, task = first.run.data.tags["stage"], first.run.data.tags["task"]
         say(f"ensemble of {len(members)} {stage} runs: reading the split's images")
         task_data = smear_task(first.config.data, task, request.normal_class)
+        external = request.external and request.external.resolved(task_data, task_data.manifest.classes,
+                                                                   request.normal_class)
         split = save_split(task_data.split, Path(tmp) / "split.json")
         if split[1] != first.run.data.tags.get("split_digest"):
             raise UserError(f"member run {first.run_id}: its split cannot be rebuilt from its settings (the data at "
@@ -75,7 +79,7 @@ def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) 
         with mlflow.start_run(run_name=name, experiment_id=experiment_id) as run:
             say(f"ensemble of runs {', '.join(m.run_id for m in members)}: MLflow run {run.info.run_id} in {uri}")
             try:
-                metrics = _log(members, task_data, split, cv, final, Path(tmp) / "ensemble", say)
+                metrics = _log(members, task_data, split, cv, final, Path(tmp) / "ensemble", say, external)
             except KeyboardInterrupt:
                 mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
                 raise
@@ -142,7 +146,8 @@ def _row_index(task_data: TaskData) -> pd.Series:
 
 
 def _log(members: list[LoggedStageRun], task_data: TaskData, split: tuple[Path, str], cv: CVResult | None,
-         final: TestResult, workdir: Path, say: Callable[[str], None]) -> dict[str, float]:
+         final: TestResult, workdir: Path, say: Callable[[str], None],
+         external: ExternalCheck | None = None) -> dict[str, float]:
     first = members[0]
     workdir.mkdir()
     mlflow.set_tags(_run_tags(members, task_data))
@@ -159,9 +164,12 @@ def _log(members: list[LoggedStageRun], task_data: TaskData, split: tuple[Path, 
         "class_names": first.class_names, "image_size": first.image_size, "input_masking": False,
         "backbone": _backbones(members), "ensemble_members": [m.run_id for m in members]})
     train = checks_config([m.config.train for m in members])
+    reliability = fit_reliability(task_data, train, cv, say)
+    metrics.update(log_reliability(reliability))
     say(f"checks: colour baselines on the split, the combined model on {len(task_data.split.test_indices)} "
         "re-stained test images")
-    metrics.update(stage_checks.run_checks("ensemble", final, task_data, train, metrics, say, cv))
+    metrics.update(stage_checks.run_checks("ensemble", final, task_data, train, metrics, say, cv, reliability,
+                                           external))
     return metrics
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_suite.analysis.evaluation import Scored, score, write_evaluation_files
+from mtl_suite.analysis.external import expected_class_scores, external_line
 from mtl_suite.catalog import RunKind, Task
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.data import resolve_data_path
@@ -28,6 +29,7 @@ from mtl_suite.tasks import POSITIVE_NAME, class_map_for
 from mtl_suite.tracking.evaluation import EvaluatedModel, load_model, log_evaluation
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import resolve_tracking_uri, take_launcher_run, use_tracking
+from mtl_suite.training.conformal import DEFAULT_COVERAGE, set_metrics
 
 NORMAL = "normal"  # a binary model's negative class (tasks.py: ordered_classes)
 Progress = Callable[[int], Callable[[int], None] | None]  # total images -> a report(done) callback, or None
@@ -45,6 +47,8 @@ class EvaluateRequest:
     tracking_uri: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
     output: str | None = None  # a JSON file for the metrics
+    expect: str | None = None  # every image under `data` is of this class (another lab's normal smears, say)
+    coverage: float = DEFAULT_COVERAGE  # of the prediction sets
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,29 @@ class EvaluateOutcome:
     scored: Scored
     output: Path | None
 
+    expected: str | None = None  # the model class every image was expected to be (--expect)
+    reliability: dict[str, float] | None = None  # flags and sets; with --expect the expected-class shares
+
     def summary(self) -> str:
-        """`evaluate: accuracy 0.954 (523/548; 95% CI 0.93-0.97; majority class 0.31), macro-F1 0.95; run <id> in
-        <uri>`."""
-        return (f"evaluate: accuracy {self.scored.context.text()}, macro-F1 {self.scored.metrics['f1_macro']:.2f}; "
-                f"run {self.run_id} in {self.tracking_uri}")
+        """`evaluate: accuracy 0.954 (523/548; 95% CI 0.93-0.97; majority class 0.31), macro-F1 0.95; 1.1% flagged,
+        accuracy on the rest 0.960; run <id> in <uri>`; with --expect, the expected-class line instead."""
+        if self.expected is not None and self.reliability is not None and "flagged_share" in self.reliability:
+            head = external_line("evaluate", self.expected, self.reliability)
+        elif self.expected is not None:
+            head = (f"evaluate ({self.scored.context.n} images, all {self.expected}): "
+                    f"{self.scored.metrics['accuracy']:.1%} called {self.expected} (no detector in this model)")
+        else:
+            head = (f"evaluate: accuracy {self.scored.context.text()}, macro-F1 {self.scored.metrics['f1_macro']:.2f}"
+                    + _flag_text(self.reliability))
+        return f"{head}; run {self.run_id} in {self.tracking_uri}"
+
+
+def _flag_text(reliability: dict[str, float] | None) -> str:
+    if not reliability or "flagged_share" not in reliability:
+        return ""
+    rest = reliability.get("unflagged_accuracy")
+    return (f"; {reliability['flagged_share']:.1%} flagged as unlike the training images"
+            + (f", accuracy on the rest {rest:.3f}" if rest is not None else ""))
 
 
 def evaluate(request: EvaluateRequest, say: Callable[[str], None] = print,
@@ -72,37 +94,89 @@ def evaluate(request: EvaluateRequest, say: Callable[[str], None] = print,
     output = _check_output(request.output)
     if request.batch_size < 1:
         raise UserError(f"--batch-size: expected 1 or more. Received: {request.batch_size}")
+    check_coverage_value(request.coverage)
     model = load_model(request.model_uri, uri)
     say(f"model {request.model_uri}: classes {', '.join(model.class_names)} ({model.kind}, {model.image_size} px)")
     manifest = build_manifest(root, request.layout, on_bad_image=request.on_bad_image,
-                              allow_outside_root=request.allow_outside_root)
+                              allow_outside_root=request.allow_outside_root, one_class=request.expect)
     mapping = label_map(manifest.classes, model.class_names, request.normal_class, model.uri)
     entries = manifest.entries
     say(f"data {manifest.root} ({manifest.layout}): {len(entries)} images, classes "
         + ", ".join(f"{label} {count}" for label, count in manifest.class_counts.items())
         + (f"; {len(manifest.skipped)} unusable image(s) left out" if manifest.skipped else ""))
     paths = [e.path for e in entries]
-    proba = predict_paths(model, paths, request.batch_size, progress(len(paths)) if progress else None)
+    rows = predict_paths(model, paths, request.batch_size, progress(len(paths)) if progress else None,
+                         request.coverage)
+    proba = np.asarray([[float(p) for p in row] for row in rows["probabilities"]], dtype=np.float64)
     index = {name: k for k, name in enumerate(model.class_names)}
     y_true = np.array([index[mapping[e.label]] for e in entries], dtype=np.int64)
     scored = score(model.class_names, paths, [e.sha256 for e in entries], [e.label for e in entries], y_true, proba)
+    expected = mapping[request.expect] if request.expect is not None else None
+    reliability = reliability_scores(rows, scored, expected)
 
     _, experiment_id = use_tracking(uri, request.experiment)
     with tempfile.TemporaryDirectory(prefix="mtl-evaluate-") as tmp:
-        folder = write_evaluation_files(scored, Path(tmp) / "eval", f"{model.label} on {Path(manifest.root).name}")
+        folder = write_evaluation_files(scored, Path(tmp) / "eval", f"{model.label} on {Path(manifest.root).name}",
+                                        _reliability_columns(rows))
         if manifest.skipped:
             (folder / "skipped_images.tsv").write_text("".join(f"{p}\t{r}\n" for p, r in manifest.skipped))
+        tags = _tags(model, manifest, mapping) | ({"expected_class": expected} if expected else {}) | \
+            ({"coverage": f"{request.coverage:g}"} if reliability else {})
         run_id = log_evaluation(
-            experiment_id, take_launcher_run(experiment_id), f"evaluate-{model.label}",
-            _tags(model, manifest, mapping), scored.metrics, folder, _dataset_rows(manifest, mapping),
-            manifest.root, f"eval-{manifest.digest[:12]}", model.model_id)
-    outcome = EvaluateOutcome(run_id, uri, experiment_id, model, scored, output)
+            experiment_id, take_launcher_run(experiment_id), f"evaluate-{model.label}", tags,
+            {**scored.metrics, **{f"{RELIABILITY_PREFIX}{k}": v for k, v in (reliability or {}).items()}}, folder,
+            _dataset_rows(manifest, mapping), manifest.root, f"eval-{manifest.digest[:12]}", model.model_id)
+    outcome = EvaluateOutcome(run_id, uri, experiment_id, model, scored, output, expected, reliability)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output, json.dumps({"run_id": run_id, "tracking_uri": uri, "model_uri": model.uri,
-                                      "data": manifest.root, "dataset_digest": manifest.digest,
-                                      **scored.summary()}, indent=2))
+                                              "data": manifest.root, "dataset_digest": manifest.digest,
+                                              **scored.summary(), "expected_class": expected,
+                                              "reliability": reliability}, indent=2))
     return outcome
+
+
+RELIABILITY_PREFIX = "reliability/"  # eval/reliability/<share>: the flags and sets (analysis/external.py with --expect)
+
+
+def reliability_scores(rows: pd.DataFrame, scored: Scored, expected: str | None) -> dict[str, float] | None:
+    """The detector's flags and the prediction sets on these images: the share flagged, accuracy on the unflagged
+    ones and the sets' coverage; with an expected class, analysis/external.py's shares. None for a model without
+    a detector."""
+    flags = [value for value in rows["in_distribution"]]
+    if any(value is None for value in flags):
+        return None
+    flagged = ~np.asarray(flags, dtype=bool)
+    sets = _sets(rows, scored.class_names)
+    zoom = np.asarray(rows["zoom"], dtype=np.float64)
+    if expected is not None:
+        return expected_class_scores(scored.class_names, expected, scored.y_pred, flagged, sets, zoom)
+    out = {"flagged_share": float(flagged.mean()), "reread_share": float(np.mean(zoom != 1.0))}
+    if (~flagged).any():
+        out["unflagged_accuracy"] = float(np.mean(scored.y_pred[~flagged] == scored.y_true[~flagged]))
+    if sets is not None:
+        out.update({f"sets/{k}": v for k, v in set_metrics(sets, scored.y_true).items()})
+    return out
+
+
+def _sets(rows: pd.DataFrame, class_names: list[str]) -> np.ndarray | None:
+    if any(s is None for s in rows["prediction_set"]):
+        return None
+    return np.array([[name in set(s) for name in class_names] for s in rows["prediction_set"]], dtype=bool)
+
+
+def _reliability_columns(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """ood_score, in_distribution, zoom, prediction_set per image for predictions.csv (None: the model has none)."""
+    if any(value is None for value in rows["in_distribution"]):
+        return None
+    return pd.DataFrame({"ood_score": rows["ood_score"].astype(float), "in_distribution": rows["in_distribution"],
+                         "zoom": rows["zoom"].astype(float),
+                         "prediction_set": ["|".join(s) if s is not None else "" for s in rows["prediction_set"]]})
+
+
+def check_coverage_value(coverage: float) -> None:
+    if not 0.0 < coverage < 1.0:
+        raise UserError(f"--coverage: expected a number between 0 and 1 (exclusive), e.g. 0.95. Received: {coverage}")
 
 
 def label_map(data_classes: list[str], model_classes: list[str], normal_class: str | None,
@@ -129,26 +203,27 @@ def label_map(data_classes: list[str], model_classes: list[str], normal_class: s
 
 
 def predict_paths(model: EvaluatedModel, paths: list[str], batch_size: int,
-                  report: Callable[[int], None] | None = None) -> np.ndarray:
-    """(n, classes) probabilities, batch by batch through the model's raw-image interface (images read, checked
-    and resized as `predict` and `serve` do). An image it cannot use is a UserError, before any run exists."""
+                  report: Callable[[int], None] | None = None, coverage: float = DEFAULT_COVERAGE) -> pd.DataFrame:
+    """The model's rows (serving/pyfunc.py's columns) for every path, batch by batch through its raw-image interface
+    (images read, checked and resized as `predict` and `serve` do). An image it cannot use is a UserError, before
+    any run exists."""
     from mlflow.exceptions import MlflowException
 
-    rows = []
+    parts = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         try:
-            frame = model.predict(pd.DataFrame({COLUMN: chunk}))
+            frame = model.predict(pd.DataFrame({COLUMN: chunk}), coverage)
         except MlflowException as exc:
             raise UserError(f"{model.uri} could not classify the images from {chunk[0]}: "
                             f"{str(exc).splitlines()[0][:300]}") from None
-        for path, error, proba in zip(chunk, frame["error"], frame["probabilities"]):
+        for path, error in zip(chunk, frame["error"]):
             if isinstance(error, str):
                 raise UserError(f"{path}: {error}")
-            rows.append([float(p) for p in proba])
+        parts.append(frame)
         if report:
             report(min(start + batch_size, len(paths)))
-    return np.asarray(rows, dtype=np.float64)
+    return pd.concat(parts, ignore_index=True)
 
 
 def _check_output(output: str | None) -> Path | None:

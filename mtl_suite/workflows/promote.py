@@ -141,13 +141,15 @@ def promote(request: PromoteRequest, say: Callable[[str], None] = print) -> Prom
         keras_dir, info_path, info = registry.fetch_model(run_id, Path(tmp))
         check_servable(run_id, info)
         check_loads(run_id, keras_dir, info)  # a model that cannot be loaded never becomes champion
+        reliability_dir = registry.fetch_reliability(run_id, Path(tmp))
+        check_reliability(run_id, reliability_dir, info)  # nor one that cannot say when an image is unlike its own
         if request.dry_run:
             say(f"dry run: would register run {run_id} as a new version of {request.name!r} with alias "
                 f"{CHAMPION_ALIAS!r}" + (f" (version {plan.champion.version} would get {PREVIOUS_ALIAS!r})"
                                          if plan.champion else ""))
             return PromoteOutcome(plan, None, None)
         example = pd.DataFrame({"image": [example_image(info)]})
-        model_uri = registry.log_pyfunc(plan.candidate, keras_dir, info_path, info, example)
+        model_uri = registry.log_pyfunc(plan.candidate, keras_dir, info_path, info, reliability_dir, example)
     version = registry.register(
         client, request.name, plan.candidate, model_uri, previous=plan.champion,
         extra_tags={"stage_run": run_id, "promotion_metric": request.metric, "promotion_value": f"{plan.value:.6g}"},
@@ -187,6 +189,26 @@ def check_loads(run_id: str, keras_dir: Path, info: dict) -> None:
         raise UserError(f"the model of run {run_id} gives {out.shape[-1]} outputs for {classes} classes")
 
 
+def check_reliability(run_id: str, folder: Path, info: dict) -> None:
+    """The detector loads, is made for the model's input size, and flags a blank image (nothing like a smear)."""
+    import numpy as np
+
+    from mtl_suite.training.reliability import Reliability
+
+    try:
+        reliability = Reliability.load(folder)
+        blank = reliability.scores(np.zeros((1, reliability.image_size, reliability.image_size, 3), "uint8"))
+    except Exception as exc:  # an unusable artifact is the user's to fix (train again), as in check_loads
+        raise UserError(f"the reliability parts of run {run_id} fail to load or score: "
+                        f"{registry.first_line(exc)}") from None
+    if reliability.image_size != int(info["image_size"]):
+        raise UserError(f"run {run_id}: its detector reads {reliability.image_size} px images, its model "
+                        f"{info['image_size']} px")
+    if not blank[0] > reliability.threshold:
+        logger.warning("run %s: the detector does not flag a blank image (score %.1f, threshold %.1f)", run_id,
+                       blank[0], reliability.threshold)
+
+
 def example_image(info: dict) -> str:
     """A bundled sample image at the model's size, base64 PNG: small, and a real input the model accepts."""
     import base64
@@ -217,6 +239,24 @@ def model_line(tags: dict[str, str], metrics: dict[str, float]) -> str:
     return line
 
 
+def reliability_line(tags: dict[str, str], metrics: dict[str, float]) -> str:
+    """What the served model's flags and sets did on the run's test part, and on another lab's images if it was
+    scored on them: whoever serves it should know both."""
+    line = "- reliability: "
+    if "test/ood/flagged_share" not in metrics:
+        return line + "not measured on a test part"
+    line += (f"{metrics['test/ood/flagged_share']:.1%} of the test part flagged as unlike the training images"
+             + (f" (accuracy on the rest {metrics['test/ood/unflagged_accuracy']:.4f})"
+                if "test/ood/unflagged_accuracy" in metrics else ""))
+    if "test/conformal_99/coverage" in metrics:
+        line += f"; 99% prediction sets covered {metrics['test/conformal_99/coverage']:.4f}"
+    if "external/called_expected_share" in metrics:
+        line += (f"; on {tags.get('external_data', 'external images')} (all {tags.get('external_class', '?')}): "
+                 f"{metrics['external/called_expected_share']:.1%} called so, {metrics['external/flagged_share']:.1%} "
+                 f"flagged, {metrics['external/confident_wrong_share']:.1%} called otherwise without a flag")
+    return line
+
+
 def version_description(run: Run, request: PromoteRequest, plan: PromotePlan) -> str:
     tags, metrics = run.data.tags, run.data.metrics
     shown = [request.metric] + [k for k in SHOWN_METRICS if k != request.metric]
@@ -226,6 +266,7 @@ def version_description(run: Run, request: PromoteRequest, plan: PromotePlan) ->
              f"task {tags.get('task', '?')}, image size {tags.get('image_size', '?')}, seed {tags.get('seed', '?')}",
              "- metrics: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics),
              model_line(tags, metrics),
+             reliability_line(tags, metrics),
              f"- lineage: stage-2 run {tags.get('stage2_run') or '-'}, stage-1 run {tags.get('stage1_run') or '-'}, "
              f"weights {tags.get('weights') or '-'} sha256 {tags.get('weights_sha256') or '-'}",
              f"- data: dataset digest {tags.get('dataset_digest', '-')}, split digest {tags.get('split_digest', '-')}",

@@ -73,6 +73,7 @@ def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gr
         blocks += figs.curves_section(histories, headline, figures)
         blocks += figs.calibration_section(headline, figures)
         blocks += sections.shortcut_section(headline)
+        blocks += sections.reliability_section(headline)
         blocks += figs.gradcam_section(headline, figures, gradcam_per_class, say, queries.load_run_model)
     md_path, html_path = out / "report.md", out / "report.html"
     write_text_atomic(md_path, rp.to_markdown(blocks, out))

@@ -36,6 +36,7 @@ from mtl_suite.training.cv import (FoldResult, TestResult, cross_validate, ensem
 from mtl_suite.training.progress import FoldProgress
 from mtl_suite.training.stages import imagenet_backbone_file, model_factory
 from mtl_suite.workflows import stage_checks
+from mtl_suite.workflows.reliability import ExternalCheck, fit_reliability, log_reliability, shift_probe
 
 
 ROI_SEGMENTATION = "roi"
@@ -57,6 +58,10 @@ class StageRequest:
     # Stage 2 on smears without masks: ROI_SEGMENTATION or a `segment train` run id that cuts the cells; None: the
     # experiment's newest U-Net, else ROI (a comparison fixes it once for all its pairs).
     segmentation: str | None = None
+    external: ExternalCheck | None = None  # the final stage's model also scored on these images (workflows/reliability.py)
+    # the final stage's folds also scored on their validation images re-stained and magnified (cv/shift/*, about a
+    # minute per fold for Xception at 224 px on 2 cores); compare leaves it out: its question is CTL against MTL
+    shift_probe: bool = True
 
     def task_request(self) -> TaskRequest:
         return TaskRequest(self.config.data, self.task, self.normal_class, self.cells, self.source)
@@ -100,6 +105,7 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
     with tempfile.TemporaryDirectory(prefix=f"mtl-{plan.name}-") as tmp:
         workdir = Path(tmp)
         task_data = stage_task_data(plan, request, say, experiment_id)
+        request = _with_checked_external(plan, request, task_data)
         key = _resume_key(plan, request, parent_id, task_data)
         interrupted = resume.find_interrupted_run(experiment_id, key, request.resume)
         # before the run opens: a weights file that does not fit the backbone leaves no FAILED run
@@ -140,6 +146,17 @@ def _with_final_model_settings(plan: StagePlan, request: StageRequest) -> StageR
         return request
     plain = replace(train, ensemble="none", tta="none", colour_fusion="none")
     return replace(request, config=replace(request.config, train=plain))
+
+
+def _with_checked_external(plan: StagePlan, request: StageRequest, task_data: TaskData | None) -> StageRequest:
+    """The external check resolved against the task before the run opens (a bad folder or class leaves no run); only
+    the final stage's model is scored on it."""
+    if request.external is None:
+        return request
+    if plan.starts_another or task_data is None:
+        return replace(request, external=None)
+    return replace(request, external=request.external.resolved(task_data, task_data.manifest.classes,
+                                                               request.normal_class))
 
 
 def ui_link(experiment_id: str) -> str:
@@ -357,7 +374,9 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
     if cv_folds:
         cv = cross_validate(task_data.data, task_data.split, task_data.class_names, factory, config.train,
                             observer, augment, verbose, progress=None if request.quiet else say,
-                            completed=resumption.folds, checkpoints=resumption.checkpoints)
+                            completed=resumption.folds, checkpoints=resumption.checkpoints,
+                            probe=shift_probe(config.train) if request.shift_probe and not plan.starts_another
+                            else None)
         cv_metrics = {f"cv/{k}": v for k, v in cv.summary.items()}
         stage_log.log_metrics_and_folder(cv_metrics, write_cv_files(cv, task_data, workdir / "cv"), "cv")
         metrics.update(cv_metrics)
@@ -373,7 +392,12 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
                                observer, augment, verbose, checkpoints=resumption.checkpoints)
     metrics.update(log_test(final, task_data, workdir))
     _log_backbone_and_model(final, task_data, config, workdir, lineage)
-    metrics.update(stage_checks.run_checks(plan.name, final, task_data, config.train, metrics, say, cv))
+    reliability = None
+    if not plan.starts_another:  # the served model: it says when an image is unlike its training images
+        reliability = fit_reliability(task_data, config.train, cv, say)
+        metrics.update(log_reliability(reliability))
+    metrics.update(stage_checks.run_checks(plan.name, final, task_data, config.train, metrics, say, cv, reliability,
+                                           request.external))
     return metrics
 
 
@@ -434,4 +458,11 @@ def _summary(metrics: dict[str, float]) -> str:
     context = context_from_metrics(metrics, "test/")  # n, 95% interval, majority class beside the test accuracy
     shown = [f"test accuracy {context.text()}" if k == "test/accuracy" and context else f"{k} {metrics[k]:.3f}"
              for k in keys if k in metrics]
+    if "test/ood/flagged_share" in metrics:
+        shown.append(f"test images flagged {metrics['test/ood/flagged_share']:.1%}")
+    if "external/called_expected_share" in metrics:
+        colour = metrics.get("external/colour_called_expected_share")
+        shown.append(f"external images called {metrics['external/called_expected_share']:.1%} as expected"
+                     + (f" (colour alone {colour:.1%})" if colour is not None else "")
+                     + f", {metrics['external/confident_wrong_share']:.1%} wrong without a flag")
     return ", ".join(shown) or "ImageNet backbone saved"

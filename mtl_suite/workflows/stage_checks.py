@@ -7,7 +7,10 @@
   (imaging/augment.py:STAIN_SHIFTS, one shift per third of the images: one extra prediction pass, no cache applies
   to new pixels). A model that reads cells keeps its accuracy; one that reads stain falls with the baseline;
 - a multiclass run on data with a normal class, and its colour baseline, read as normal vs leukemia (the paper's
-  binary question asked of the subtype model): `cv/as_binary/*`, `test/as_binary/*`, `shortcut/best/as_binary/*`.
+  binary question asked of the subtype model): `cv/as_binary/*`, `test/as_binary/*`, `shortcut/best/as_binary/*`;
+- a final model's reliability parts (workflows/reliability.py): on the test part the share flagged as unlike the
+  training images and the prediction sets' coverage (`test/ood/*`, `test/conformal_<coverage>/*`), and with
+  `--external` another lab's images of one known class (`external/*`), beside colour alone's calls on them.
 
 Statistics are computed in analysis/ and imaging/; this module decides what runs and logs it."""
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from pathlib import Path
 from typing import Callable
 
 import mlflow
@@ -27,6 +31,9 @@ from mtl_suite.models.stain import controlled_pixels
 from mtl_suite.tasks import TaskData
 from mtl_suite.training.cv import CVResult, TestResult
 from mtl_suite.training.metrics import normal_vs_rest, summarise_folds
+from mtl_suite.training.reliability import Reliability
+from mtl_suite.workflows import reliability as reliability_checks
+from mtl_suite.workflows.reliability import ExternalCheck
 
 BEST_VARIANT_TAG = "shortcut/best_variant"
 AS_BINARY = "as_binary"  # metric key part of a multiclass run's scores read as normal vs leukemia
@@ -40,22 +47,47 @@ def test_part_context(final: TestResult, task_data: TaskData) -> dict[str, float
 
 
 def run_checks(plan_name: str, final: TestResult, task_data: TaskData, train: TrainConfig,
-               metrics: dict[str, float], say: Callable[[str], None], cv: CVResult | None = None) -> dict[str, float]:
-    """Shortcut check, stain-shift robustness and (multiclass data with a normal class) the normal-vs-leukemia
-    reading on the active run; returns the metrics logged, and says the comparison lines."""
+               metrics: dict[str, float], say: Callable[[str], None], cv: CVResult | None = None,
+               reliability: Reliability | None = None, external: ExternalCheck | None = None) -> dict[str, float]:
+    """Shortcut check, stain-shift robustness, (multiclass data with a normal class) the normal-vs-leukemia reading
+    and, for a final model, its reliability parts on the test part and on `external` images, on the active run;
+    returns the metrics logged, and says the comparison lines."""
     data, split = task_data.data, task_data.split
     check = split_check(controlled_pixels(data.images, train.stain), data.labels, split)
     logged = check.metrics()
     logged.update(_robustness(final, task_data, check, train))
     if task_data.normal_class is not None:
         logged.update(normal_vs_leukemia(cv, final, task_data, check))
+    if reliability is not None:
+        logged.update(_reliability_checks(final, task_data, train, check, reliability, external))
     mlflow.log_metrics(logged)
     mlflow.set_tag(BEST_VARIANT_TAG, check.best)
     model = "CNN + colour" if train.colour_fusion != "none" else "CNN"  # a fused model holds the colour baseline
-    say(comparison_line(plan_name, {**metrics, **logged}, check, model))
+    said = {**metrics, **logged}
+    say(comparison_line(plan_name, said, check, model))
     if task_data.normal_class is not None:
-        say(as_binary_line(plan_name, task_data.normal_class, {**metrics, **logged}, model))
+        say(as_binary_line(plan_name, task_data.normal_class, said, model))
+    if "test/ood/flagged_share" in said:
+        say(reliability_checks.reliability_line(plan_name, said))
+    if external is not None:
+        say(reliability_checks.external_summary(plan_name, external, said))
     return logged
+
+
+def _reliability_checks(final: TestResult, task_data: TaskData, train: TrainConfig, check: ShortcutCheck,
+                        reliability: Reliability, external: ExternalCheck | None) -> dict[str, float]:
+    """The detector's flags and the prediction sets on the test part; `external` images read as served, beside
+    colour alone's calls on them."""
+    def colour_calls(pixels: np.ndarray) -> np.ndarray:
+        return check.predict_best(controlled_pixels(pixels, train.stain))
+
+    with tempfile.TemporaryDirectory(prefix="mtl-reliability-") as tmp:
+        out = reliability_checks.test_part_metrics(reliability, final, task_data, train, Path(tmp))
+        if external is not None:
+            out.update(reliability_checks.external_metrics(
+                reliability, final, task_data, train, external,
+                colour_calls if check.best_model is not None else None, Path(tmp) / "external"))
+    return out
 
 
 def normal_vs_leukemia(cv: CVResult | None, final: TestResult, task_data: TaskData,

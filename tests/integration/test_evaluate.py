@@ -29,7 +29,10 @@ NAME = "evaluate-tests"
 EXPERIMENT = "evaluate-tests"
 URI = f"models:/{NAME}@champion"
 SUMMARY = re.compile(r"^evaluate: accuracy (\d\.\d{3}) \((\d+)/(\d+); 95% CI (\d\.\d\d)-(\d\.\d\d); majority class "
-                     r"(\d\.\d\d)\), macro-F1 (\d\.\d\d); run ([0-9a-f]{32}) in (\S+)$")
+                     r"(\d\.\d\d)\), macro-F1 (\d\.\d\d); (\d+\.\d)% flagged as unlike the training images[^;]*; "
+                     r"run ([0-9a-f]{32}) in (\S+)$")
+EXPECTED = re.compile(r"^evaluate \((\d+) images, all Benign\): (\d+\.\d)% called Benign, (\d+\.\d)% flagged as unlike "
+                      r"the training images, (\d+\.\d)% called otherwise without a flag; run ([0-9a-f]{32}) in \S+$")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,8 @@ def test_evaluation_run_holds_the_metrics_of_the_models_own_predictions(store, t
     assert result.exit_code == 0, result.output
     found = SUMMARY.match(result.stdout.strip().splitlines()[-1])
     assert found, result.stdout
-    run_id = found.group(8)
-    assert found.group(9) == store.uri
+    run_id = found.group(9)
+    assert found.group(10) == store.uri
 
     # Independently: the registered pyfunc on the sample's images, scored with sklearn.
     mlflow.set_tracking_uri(store.uri)
@@ -92,10 +95,15 @@ def test_evaluation_run_holds_the_metrics_of_the_models_own_predictions(store, t
         "eval/accuracy_ci_low": low, "eval/accuracy_ci_high": high,
         "eval/majority_class_accuracy": np.bincount(y_true).max() / n,
     }
+    flagged = ~np.array(frame["in_distribution"].tolist(), dtype=bool)
+    expected["eval/reliability/flagged_share"] = flagged.mean()
+    expected["eval/reliability/sets/coverage"] = np.mean([classes[t] in s for t, s in
+                                                          zip(y_true, frame["prediction_set"])])
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == f"evaluate-{NAME}"
     for key, value in expected.items():
         assert run.data.metrics[key] == pytest.approx(value, abs=1e-6), key
+    assert float(found.group(8)) == pytest.approx(100 * flagged.mean(), abs=0.05)
     assert (int(found.group(2)), int(found.group(3))) == (correct, n)
 
     # Linked to the model: tags, the logged model as an input, the metrics on the logged model's page.
@@ -123,6 +131,34 @@ def test_evaluation_run_holds_the_metrics_of_the_models_own_predictions(store, t
     assert written["run_id"] == run_id and written["n"] == n
     assert written["metrics"]["accuracy"] == pytest.approx(correct / n)
     assert set(written["per_class"]) == set(classes)
+
+
+def test_expect_scores_images_of_one_class_with_the_detectors_flags(store, tmp_path):
+    """A folder of one known class from elsewhere: images nothing like a smear (uniform fields, noise) are flagged
+    by the real trained model, its calls are kept, and every share is the one the per-image rows give."""
+    from conftest import noise_rgb, solid_rgb, write_image
+
+    folder = tmp_path / "elsewhere" / "JPEGImages"
+    for k, level in enumerate((90, 160, 230)):
+        write_image(folder / f"uniform-{k}.png", solid_rgb((level, level, level), (320, 240)))
+    for seed in (1, 2, 3):
+        write_image(folder / "noise" / f"noise-{seed}.png", noise_rgb((320, 240), seed))
+    n = 6
+    result = evaluate(store, URI, str(folder), "--expect", "Benign")
+    assert result.exit_code == 0, result.output
+    found = EXPECTED.match(result.stdout.strip().splitlines()[-1])
+    assert found, result.stdout
+    assert int(found.group(1)) == n and found.group(3) == "100.0" and found.group(4) == "0.0"
+    run = mlflow.MlflowClient(tracking_uri=store.uri).get_run(found.group(5))
+    assert run.data.tags["expected_class"] == "Benign" and run.data.tags["data_layout"] == "one-class"
+    rows = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="eval/predictions.csv",
+                                                           dst_path=str(tmp_path / "rows")))
+    assert len(rows) == n and not rows["in_distribution"].any()
+    metrics = run.data.metrics
+    assert metrics["eval/reliability/flagged_share"] == 1.0
+    assert metrics["eval/reliability/confident_wrong_share"] == 0.0  # a wrong call here always carries the flag
+    assert metrics["eval/reliability/called_expected_share"] == pytest.approx(np.mean(rows["predicted"] == "Benign"))
+    assert metrics["eval/accuracy"] == pytest.approx(metrics["eval/reliability/called_expected_share"])
 
 
 def _one_line_refusal(result) -> str:
@@ -180,7 +216,7 @@ def test_a_stage_runs_keras_model_scores_as_its_registered_pyfunc(store):
     for uri in (URI, f"runs:/{version.run_id}/model"):
         result = evaluate(store, uri)
         assert result.exit_code == 0, result.output
-        run = mlflow.MlflowClient(tracking_uri=store.uri).get_run(SUMMARY.match(result.stdout.strip()).group(8))
+        run = mlflow.MlflowClient(tracking_uri=store.uri).get_run(SUMMARY.match(result.stdout.strip()).group(9))
         assert run.data.tags["evaluated_run_id"] == version.run_id
         scores[run.data.tags["evaluated_model_kind"]] = {k: v for k, v in run.data.metrics.items()}
     assert set(scores) == {"raw-image-pyfunc", "keras"}

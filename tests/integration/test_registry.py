@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from mtl_suite.cli import app
@@ -151,6 +152,26 @@ def test_promote_refuses_a_model_that_does_not_load(store, client):
         client.delete_run(run.info.run_id)
 
 
+def test_promote_refuses_a_model_without_its_detector(store, client, tmp_path):
+    """A working model whose run has no reliability/ artifact (made before the suite fitted detectors) is refused:
+    every served model says when an image is unlike its training images."""
+    source = store.runs[0]
+    model_dir = mlflow.artifacts.download_artifacts(run_id=source, artifact_path="model", dst_path=str(tmp_path))
+    info = mlflow.artifacts.load_dict(f"runs:/{source}/model_info.json")
+    with mlflow.start_run(experiment_id=_experiment_id(store)) as run:
+        mlflow.set_tags({"run_kind": "stage", "stage": "stage3", "task": "multiclass"})
+        mlflow.log_metric("cv/f1_macro_mean", 0.99)
+        mlflow.log_artifacts(model_dir, "model")
+        mlflow.log_dict(info, "model_info.json")
+    try:
+        result = promote(store, "--name", "no-detector")
+        assert result.exit_code == 2, result.output
+        assert f"run {run.info.run_id} has no 'reliability/' artifact" in result.output
+        assert client.search_registered_models("name = 'no-detector'") == []
+    finally:
+        client.delete_run(run.info.run_id)
+
+
 def test_champion_pyfunc_matches_keras_from_paths_base64_and_arrays(store, client):
     mlflow.set_tracking_uri(store.uri)
     if not client.search_registered_models(f"name = '{NAME}'"):
@@ -207,20 +228,33 @@ def test_predict_cli_on_a_folder(store, client, tmp_path):
     for p in SAMPLES:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.fromarray(np.full((240, 320, 3), 200, np.uint8)).save(folder / "uniform.png")  # nothing like a smear
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(folder), "--format", "json", "--tracking-uri", store.uri, "-q"])
     assert result.exit_code == 0, result.output
     records = json.loads(result.stdout)
-    assert [r["file"].rsplit("/", 1)[1] for r in records] == sorted(["broken.png"] + [p.name for p in SAMPLES])
+    assert [r["file"].rsplit("/", 1)[1] for r in records] == sorted(["broken.png", "uniform.png"]
+                                                                    + [p.name for p in SAMPLES])
     broken = next(r for r in records if r["file"].endswith("broken.png"))
-    assert broken["error"] and broken["probabilities"] is None
+    assert broken["error"] and broken["probabilities"] is None and broken["in_distribution"] is None
+    uniform = next(r for r in records if r["file"].endswith("uniform.png"))
+    assert uniform["in_distribution"] is False and uniform["label"] in uniform["class_names"]
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     direct = pyfunc.predict(pd.DataFrame({"image": [r["file"] for r in records if not r["error"]]}))
-    np.testing.assert_allclose([r["probabilities"] for r in records if not r["error"]],
-                               np.array(direct["probabilities"].tolist()), atol=1e-6)
+    good = [r for r in records if not r["error"]]
+    np.testing.assert_allclose([r["probabilities"] for r in good], np.array(direct["probabilities"].tolist()),
+                               atol=1e-6)
+    assert [r["in_distribution"] for r in good] == list(direct["in_distribution"])
+    assert [r["prediction_set"] for r in good] == [list(s) for s in direct["prediction_set"]]
 
+    table = runner.invoke(app, ["predict", str(folder / "uniform.png"), str(SAMPLES[0]), "--tracking-uri", store.uri])
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.stdout.splitlines() if "uniform.png" in line)
+    assert f"{uniform['label']} [flagged]" in row and " NO " in row  # its class is never shown without the flag
+    assert "1 of 2 image(s) flagged as unlike the model's training images" in table.stderr
     csv = runner.invoke(app, ["predict", str(SAMPLES[0]), "--format", "csv", "--tracking-uri", store.uri, "-q"])
-    assert csv.exit_code == 0 and csv.stdout.splitlines()[0].startswith("file,label,p_")
+    assert csv.exit_code == 0 and csv.stdout.splitlines()[0].startswith(
+        "file,label,in_distribution,ood_score,prediction_set,zoom,p_")
     only_bad = runner.invoke(app, ["predict", str(folder / "broken.png"), "--tracking-uri", store.uri, "-q"])
     assert only_bad.exit_code == 2
     missing = runner.invoke(app, ["predict", str(SAMPLES[0]), "--model", "models:/nope@champion",

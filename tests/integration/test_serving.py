@@ -112,10 +112,34 @@ def test_served_predictions_equal_local_ones(server, local):
     assert all(r["error"] is None for r in rows)
     np.testing.assert_allclose([r["probabilities"] for r in rows], np.array(local["probabilities"].tolist()),
                                atol=1e-5)
+    # Every answer says how far to trust it, as the local model does.
+    np.testing.assert_allclose([r["ood_score"] for r in rows], list(local["ood_score"]), rtol=1e-4)
+    assert [r["in_distribution"] for r in rows] == list(local["in_distribution"])
+    assert [r["prediction_set"] for r in rows] == [list(s) for s in local["prediction_set"]]
+    assert [r["zoom"] for r in rows] == list(local["zoom"])
     # The "inputs" form and a single image give the same answer.
     status, single = post(f"{url}/invocations", {"inputs": {"image": [b64(SAMPLES[1])]}})
     assert status == 200, single
     np.testing.assert_allclose(single["predictions"][0]["probabilities"], local["probabilities"][1], atol=1e-5)
+
+
+def test_a_uniform_field_is_flagged_and_the_coverage_parameter_sizes_the_sets(server, local):
+    """Nothing like a smear: flagged, its label still the classifier's. A lower coverage never gives larger sets."""
+    url, _ = server
+    uniform = np.full((240, 320, 3), 200, dtype=np.uint8)
+    status, body = post(f"{url}/invocations", {"dataframe_records": [{"image": uniform.tolist()}]})
+    assert status == 200, body
+    row = body["predictions"][0]
+    assert row["in_distribution"] is False and row["label"] in row["class_names"] and row["error"] is None
+    records = [{"image": b64(p)} for p in SAMPLES]
+    sizes = {}
+    for coverage in (0.5, 0.99):
+        status, body = post(f"{url}/invocations", {"dataframe_records": records, "params": {"coverage": coverage}})
+        assert status == 200, body
+        sizes[coverage] = [len(r["prediction_set"]) for r in body["predictions"]]
+    assert all(a <= b for a, b in zip(sizes[0.5], sizes[0.99])) and sizes[0.5] != sizes[0.99]
+    status, body = post(f"{url}/invocations", {"dataframe_records": records[:1], "params": {"coverage": 1.5}})
+    assert status == 400 and "coverage" in body["message"]
 
 
 def test_bad_image_in_a_batch_gets_an_error_entry(server, local):

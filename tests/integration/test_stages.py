@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -109,6 +110,30 @@ def test_stage_run_holds_aggregates_test_metrics_and_artifacts(store):
     run = mlflow.get_run(s3.info.run_id)
     assert run.inputs.dataset_inputs and run.data.tags["split_digest"]
     assert mlflow.search_logged_models(filter_string=f"source_run_id = '{s3.info.run_id}'", output_format="list")
+
+
+def test_the_final_stage_carries_its_detector_and_sets_and_every_figure_is_in_its_rows(store, tmp_path):
+    """Stage 3 (the served model) logs reliability/ (detector, threshold, conformal calibration), its test-part
+    figures recompute from the per-image rows it logs, its folds carry the development-side shifts; the stages
+    that only start another carry none of it."""
+    s3, s2 = stage_run(store, "stage3"), stage_run(store, "stage2")
+    metrics = s3.data.metrics
+    paths = set(artifact_paths(store["client"], s3.info.run_id))
+    assert {"reliability/detector.keras", "reliability/reliability.json", "reliability/test_readings.csv"} <= paths
+    assert not any(p.startswith("reliability/") for p in artifact_paths(store["client"], s2.info.run_id))
+    rows = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=s3.info.run_id,
+                                                           artifact_path="reliability/test_readings.csv",
+                                                           dst_path=str(tmp_path)))
+    assert len(rows) == metrics["test/n"]
+    assert metrics["test/ood/flagged_share"] == pytest.approx(1 - rows["in_distribution"].mean())
+    assert metrics["test/ood/flagged_share"] <= 0.2  # in-lab images: the threshold aims at 1.5% of them
+    assert metrics["test/ood/served_accuracy"] == pytest.approx(np.mean(rows["predicted"] == rows["label"]))
+    covered = [label in str(s).split("|") for label, s in zip(rows["label"], rows["prediction_set"])]
+    assert metrics["test/conformal_99/coverage"] == pytest.approx(np.mean(covered))
+    assert metrics["conformal/calibration_n"] == metrics["ood/heldout_n"] == 76  # two folds over 76 images
+    for key in ("stain_accuracy", "magnified_plain_accuracy", "magnified_accuracy", "val_flagged_share"):
+        assert f"cv/shift/{key}_mean" in metrics, key
+    assert "stage3 reliability: " in store["output"] and "flagged as unlike the training images" in store["output"]
 
 
 def test_stage3_starts_from_stage2_weights(store, tmp_path):
