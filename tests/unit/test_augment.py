@@ -20,7 +20,7 @@ def test_none_policy_is_no_hook_and_unknown_names_list_the_valid_ones():
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("policy", ["paper", "paper+color", "hed", "paper+hed"])
+@pytest.mark.parametrize("policy", ["paper", "paper+color", "hed", "paper+hed", "zoom+hed"])
 def test_policies_change_images_keep_shape_and_repeat_under_a_seed(policy):
     images = batch()
     augment = get_batch_augment(policy)
