@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri", help="the store that holds the runs")
     parser.add_argument("--external", help="a folder of another lab's images, all of --expect")
     parser.add_argument("--expect", default="Benign", help="the class every --external image is")
-    parser.add_argument("--single", type=int, default=30, help="single-image calls timed per variant")
+    parser.add_argument("--single", type=int, default=30, help="single-image calls timed per variant (0: no timing)")
     add_quick(parser)
     args = quick_defaults(parser, parser.parse_args(), single=3)
     import mlflow
@@ -146,7 +146,8 @@ def main() -> None:
         seen = outside(run_id, uri, args.external, args.expect)
         result.update({f"{Path(args.external).name}: {name}": seen[key] for name, key in OUTSIDE.items()
                        if key in seen})
-        result.update(serving_cost(run_id, test_images(run_id, 16), args.single))
+        if args.single:  # 0: the looks only (timings want an idle machine)
+            result.update(serving_cost(run_id, test_images(run_id, 16), args.single))
         for name, value in result.items():
             print(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
         print(f"  evaluation run (the look at {args.external}): {seen['evaluation_run']}")
