@@ -37,11 +37,9 @@ IN_LAB = {"test accuracy": "test/accuracy", "colour alone, test": "shortcut/best
           "re-stained test accuracy": "robustness/stain_shift_accuracy",
           "re-stained test flagged": "robustness/stain_shift_flagged_share",
           "CV accuracy": "cv/accuracy_mean", "CV re-stained accuracy": "cv/shift/stain_accuracy_mean",
-          "CV magnified accuracy, plain": "cv/shift/magnified_plain_accuracy_mean",
-          "CV magnified accuracy, as served": "cv/shift/magnified_accuracy_mean"}
+          "CV magnified accuracy": "cv/shift/magnified_accuracy_mean"}
 OUTSIDE = {"called the expected class": "called_expected_share", "flagged": "flagged_share",
-           "called otherwise, unflagged": "confident_wrong_share", "set holds the class": "set_has_expected_share",
-           "read zoomed out": "reread_share"}
+           "called otherwise, unflagged": "confident_wrong_share", "set holds the class": "set_has_expected_share"}
 
 
 def quick_run(root: Path) -> tuple[str, Path, str]:

@@ -12,10 +12,10 @@ import pandas as pd
 
 
 def expected_class_scores(class_names: list[str], expected: str, called: np.ndarray, flagged: np.ndarray,
-                          sets: np.ndarray | None = None, zoom: np.ndarray | None = None) -> dict[str, float]:
-    """`called` class indices, `flagged` booleans, `sets` (n, classes) booleans or None, `zoom` the reading's zoom
-    (1: plainly) or None. Keys: n, called_expected_share, flagged_share, confident_wrong_share, called/<class>_share,
-    and where given set_has_expected_share, reread_share."""
+                          sets: np.ndarray | None = None) -> dict[str, float]:
+    """`called` class indices, `flagged` booleans, `sets` (n, classes) booleans or None. Keys: n,
+    called_expected_share, flagged_share, confident_wrong_share, called/<class>_share, and with sets
+    set_has_expected_share."""
     called, flagged = np.asarray(called), np.asarray(flagged, dtype=bool)
     k = class_names.index(expected)
     out = {"n": float(len(called)), "called_expected_share": float(np.mean(called == k)),
@@ -24,8 +24,6 @@ def expected_class_scores(class_names: list[str], expected: str, called: np.ndar
     out.update({f"called/{name}_share": float(np.mean(called == j)) for j, name in enumerate(class_names)})
     if sets is not None:
         out["set_has_expected_share"] = float(np.mean(np.asarray(sets, dtype=bool)[:, k]))
-    if zoom is not None:
-        out["reread_share"] = float(np.mean(np.asarray(zoom) != 1.0))
     return out
 
 
@@ -42,10 +40,10 @@ def external_line(what: str, expected: str, metrics: dict[str, float], prefix: s
 
 
 def readings_frame(paths: list[str], class_names: list[str], proba: np.ndarray, ood_score: np.ndarray,
-                   in_distribution: np.ndarray, zoom: np.ndarray, sets: np.ndarray | None,
+                   in_distribution: np.ndarray, sets: np.ndarray | None,
                    sha256: list[str] | None = None) -> pd.DataFrame:
     """One row per image, what a reader needs to recompute every share: path (and content digest), p_<class>, the
-    class called, the OOD score and flag, the reading's zoom and the prediction set."""
+    class called, the OOD score and flag and the prediction set."""
     frame = pd.DataFrame({"path": paths})
     if sha256 is not None:
         frame["sha256"] = sha256
@@ -54,7 +52,6 @@ def readings_frame(paths: list[str], class_names: list[str], proba: np.ndarray, 
     frame["predicted"] = [class_names[j] for j in np.asarray(proba).argmax(axis=1)]
     frame["ood_score"] = ood_score
     frame["in_distribution"] = np.asarray(in_distribution, dtype=bool)
-    frame["zoom"] = zoom
     if sets is not None:
         frame["prediction_set"] = ["|".join(n for n, inside in zip(class_names, row) if inside) for row in sets]
     return frame

@@ -229,7 +229,7 @@ FLAG_MARK = " [flagged]"  # after a flagged image's label in the table: its clas
 
 def render(frame, output_format: str) -> str:
     """One row per image: file, predicted label, whether the image is like the training images (in_distribution,
-    ood_score), the prediction set, the reading's zoom, one p_<class> column per class, error."""
+    ood_score), the prediction set, one p_<class> column per class, error."""
     import pandas as pd
 
     names = next((c for c in frame["class_names"] if _is_list(c)), [])
@@ -242,14 +242,13 @@ def render(frame, output_format: str) -> str:
                     "ood_score": _plain(row["ood_score"]) if good else None,
                     "prediction_set": list(row["prediction_set"]) if good and _is_list(row["prediction_set"])
                     else None,
-                    "zoom": _plain(row["zoom"]) if good else None, "error": None if good else row["error"]}
+                    "error": None if good else row["error"]}
                    for good, (_, row) in zip(ok, frame.iterrows())]
         return json.dumps(records, indent=2)
     flat = pd.DataFrame({"file": frame["file"], "label": frame["label"],
                          "in_distribution": [_plain(v) for v in frame["in_distribution"]],
                          "ood_score": [_plain(v) for v in frame["ood_score"]],
-                         "prediction_set": ["|".join(s) if _is_list(s) else None for s in frame["prediction_set"]],
-                         "zoom": [_plain(v) for v in frame["zoom"]]})
+                         "prediction_set": ["|".join(s) if _is_list(s) else None for s in frame["prediction_set"]]})
     for k, name in enumerate(names):
         flat[f"p_{name}"] = [float(p[k]) if _is_list(p) else None for p in frame["probabilities"]]
     flat["error"] = frame["error"]

@@ -213,6 +213,16 @@ STAIN_SHIFTS: dict[str, Callable[[], A.BasicTransform]] = {
 }
 
 
+def magnified(image: np.ndarray, magnification: float) -> np.ndarray:
+    """The field as a camera `magnification` times stronger would show it: its centre, 1/magnification of each side,
+    resized back to the field's size. A development-side stand-in for another lab's higher-magnification fields
+    (workflows/reliability.py:shift_probe)."""
+    height, width = image.shape[:2]
+    crop_h, crop_w = max(1, round(height / magnification)), max(1, round(width / magnification))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return cv2.resize(image[top:top + crop_h, left:left + crop_w], (width, height), interpolation=cv2.INTER_CUBIC)
+
+
 def stain_shifted(images: np.ndarray) -> np.ndarray:
     """`images` ((N, H, W, 3) uint8) re-stained for the robustness metric: the k-th STAIN_SHIFTS entry applied to
     the images at positions k, k + 3, k + 6, ...: one pass over disjoint thirds, so scoring the shifted set costs

@@ -15,8 +15,8 @@ Output: a DataFrame, one row per input row, in order, with columns
   `ood_score` (the out-of-distribution detector's score: how unlike the training images the image is),
   `in_distribution` (false: flagged, the score is above the threshold fitted on held-out development images; the
   label is still the classifier's), `prediction_set` (the classes that cover the true class with the requested
-  coverage, split-conformal), `zoom` (1: read as in training; larger: a flagged image read zoomed out, see
-  training/reliability.py), `error` (null, or why this image could not be used; then the other values are null).
+  coverage, split-conformal; see training/reliability.py), `error` (null, or why this image could not be used; then
+  the other values are null).
 Parameter `coverage` (default 0.99): the prediction sets' coverage, e.g. {"params": {"coverage": 0.95}} over HTTP.
 A request with no images, or one in which no image can be used, raises MlflowException(INVALID_PARAMETER_VALUE):
 the scoring server answers HTTP 400 with the message and keeps serving.
@@ -54,8 +54,7 @@ RELIABILITY_ARTIFACT = "reliability"
 COVERAGE_PARAM = "coverage"
 PATHS_ENV = "MTL_SUITE_ALLOW_PATHS"  # "0": strings are only base64 (a served model must not read server files)
 BATCH = 32
-OUTPUT_COLUMNS = ["label", "probabilities", "class_names", "ood_score", "in_distribution", "prediction_set", "zoom",
-                  "error"]
+OUTPUT_COLUMNS = ["label", "probabilities", "class_names", "ood_score", "in_distribution", "prediction_set", "error"]
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _SHOWN = 60
 
@@ -117,7 +116,7 @@ class MtlImageClassifier(PythonModel):
         return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS})
 
     def answers(self, images: list[np.ndarray], coverage: float) -> list[dict]:
-        """Per image: label and probabilities, with the detector's score, flag and reading and the prediction set."""
+        """Per image: label and probabilities, with the detector's score and flag and the prediction set."""
         if self.reliability is None:
             proba = self.probabilities(np.stack([resize(image, self.image_size) for image in images]))
             return [{"label": self.class_names[int(np.argmax(p))], "probabilities": [float(v) for v in p]}
@@ -126,7 +125,6 @@ class MtlImageClassifier(PythonModel):
         sets = self.reliability.sets(readings.proba, coverage)
         return [{"label": self.class_names[int(np.argmax(p))], "probabilities": [float(v) for v in p],
                  "ood_score": float(readings.ood_score[k]), "in_distribution": bool(readings.in_distribution[k]),
-                 "zoom": float(readings.zoom[k]),
                  "prediction_set": None if sets is None else
                  [name for name, inside in zip(self.class_names, sets[k]) if inside]}
                 for k, p in enumerate(readings.proba)]
@@ -166,7 +164,6 @@ def signature():
                         ColSpec(DataType.double, "ood_score", required=False),
                         ColSpec(DataType.boolean, "in_distribution", required=False),
                         ColSpec(Array(DataType.string), "prediction_set", required=False),
-                        ColSpec(DataType.double, "zoom", required=False),
                         ColSpec(DataType.string, "error", required=False)]),
         params=ParamSchema([ParamSpec(COVERAGE_PARAM, DataType.double, DEFAULT_COVERAGE)]))
 

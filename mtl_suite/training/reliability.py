@@ -2,15 +2,12 @@
 
 - the out-of-distribution detector (models/ood.py, fitted by training/ood.py) and its threshold: `ood_score` and
   `in_distribution` per image;
-- the split-conformal calibration (training/conformal.py): a prediction set per image at a chosen coverage;
-- the readings it may use (imaging/readings.py): an image that the detector flags is also read zoomed out (a field
-  taken at a higher magnification than the training lab's), and when a zoomed-out reading looks like the training
-  images (its score under the threshold), the model answers from the one that looks most like them. Unflagged
-  images are always read plainly, as in training.
+- the split-conformal calibration (training/conformal.py): a prediction set per image at a chosen coverage.
 
-The flag and the score are the image's as given (its plain reading): a reading never clears a flag, and the flag
-never changes the class (a flagged image keeps what the classifier says about its reading), so accuracy, the share
-flagged and the share of confident wrong calls can all be reported honestly side by side.
+The flag never changes the class: a flagged image keeps what the classifier says, so accuracy, the share flagged and
+the share of confident wrong calls can all be reported honestly side by side. (Reading a flagged field zoomed out,
+as if taken at a higher magnification than the training lab's, was tried and left out: it lowered the chosen
+model's accuracy on magnified validation images from 93.4% to 88.8%; benchmarks/RESULTS.md, issue 33.)
 
 Saved as a folder (`reliability/` of a stage run, an artifact of the registered model): the detector as a Keras
 file, everything else in reliability.json.
@@ -27,7 +24,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from mtl_suite.imaging.readings import PLAIN, ZOOMS, reading
+from mtl_suite.data.images import resize
 from mtl_suite.training.conformal import DEFAULT_COVERAGE, ConformalCalibration
 
 ARTIFACT = "reliability"
@@ -40,13 +37,11 @@ Classify = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) uint8 -> (N, class
 
 @dataclass(frozen=True)
 class Readings:
-    """Per image: class probabilities, the OOD score and flag of the image as given, and the zoom it was read at
-    (1: plainly)."""
+    """Per image: class probabilities, and the OOD score and flag."""
 
     proba: np.ndarray
     ood_score: np.ndarray
     in_distribution: np.ndarray
-    zoom: np.ndarray
 
     @property
     def flagged(self) -> np.ndarray:
@@ -61,7 +56,6 @@ class Reliability:
     calibration: ConformalCalibration | None  # None: the run had no held-out development images
     flag_rate: float
     heldout_flagged_share: float = math.nan
-    zooms: tuple[float, ...] = ZOOMS
     info: dict = field(default_factory=dict)  # what else the fitting recorded (feature backbone, n, stain)
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
@@ -73,33 +67,12 @@ class Reliability:
 
     def read(self, images: Sequence[np.ndarray], classify: Classify,
              plain_proba: np.ndarray | None = None) -> Readings:
-        """`images` raw (any size) or already at the model's size. `plain_proba`: the classifier's probabilities of
-        the plain readings when the caller has them (a stage run's test part); then only re-read images are
-        classified here."""
-        plain = np.stack([reading(image, self.image_size) for image in images])
-        scores = self.scores(plain)
-        flagged = np.flatnonzero(scores > self.threshold)  # only these are read zoomed out: the rest as in training
-        zoom, pixels = self._zoomed_readings([images[i] for i in flagged])
-        proba = np.asarray(classify(plain) if plain_proba is None else plain_proba, dtype=np.float64).copy()
-        chosen = flagged[zoom != PLAIN]
-        if len(chosen):
-            proba[chosen] = classify(pixels[zoom != PLAIN])
-        zooms = np.full(len(images), PLAIN)
-        zooms[flagged] = zoom
-        return Readings(proba, scores, scores <= self.threshold, zooms)
-
-    def _zoomed_readings(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Per image, the zoom whose reading scores lowest if that score is under the threshold (else PLAIN), and
-        that reading's pixels."""
-        zoom = np.full(len(images), PLAIN)
-        pixels = np.zeros((len(images), self.image_size, self.image_size, 3), dtype=np.uint8)
-        best = np.full(len(images), self.threshold)
-        for candidate in self.zooms if images else ():
-            zoomed = np.stack([reading(image, self.image_size, candidate) for image in images])
-            scores = self.scores(zoomed)
-            better = scores <= best
-            pixels[better], best[better], zoom[better] = zoomed[better], scores[better], candidate
-        return zoom, pixels
+        """`images` raw (any size; resized as in training) or already at the model's size. `plain_proba`: the
+        classifier's probabilities when the caller has them (a stage run's test part)."""
+        pixels = np.stack([resize(image, self.image_size) for image in images])
+        scores = self.scores(pixels)
+        proba = np.asarray(classify(pixels) if plain_proba is None else plain_proba, dtype=np.float64)
+        return Readings(proba, scores, scores <= self.threshold)
 
     def sets(self, proba: np.ndarray, coverage: float = DEFAULT_COVERAGE) -> np.ndarray | None:
         return None if self.calibration is None else self.calibration.sets(proba, coverage)
@@ -108,7 +81,7 @@ class Reliability:
         folder.mkdir(parents=True, exist_ok=True)
         self.detector.save(folder / DETECTOR_FILE)
         info = {**self.info, "threshold": self.threshold, "image_size": self.image_size, "flag_rate": self.flag_rate,
-                "heldout_flagged_share": self.heldout_flagged_share, "zooms": list(self.zooms),
+                "heldout_flagged_share": self.heldout_flagged_share,
                 "conformal_scores": list(self.calibration.scores) if self.calibration else None}
         (folder / INFO_FILE).write_text(json.dumps(info, indent=1))
         return folder
@@ -119,7 +92,8 @@ class Reliability:
 
         info = json.loads((folder / INFO_FILE).read_text())
         scores = info.pop("conformal_scores")
+        info.pop("zooms", None)  # written by the runs that tried zoomed-out readings (issue 33's candidates)
         return cls(keras.saving.load_model(folder / DETECTOR_FILE, safe_mode=True, compile=False),
                    float(info.pop("threshold")), int(info.pop("image_size")),
                    ConformalCalibration(tuple(scores)) if scores else None, float(info.pop("flag_rate")),
-                   float(info.pop("heldout_flagged_share")), tuple(info.pop("zooms")), info)
+                   float(info.pop("heldout_flagged_share")), info)

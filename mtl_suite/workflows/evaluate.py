@@ -148,10 +148,9 @@ def reliability_scores(rows: pd.DataFrame, scored: Scored, expected: str | None)
         return None
     flagged = ~np.asarray(flags, dtype=bool)
     sets = _sets(rows, scored.class_names)
-    zoom = np.asarray(rows["zoom"], dtype=np.float64)
     if expected is not None:
-        return expected_class_scores(scored.class_names, expected, scored.y_pred, flagged, sets, zoom)
-    out = {"flagged_share": float(flagged.mean()), "reread_share": float(np.mean(zoom != 1.0))}
+        return expected_class_scores(scored.class_names, expected, scored.y_pred, flagged, sets)
+    out = {"flagged_share": float(flagged.mean())}
     if (~flagged).any():
         out["unflagged_accuracy"] = float(np.mean(scored.y_pred[~flagged] == scored.y_true[~flagged]))
     if sets is not None:
@@ -166,11 +165,10 @@ def _sets(rows: pd.DataFrame, class_names: list[str]) -> np.ndarray | None:
 
 
 def _reliability_columns(rows: pd.DataFrame) -> pd.DataFrame | None:
-    """ood_score, in_distribution, zoom, prediction_set per image for predictions.csv (None: the model has none)."""
+    """ood_score, in_distribution, prediction_set per image for predictions.csv (None: the model has none)."""
     if any(value is None for value in rows["in_distribution"]):
         return None
     return pd.DataFrame({"ood_score": rows["ood_score"].astype(float), "in_distribution": rows["in_distribution"],
-                         "zoom": rows["zoom"].astype(float),
                          "prediction_set": ["|".join(s) if s is not None else "" for s in rows["prediction_set"]]})
 
 

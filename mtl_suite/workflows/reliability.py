@@ -18,18 +18,20 @@ import numpy as np
 
 from mtl_suite.analysis.external import expected_class_scores, external_line, readings_frame
 from mtl_suite.config import TrainConfig
-from mtl_suite.data.images import is_image_file, read_rgb
+from mtl_suite.data.arrays import ArrayData
+from mtl_suite.data.images import read_rgb, resize
+from mtl_suite.data.layouts import read_one_class
 from mtl_suite.errors import BadImageError, UserError
 from mtl_suite.tasks import TaskData, normal_class_of
 from mtl_suite.training.conformal import ConformalCalibration, set_metrics
-from mtl_suite.data.arrays import ArrayData
-from mtl_suite.imaging.readings import magnified
 from mtl_suite.training.cv import CVResult, FoldProbe, TestResult
 from mtl_suite.training.ood import fit_detector
 from mtl_suite.training.reliability import ARTIFACT, Readings, Reliability
 
 COVERAGES = (0.95, 0.99)  # the prediction sets' coverages measured on the test part
 EXTERNAL = "external"
+MAGNIFICATION = 2.5  # the development-side stand-in for another lab's higher-magnification fields
+INNER_FOLDS = 5  # a fold detector's threshold: held-out scores within the fold's training images
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,10 @@ class ExternalCheck:
         return path.name if path.name.lower() not in ("jpegimages", "images") else path.parent.name
 
     def files(self) -> list[Path]:
-        root = Path(self.path)
-        if not root.is_dir():
-            raise UserError(f"--external: no such folder. Received: {self.path!r}")
-        files = sorted(p for p in root.rglob("*") if is_image_file(p))
-        if not files:
-            raise UserError(f"--external {self.path}: the folder has no image files (.jpg, .jpeg, .png, .bmp, .tif)")
-        return files
+        try:
+            return [record.path for record in read_one_class(Path(self.path), self.expected)]
+        except UserError as exc:
+            raise UserError(f"--external: {exc}") from None
 
     def resolved(self, task_data: TaskData, data_classes: list[str], normal_class: str | None) -> "ExternalCheck":
         """Checked against the task before any run opens: every image decodes and `expected` names a class."""
@@ -106,23 +105,19 @@ def classifier(model, train: TrainConfig) -> Callable[[np.ndarray], np.ndarray]:
 
 def test_part_metrics(reliability: Reliability, final: TestResult, task_data: TaskData, train: TrainConfig,
                       workdir: Path) -> dict[str, float]:
-    """On the outer test part, as served: the share flagged, accuracy on the unflagged images, the share read zoomed
-    out and the accuracy with those readings, the prediction sets' coverage; on its re-stained copy, the share
-    flagged. Logs the per-image rows."""
+    """On the outer test part: the share flagged, accuracy on the unflagged images, the prediction sets' coverage;
+    on its re-stained copy, the share flagged. Logs the per-image rows."""
     from mtl_suite.imaging.augment import stain_shifted
 
     if not len(final.index):
         return {}
     images, labels = task_data.data.images[final.index], task_data.data.labels[final.index]
     readings = reliability.read(list(images), classifier(final.model, train), plain_proba=final.proba)
-    served = readings.proba.argmax(axis=1)
+    called = readings.proba.argmax(axis=1)
     unflagged = readings.in_distribution
-    out = {"test/ood/flagged_share": float(readings.flagged.mean()),
-           "test/ood/unflagged_n": float(unflagged.sum()),
-           "test/ood/reread_share": float(np.mean(readings.zoom != 1.0)),
-           "test/ood/served_accuracy": float(np.mean(served == labels))}
+    out = {"test/ood/flagged_share": float(readings.flagged.mean()), "test/ood/unflagged_n": float(unflagged.sum())}
     if unflagged.any():
-        out["test/ood/unflagged_accuracy"] = float(np.mean(served[unflagged] == labels[unflagged]))
+        out["test/ood/unflagged_accuracy"] = float(np.mean(called[unflagged] == labels[unflagged]))
     for coverage in COVERAGES if reliability.calibration is not None else ():
         sets = reliability.sets(readings.proba, coverage)
         out.update({f"test/conformal_{round(coverage * 100)}/{k}": v for k, v in set_metrics(sets, labels).items()})
@@ -138,48 +133,40 @@ def test_part_metrics(reliability: Reliability, final: TestResult, task_data: Ta
 def external_metrics(reliability: Reliability, final: TestResult, task_data: TaskData, train: TrainConfig,
                      external: ExternalCheck, colour_calls: Callable[[np.ndarray], np.ndarray] | None,
                      workdir: Path) -> dict[str, float]:
-    """The final model on `external`'s images read as served: `external/*` (analysis/external.py's shares), with
-    colour alone's share called the expected class beside it (`external/colour_called_expected_share`)."""
+    """The final model on `external`'s images as served: `external/*` (analysis/external.py's shares), with colour
+    alone's share called the expected class beside it (`external/colour_called_expected_share`)."""
     files = external.files()
-    images = [_read(path) for path in files]
-    readings = reliability.read(images, classifier(final.model, train))
+    images = np.stack([resize(_read(path), task_data.image_size) for path in files])
+    readings = reliability.read(list(images), classifier(final.model, train))
     sets = reliability.sets(readings.proba)
     scores = expected_class_scores(task_data.class_names, external.expected, readings.proba.argmax(axis=1),
-                                   readings.flagged, sets, readings.zoom)
+                                   readings.flagged, sets)
     out = {f"{EXTERNAL}/{k}": v for k, v in scores.items()}
     if colour_calls is not None:
-        plain = np.stack([_plain(image, task_data.image_size) for image in images])
         expected = task_data.class_names.index(external.expected)
-        out[f"{EXTERNAL}/colour_called_expected_share"] = float(np.mean(colour_calls(plain) == expected))
+        out[f"{EXTERNAL}/colour_called_expected_share"] = float(np.mean(colour_calls(images) == expected))
     _log_frame(_frame(reliability, readings, task_data, [str(p) for p in files]), workdir / "readings.csv", EXTERNAL)
     mlflow.set_tags({"external_data": external.path[:250], "external_class": external.expected})
     return out
 
 
-MAGNIFICATION = 2.5  # the development-side stand-in for another lab's higher-magnification fields
-INNER_FOLDS = 5  # a fold detector's threshold: held-out scores within the fold's training images
-
-
 def shift_probe(train: TrainConfig) -> FoldProbe:
     """Per cross-validation fold, its model on its validation images changed as another lab's would be: re-stained
-    (the stage checks' fixed shifts) and magnified 2.5 times, read as served (a detector fitted on the fold's
-    training images flags them, and flagged ones are read zoomed out). Development-side figures (`cv/shift/*`) to
-    choose a model for other labs by, where no test part and no other lab's images are looked at."""
+    (the stage checks' fixed shifts) and magnified 2.5 times, with the share that a detector fitted on the fold's
+    training images flags. Development-side figures (`cv/shift/*`) to choose a model for other labs by, where no
+    test part and no other lab's images are looked at."""
     def probe(model, training: ArrayData, val: ArrayData) -> dict[str, float]:
-        from mtl_suite.imaging.augment import stain_shifted
+        from mtl_suite.imaging.augment import magnified, stain_shifted
 
         classify = classifier(model, train)
         reliability = _fold_reliability(training, val.images.shape[1], train.stain)
-        shifted = stain_shifted(val.images)
-        magnified_images = np.stack([magnified(image, MAGNIFICATION) for image in val.images])
-        plain = classify(magnified_images)
-        readings = reliability.read(list(magnified_images), classify, plain_proba=plain)
         flagged = lambda pixels: float(np.mean(reliability.scores(pixels) > reliability.threshold))  # noqa: E731
-        accuracy = lambda proba: float(np.mean(np.asarray(proba).argmax(axis=1) == val.labels))  # noqa: E731
-        return {"shift/val_flagged_share": flagged(val.images), "shift/stain_accuracy": accuracy(classify(shifted)),
-                "shift/stain_flagged_share": flagged(shifted), "shift/magnified_plain_accuracy": accuracy(plain),
-                "shift/magnified_accuracy": accuracy(readings.proba),
-                "shift/magnified_flagged_share": float(readings.flagged.mean())}
+        accuracy = lambda pixels: float(np.mean(classify(pixels).argmax(axis=1) == val.labels))  # noqa: E731
+        shifted = stain_shifted(val.images)
+        bigger = np.stack([magnified(image, MAGNIFICATION) for image in val.images])
+        return {"shift/val_flagged_share": flagged(val.images), "shift/stain_accuracy": accuracy(shifted),
+                "shift/stain_flagged_share": flagged(shifted), "shift/magnified_accuracy": accuracy(bigger),
+                "shift/magnified_flagged_share": flagged(bigger)}
 
     return probe
 
@@ -216,7 +203,7 @@ def reliability_line(plan_name: str, metrics: dict[str, float]) -> str:
 def _frame(reliability: Reliability, readings: Readings, task_data: TaskData, paths: list[str],
            sha256: list[str] | None = None):
     return readings_frame(paths, task_data.class_names, readings.proba, readings.ood_score, readings.in_distribution,
-                          readings.zoom, reliability.sets(readings.proba), sha256)
+                          reliability.sets(readings.proba), sha256)
 
 
 def _log_frame(frame, path: Path, artifact_path: str) -> None:
@@ -231,8 +218,3 @@ def _read(path: Path) -> np.ndarray:
     except BadImageError as exc:
         raise UserError(f"--external: {exc}") from None
 
-
-def _plain(image: np.ndarray, size: int) -> np.ndarray:
-    from mtl_suite.imaging.readings import reading
-
-    return reading(image, size)

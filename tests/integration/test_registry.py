@@ -254,7 +254,7 @@ def test_predict_cli_on_a_folder(store, client, tmp_path):
     assert "1 of 2 image(s) flagged as unlike the model's training images" in table.stderr
     csv = runner.invoke(app, ["predict", str(SAMPLES[0]), "--format", "csv", "--tracking-uri", store.uri, "-q"])
     assert csv.exit_code == 0 and csv.stdout.splitlines()[0].startswith(
-        "file,label,in_distribution,ood_score,prediction_set,zoom,p_")
+        "file,label,in_distribution,ood_score,prediction_set,p_")
     only_bad = runner.invoke(app, ["predict", str(folder / "broken.png"), "--tracking-uri", store.uri, "-q"])
     assert only_bad.exit_code == 2
     missing = runner.invoke(app, ["predict", str(SAMPLES[0]), "--model", "models:/nope@champion",

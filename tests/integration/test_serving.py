@@ -116,7 +116,6 @@ def test_served_predictions_equal_local_ones(server, local):
     np.testing.assert_allclose([r["ood_score"] for r in rows], list(local["ood_score"]), rtol=1e-4)
     assert [r["in_distribution"] for r in rows] == list(local["in_distribution"])
     assert [r["prediction_set"] for r in rows] == [list(s) for s in local["prediction_set"]]
-    assert [r["zoom"] for r in rows] == list(local["zoom"])
     # The "inputs" form and a single image give the same answer.
     status, single = post(f"{url}/invocations", {"inputs": {"image": [b64(SAMPLES[1])]}})
     assert status == 200, single

@@ -127,11 +127,12 @@ def test_the_final_stage_carries_its_detector_and_sets_and_every_figure_is_in_it
     assert len(rows) == metrics["test/n"]
     assert metrics["test/ood/flagged_share"] == pytest.approx(1 - rows["in_distribution"].mean())
     assert metrics["test/ood/flagged_share"] <= 0.2  # in-lab images: the threshold aims at 1.5% of them
-    assert metrics["test/ood/served_accuracy"] == pytest.approx(np.mean(rows["predicted"] == rows["label"]))
+    unflagged = rows[rows["in_distribution"]]
+    assert metrics["test/ood/unflagged_accuracy"] == pytest.approx(np.mean(unflagged["predicted"] == unflagged["label"]))
     covered = [label in str(s).split("|") for label, s in zip(rows["label"], rows["prediction_set"])]
     assert metrics["test/conformal_99/coverage"] == pytest.approx(np.mean(covered))
     assert metrics["conformal/calibration_n"] == metrics["ood/heldout_n"] == 76  # two folds over 76 images
-    for key in ("stain_accuracy", "magnified_plain_accuracy", "magnified_accuracy", "val_flagged_share"):
+    for key in ("stain_accuracy", "magnified_accuracy", "magnified_flagged_share", "val_flagged_share"):
         assert f"cv/shift/{key}_mean" in metrics, key
     assert "stage3 reliability: " in store["output"] and "flagged as unlike the training images" in store["output"]
 

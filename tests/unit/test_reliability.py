@@ -1,7 +1,7 @@
 """A final model's reliability parts: split-conformal sets (training/conformal.py) equal MAPIE's and reach their
 coverage; the OOD detector (models/ood.py, training/ood.py) is one safe-mode Keras graph that computes the numpy
-distance, flags about the held-out share it was set for, and flags a blank image and a magnified field; readings
-(imaging/readings.py) zoom a flagged field out and leave every unflagged image as training reads it."""
+distance, flags about the held-out share it was set for, and flags a blank image, a magnified field and another
+lab's smears."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mtl_suite.config import DataConfig
-from mtl_suite.imaging.readings import PLAIN, magnified, reading
+from mtl_suite.data.images import resize
+from mtl_suite.imaging.augment import magnified
 from mtl_suite.tasks import smear_task
 from mtl_suite.training.conformal import ConformalCalibration, set_metrics
 from mtl_suite.training.ood import (conformal_threshold, feature_model, fit_detector, fit_gaussians,
@@ -120,45 +121,17 @@ def test_held_out_images_are_flagged_at_about_the_rate_set_and_far_off_images_al
     assert np.mean(reliability.scores(four_times) > fitted.threshold) >= 0.5
 
 
-def test_only_flagged_images_are_read_zoomed_out_and_the_flag_stays_the_images_own(sample, fitted):
+def test_read_flags_the_images_as_given_and_keeps_the_classifiers_answers(sample, fitted):
     task, _, _ = sample
     reliability = Reliability(fitted.model, fitted.threshold, SIZE, None, fitted.flag_rate)
-    test_images = list(task.data.images[task.split.test_indices][:6])
-    shown = test_images + [magnified(image, 3.0) for image in test_images]
-    seen: list[np.ndarray] = []
-
-    def classify(pixels):
-        seen.append(pixels)
-        return np.tile([0.7, 0.1, 0.1, 0.1], (len(pixels), 1))
-
-    plain = classify(np.stack([reading(image, SIZE) for image in shown]))
-    readings = reliability.read(shown, classify, plain_proba=plain)
-    plain_scores = reliability.scores(np.stack(shown))
-    np.testing.assert_allclose(readings.ood_score, plain_scores, rtol=1e-5)  # the image as given, not its reading
-    np.testing.assert_array_equal(readings.in_distribution, plain_scores <= fitted.threshold)
-    reread = readings.zoom != PLAIN
-    assert not reread[readings.in_distribution].any()
-    assert reread[len(test_images):].any()  # a field three times magnified is read zoomed out
-    assert len(seen) == 2 and len(seen[1]) == reread.sum()  # and only the re-read images are classified again
-    for k in np.flatnonzero(reread):  # a zoomed-out reading is taken only where it looks like the training images
-        assert reliability.scores(reading(shown[k], SIZE, readings.zoom[k])[None])[0] <= fitted.threshold
-
-
-def test_a_zoomed_out_reading_keeps_the_aspect_and_fills_the_square_with_mirrors():
-    field = np.random.default_rng(0).integers(0, 255, (48, 64, 3)).astype(np.uint8)
-    out = reading(field, 32, 2.0)
-    assert out.shape == (32, 32, 3)
-    # the field shrunk to 18 x 14 (scale 32 / sqrt(48 * 64) / 2, aspect kept) sits in the centre ...
-    import cv2
-
-    small = cv2.resize(field, (18, 14), interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(out[9:23, 7:25], small)
-    # ... and is mirrored outwards: the columns left of it are its first columns reversed, rows likewise
-    np.testing.assert_array_equal(out[9:23, 3:7], small[:, 3::-1])
-    np.testing.assert_array_equal(out[5:9, 7:25], small[3::-1, :])
-    np.testing.assert_array_equal(reading(field, 32), reading(field, 32, PLAIN))
-    with pytest.raises(ValueError):
-        reading(field, 32, 0.5)
+    shown = [np.full((240, 320, 3), 200, np.uint8)] + list(task.data.images[task.split.test_indices][:4])
+    answers = np.tile([0.7, 0.1, 0.1, 0.1], (len(shown), 1))
+    readings = reliability.read(shown, lambda pixels: answers[:len(pixels)])
+    expected = reliability.scores(np.stack([resize(image, SIZE) for image in shown]))
+    np.testing.assert_allclose(readings.ood_score, expected, rtol=1e-5)
+    np.testing.assert_array_equal(readings.in_distribution, expected <= fitted.threshold)
+    assert readings.flagged[0]  # the uniform field
+    np.testing.assert_array_equal(readings.proba, answers)  # a flag never changes the answer
 
 
 @pytest.mark.slow
@@ -176,11 +149,11 @@ def test_another_labs_smears_are_flagged_and_the_training_labs_are_not(shared_da
     split = make_split(manifest, folds=4, test_fraction=0.2, seed=42)
     fit_rows, unseen_rows = split.indices(0), split.test_indices[::4]
     labels = np.array([manifest.classes.index(split.entries[i].label) for i in fit_rows])
-    images = np.stack([reading(read_rgb(split.entries[i].path), 224) for i in fit_rows])
+    images = np.stack([resize(read_rgb(split.entries[i].path), 224) for i in fit_rows])
     folds = StratifiedKFold(4, shuffle=True, random_state=0).split(images, labels)
     fitted = fit_detector(images, labels, folds)
     reliability = Reliability(fitted.model, fitted.threshold, 224, None, fitted.flag_rate)
-    unseen = np.stack([reading(read_rgb(split.entries[i].path), 224) for i in unseen_rows])
+    unseen = np.stack([resize(read_rgb(split.entries[i].path), 224) for i in unseen_rows])
     bccd = sorted((shared_data / "bccd" / "JPEGImages").glob("*.jpg"))[::12]
     other_lab = reliability.read([read_rgb(path) for path in bccd], lambda pixels: np.zeros((len(pixels), 4)))
     assert len(bccd) >= 30 and other_lab.flagged.all()
