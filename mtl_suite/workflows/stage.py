@@ -462,7 +462,7 @@ def _summary(metrics: dict[str, float]) -> str:
         shown.append(f"test images flagged {metrics['test/ood/flagged_share']:.1%}")
     if "external/called_expected_share" in metrics:
         colour = metrics.get("external/colour_called_expected_share")
-        shown.append(f"external images called {metrics['external/called_expected_share']:.1%} as expected"
+        shown.append(f"external images: {metrics['external/called_expected_share']:.1%} called the expected class"
                      + (f" (colour alone {colour:.1%})" if colour is not None else "")
                      + f", {metrics['external/confident_wrong_share']:.1%} wrong without a flag")
     return ", ".join(shown) or "ImageNet backbone saved"
