@@ -49,12 +49,16 @@ class ConformalCalibration:
         """q: the ceil((n + 1) * coverage)-th smallest score; inf (every class in every set) when n is too small to
         promise that coverage."""
         check_coverage(coverage)
-        rank = math.ceil((self.n + 1) * coverage)
-        return math.inf if rank > self.n else self.scores[rank - 1]
+        return self.scores[math.ceil((self.n + 1) * coverage) - 1] if promisable(self.n, coverage) else math.inf
 
     def sets(self, proba: np.ndarray, coverage: float = DEFAULT_COVERAGE) -> np.ndarray:
         """(n, classes) boolean: class k is in image i's set."""
         return 1.0 - np.asarray(proba, dtype=np.float64) <= self.quantile(coverage)
+
+
+def promisable(n: int, coverage: float) -> bool:
+    """Whether n calibration images can promise `coverage` with sets smaller than every class (n >= 99 for 0.99)."""
+    return math.ceil((n + 1) * coverage) <= n
 
 
 def check_coverage(coverage: float) -> None:

@@ -23,7 +23,7 @@ from mtl_suite.data.images import read_rgb, resize
 from mtl_suite.data.layouts import read_one_class
 from mtl_suite.errors import BadImageError, UserError
 from mtl_suite.tasks import TaskData, normal_class_of
-from mtl_suite.training.conformal import ConformalCalibration, set_metrics
+from mtl_suite.training.conformal import ConformalCalibration, promisable, set_metrics
 from mtl_suite.training.cv import CVResult, FoldProbe, TestResult
 from mtl_suite.training.ood import fit_detector
 from mtl_suite.training.reliability import ARTIFACT, Readings, Reliability
@@ -191,10 +191,15 @@ def reliability_line(plan_name: str, metrics: dict[str, float]) -> str:
     parts = [f"{metrics['test/ood/flagged_share']:.1%} of the test part flagged as unlike the training images"]
     if "test/ood/unflagged_accuracy" in metrics:
         parts[-1] += f" (accuracy on the rest {metrics['test/ood/unflagged_accuracy']:.3f})"
-    key = f"test/conformal_{round(COVERAGES[-1] * 100)}/"
+    coverage = COVERAGES[-1]
+    key = f"test/conformal_{round(coverage * 100)}/"
     if f"{key}coverage" in metrics:
-        parts.append(f"{COVERAGES[-1]:.0%} prediction sets cover {metrics[f'{key}coverage']:.3f} "
+        parts.append(f"{coverage:.0%} prediction sets cover {metrics[f'{key}coverage']:.3f} "
                      f"(mean size {metrics[f'{key}mean_size']:.2f})")
+        calibration_n = int(metrics.get("conformal/calibration_n", 0))
+        if calibration_n and not promisable(calibration_n, coverage):
+            parts[-1] += (f": {calibration_n} calibration images are too few to promise {coverage:.0%}, so every set "
+                          "holds every class")
     if "robustness/stain_shift_flagged_share" in metrics:
         parts.append(f"{metrics['robustness/stain_shift_flagged_share']:.1%} of re-stained test images flagged")
     return f"{plan_name} reliability: " + "; ".join(parts)
