@@ -22,7 +22,7 @@ from mtl_suite.cli.common import (Experiment, ExternalClassOption, ExternalOptio
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME as DEFAULT_NAME, DEFAULT_MODEL_URI as DEFAULT_MODEL
 from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
-from mtl_suite.training.conformal import DEFAULT_COVERAGE
+from mtl_suite.training.conformal import DEFAULT_COVERAGE, check_coverage
 from mtl_suite.tracking.reachability import check_tracking_uri
 
 FORMATS = ("table", "csv", "json")
@@ -131,8 +131,7 @@ def predict(
     images get an error row; the exit code is 2 only if no image could be classified."""
     if output_format not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}. Received: {output_format!r}")
-    if not 0.0 < coverage < 1.0:
-        raise UserError(f"--coverage: expected a number between 0 and 1 (exclusive), e.g. 0.95. Received: {coverage}")
+    check_coverage(coverage)
     files = collect_images(images)
     pyfunc = load_pyfunc(model, tracking_uri, quiet)
     frame = predict_files(pyfunc, files, batch_size, quiet, coverage)

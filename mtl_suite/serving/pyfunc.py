@@ -144,7 +144,7 @@ def requested_coverage(params: dict | None) -> float:
     try:
         coverage = float(value)
         check_coverage(coverage)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, UserError):
         raise MlflowException(f"parameter {COVERAGE_PARAM!r}: expected a number between 0 and 1 (exclusive), e.g. "
                               f"0.95. Received: {value!r}", INVALID_PARAMETER_VALUE) from None
     return coverage

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtl_suite.errors import UserError
+
 DEFAULT_COVERAGE = 0.99
 
 
@@ -62,8 +64,9 @@ def promisable(n: int, coverage: float) -> bool:
 
 
 def check_coverage(coverage: float) -> None:
+    """A coverage a user asked for (--coverage, the served model's parameter): between 0 and 1, exclusive."""
     if not 0.0 < coverage < 1.0:
-        raise ValueError(f"coverage must be between 0 and 1 (exclusive). Received: {coverage}")
+        raise UserError(f"coverage: expected a number between 0 and 1 (exclusive), e.g. 0.95. Received: {coverage}")
 
 
 def set_metrics(sets: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -29,7 +29,7 @@ from mtl_suite.tasks import POSITIVE_NAME, class_map_for
 from mtl_suite.tracking.evaluation import EvaluatedModel, load_model, log_evaluation
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import resolve_tracking_uri, take_launcher_run, use_tracking
-from mtl_suite.training.conformal import DEFAULT_COVERAGE, set_metrics
+from mtl_suite.training.conformal import DEFAULT_COVERAGE, check_coverage, set_metrics
 
 NORMAL = "normal"  # a binary model's negative class (tasks.py: ordered_classes)
 Progress = Callable[[int], Callable[[int], None] | None]  # total images -> a report(done) callback, or None
@@ -94,7 +94,7 @@ def evaluate(request: EvaluateRequest, say: Callable[[str], None] = print,
     output = _check_output(request.output)
     if request.batch_size < 1:
         raise UserError(f"--batch-size: expected 1 or more. Received: {request.batch_size}")
-    check_coverage_value(request.coverage)
+    check_coverage(request.coverage)
     model = load_model(request.model_uri, uri)
     say(f"model {request.model_uri}: classes {', '.join(model.class_names)} ({model.kind}, {model.image_size} px)")
     manifest = build_manifest(root, request.layout, on_bad_image=request.on_bad_image,
@@ -171,10 +171,6 @@ def _reliability_columns(rows: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame({"ood_score": rows["ood_score"].astype(float), "in_distribution": rows["in_distribution"],
                          "prediction_set": ["|".join(s) if s is not None else "" for s in rows["prediction_set"]]})
 
-
-def check_coverage_value(coverage: float) -> None:
-    if not 0.0 < coverage < 1.0:
-        raise UserError(f"--coverage: expected a number between 0 and 1 (exclusive), e.g. 0.95. Received: {coverage}")
 
 
 def label_map(data_classes: list[str], model_classes: list[str], normal_class: str | None,

@@ -10,6 +10,7 @@ import pytest
 
 from mtl_suite.config import DataConfig
 from mtl_suite.data.images import resize
+from mtl_suite.errors import UserError
 from mtl_suite.imaging.augment import magnified
 from mtl_suite.tasks import smear_task
 from mtl_suite.training.conformal import ConformalCalibration, set_metrics
@@ -69,7 +70,7 @@ def test_conformal_sets_reach_their_coverage_on_exchangeable_images():
 def test_too_few_calibration_images_give_every_class():
     ours = ConformalCalibration.from_probabilities(np.full((5, 3), 1 / 3), np.arange(5) % 3)
     assert ours.quantile(0.99) == np.inf and ours.sets(np.eye(3), 0.99).all()
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    with pytest.raises(UserError, match="between 0 and 1"):
         ours.quantile(1.0)
 
 
