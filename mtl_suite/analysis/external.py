@@ -29,8 +29,8 @@ def expected_class_scores(class_names: list[str], expected: str, called: np.ndar
 
 def external_line(what: str, expected: str, metrics: dict[str, float], prefix: str = "",
                   colour_key: str | None = None) -> str:
-    """'another lab's images (bccd, 364, all Benign): 92.3% called Benign (colour alone 0.0%), 4.1% flagged,
-    0.5% called otherwise without a flag'."""
+    """'stage3 on bccd (364 images, all Benign): 51.1% called Benign (colour alone 0.0%), 100.0% flagged as unlike
+    the training images, 0.0% called otherwise without a flag'."""
     n = int(metrics[f"{prefix}n"])
     colour = metrics.get(colour_key) if colour_key else None
     return (f"{what} ({n} images, all {expected}): {metrics[f'{prefix}called_expected_share']:.1%} called {expected}"

@@ -59,7 +59,6 @@ class EvaluateOutcome:
     model: EvaluatedModel
     scored: Scored
     output: Path | None
-
     expected: str | None = None  # the model class every image was expected to be (--expect)
     reliability: dict[str, float] | None = None  # flags and sets; with --expect the expected-class shares
 
@@ -143,7 +142,7 @@ def reliability_scores(rows: pd.DataFrame, scored: Scored, expected: str | None)
     """The detector's flags and the prediction sets on these images: the share flagged, accuracy on the unflagged
     ones and the sets' coverage; with an expected class, analysis/external.py's shares. None for a model without
     a detector."""
-    flags = [value for value in rows["in_distribution"]]
+    flags = list(rows["in_distribution"])
     if any(value is None for value in flags):
         return None
     flagged = ~np.asarray(flags, dtype=bool)
@@ -170,7 +169,6 @@ def _reliability_columns(rows: pd.DataFrame) -> pd.DataFrame | None:
         return None
     return pd.DataFrame({"ood_score": rows["ood_score"].astype(float), "in_distribution": rows["in_distribution"],
                          "prediction_set": ["|".join(s) if s is not None else "" for s in rows["prediction_set"]]})
-
 
 
 def label_map(data_classes: list[str], model_classes: list[str], normal_class: str | None,
