@@ -50,6 +50,7 @@ class RunKind(StrEnum):
     REPORT = "report"  # `mlflow run . -e report`: the run MLflow made holds the report
     PROMOTION = "promotion"  # `mlflow run . -e promote`: the run MLflow made names the version it registered
     EVALUATION = "evaluation"  # `mtl-suite evaluate`: a model's metrics on a labelled dataset, linked to the model
+    RECIPE = "recipe"  # `mtl-suite train RECIPE`: which runs the recipe made, the final one and the version registered
 
 
 class Arm(StrEnum):

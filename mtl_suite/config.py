@@ -31,6 +31,7 @@ COLOUR_FUSIONS = ("none", "average")  # train.colour_fusion; see models/colour.p
 # enters those keys only when set (keyed_settings), so work begun before it existed still resumes.
 KEYED_WHEN_SET = {"keyed_when_set": True}
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RECIPE_SECTION = "recipe"  # an experiment file's section that makes it a recipe (recipes.py)
 DEFAULT_MODEL_NAME = "mtl-all-classifier"  # the registered model `promote` writes and `predict`/`serve` read
 CHAMPION_ALIAS, PREVIOUS_ALIAS = "champion", "previous"  # registry aliases: the served version, the one before it
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
@@ -118,7 +119,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     config = ExperimentConfig()
     file_data: dict[str, Any] = {}
     if path is not None:
-        file_data = _read_yaml(Path(path))
+        file_data = {k: v for k, v in read_yaml(Path(path)).items() if k != RECIPE_SECTION}  # recipes.py reads it
         config = from_mapping(ExperimentConfig, file_data, source=str(path))
     overrides = dict(overrides or {})
     config = _replace_dotted(config, overrides, "command line")
@@ -146,7 +147,7 @@ def _has_dotted(data: Mapping[str, Any], dotted: str) -> bool:
     return True
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:

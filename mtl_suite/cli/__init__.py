@@ -14,6 +14,7 @@ from mtl_suite.cli import analysis, cache, data, registry, train, tune
 from mtl_suite.cli import augment as augment_cli
 from mtl_suite.cli import evaluate as evaluate_cli
 from mtl_suite.cli import preprocess as preprocess_cli
+from mtl_suite.cli import recipe as recipe_cli
 from mtl_suite.cli import segment as segment_cli
 from mtl_suite.cli.common import SuiteGroup
 
@@ -52,6 +53,7 @@ app.add_typer(data.app, name="data", help="Inspect and split datasets.")
 app.command("preprocess")(preprocess_cli.preprocess)
 app.add_typer(segment_cli.app, name="segment", help="WBC segmentation: residual U-Net, masks, single-cell crops.")
 app.add_typer(augment_cli.app, name="augment", help="Augmentation policies (training data only).")
+app.command("train")(recipe_cli.train)  # a recipe end to end: the one command to a served model
 train.register(app)
 app.command("tune")(tune.tune)
 analysis.register(app)  # compare, report

@@ -262,7 +262,7 @@ PANELS: dict[str, str] = {
                      "model", "name", "run_id", "ensemble", "tta", "colour_fusion"), MODEL),
     **dict.fromkeys(("epochs", "finetune_epochs", "batch_size", "learning_rate", "finetune_learning_rate",
                      "decay_rate", "early_stopping_patience", "augment", "augment_mode", "offline_per_class", "seed",
-                     "parent_run", "resume", "runs", "size"), TRAINING),
+                     "parent_run", "resume", "runs", "size", "settings"), TRAINING),
     **dict.fromkeys(("feature_cache", "precision", "jit_compile", "execution", "activation_cut", "activation_dtype"),
                     SPEED),
     **dict.fromkeys(("trials", "timeout", "study_name", "storage", "engine", "sampler", "pruner", "metric", "space",

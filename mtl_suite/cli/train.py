@@ -22,6 +22,7 @@ from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_c
 from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
+from mtl_suite.recipes import check_single_model_file
 
 _D, _T = DataConfig(), TrainConfig()
 
@@ -124,6 +125,8 @@ def stage_command(plan: StagePlan):
         study_tags: tuple[tuple[str, str], ...] = ()
         if params_from_study:
             overrides, task, study_tags = study_overrides(ctx, stage, params_from_study, storage, overrides, task)
+        if config is not None:
+            check_single_model_file(config, stage)
         cfg = load_config(config, overrides)  # a bad file or value fails here, before the heavy imports
         get_backbone_spec(cfg.train.backbone)  # an unknown name fails here too, listing the valid ones
         check_inputs(cfg, cells=cells, source=source)  # paths, weights file, augmentation policy: before any run

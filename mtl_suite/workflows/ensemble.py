@@ -51,6 +51,7 @@ class EnsembleRequest:
     normal_class: str | None = None  # multiclass data: also read the calls as this class vs leukemia
     quiet: bool = False
     external: ExternalCheck | None = None  # the combined model also scored on these images
+    extra_tags: tuple[tuple[str, str], ...] = ()  # e.g. the recipe that made it
 
 
 def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) -> StageOutcome:
@@ -79,6 +80,7 @@ def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) 
         with mlflow.start_run(run_name=name, experiment_id=experiment_id) as run:
             say(f"ensemble of runs {', '.join(m.run_id for m in members)}: MLflow run {run.info.run_id} in {uri}")
             try:
+                mlflow.set_tags(dict(request.extra_tags))
                 metrics = _log(members, task_data, split, cv, final, Path(tmp) / "ensemble", say, external)
             except KeyboardInterrupt:
                 mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))

@@ -1,6 +1,6 @@
-"""`mlflow run . --env-manager local`, as the README's quick start uses it, on the cheapest entry point (stage 1 with
-the tiny backbone: no training), and `--system-metrics` on a short stage run. The other entry points are checked
-against the CLI without running (tests/unit/test_mlproject.py)."""
+"""`mlflow run . --env-manager local`, as the README uses it, on the one-command entry point (`train`, a recipe of two
+tiny members: both trained, combined and promoted), and `--system-metrics` on a short stage run. The other entry
+points are checked against the CLI without running (tests/unit/test_mlproject.py)."""
 
 from __future__ import annotations
 
@@ -21,32 +21,60 @@ REPO = Path(__file__).resolve().parents[2]
 NOISE = ("I0000", "E0000", "absl::InitializeLog", "oneDNN custom operations", "cuda drivers", "cuInit")
 
 
+TINY_RECIPE = """recipe:
+  stage: classical
+  members: [{}, {train.seed: 1}]
+data:
+  image_size: 48
+  folds: 1
+train:
+  backbone: tiny
+  weights: none
+  warmup_epochs: 1
+  finetune_epochs: 0
+"""
+
+
 @pytest.mark.slow
-def test_mlflow_run_lands_in_the_suites_experiment_with_clean_output(tmp_path):
+def test_mlflow_run_trains_a_recipe_to_a_champion_in_the_suites_experiment(tmp_path):
+    """`mlflow run . -e train`: the recipe's two members, their ensemble and the promotion, with `mlflow run`'s own
+    run as the recipe run that names them all, in the suite's experiment, and no TensorFlow noise on the terminal."""
     mlflow_exe = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     assert mlflow_exe, "mlflow is installed with the suite"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri)
     # made beforehand only to keep its artifacts in tmp (a SQLite store puts them under ./mlruns of the project)
     client.create_experiment("mtl-suite", artifact_location=(tmp_path / "artifacts").as_uri())
+    recipe = tmp_path / "tiny-pair.yaml"
+    recipe.write_text(TINY_RECIPE, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TF_CPP", "MTL_SUITE_SET"))}
     env.update(MLFLOW_TRACKING_URI=uri, MTL_SUITE_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run([mlflow_exe, "run", ".", "-e", "stage1", "--env-manager", "local", "-P", "backbone=tiny",
-                           "-P", "weights=none", "-P", "image_size=48"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([mlflow_exe, "run", ".", "-e", "train", "--env-manager", "local", "-P", f"recipe={recipe}",
+                           "-P", "name=tiny-pair"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     experiments = {e.name: e for e in client.search_experiments()}
     assert set(experiments) == {"Default", "mtl-suite"}
     assert client.search_runs([experiments["Default"].experiment_id], run_view_type=3) == []
-    runs = client.search_runs([experiments["mtl-suite"].experiment_id])
-    assert len(runs) == 1  # `mlflow run`'s own run is the stage run
-    run = runs[0]
-    assert (run.info.run_name, run.info.status) == ("stage1-tiny-imagenet", "FINISHED")
-    assert run.data.tags["mlflow.project.entryPoint"] == "stage1" and run.data.tags["run_kind"] == "stage"
-    assert experiments["mtl-suite"].tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    runs = client.search_runs([experiments["mtl-suite"].experiment_id], "attributes.status = 'FINISHED'")
+    by_kind: dict[str, list] = {}
+    for run in runs:
+        by_kind.setdefault(run.data.tags.get("run_kind"), []).append(run)
+    (recipe_run,) = by_kind["recipe"]
+    assert recipe_run.data.tags["mlflow.project.entryPoint"] == "train"  # `mlflow run`'s run is the recipe run
+    stage_runs = {run.info.run_id: run for run in by_kind["stage"]}
+    assert len(stage_runs) == 3 and {r.data.tags["recipe"] for r in stage_runs.values()} == {"tiny-pair"}
+    final = stage_runs[recipe_run.data.tags["final_run"]]
+    members = recipe_run.data.tags["member_runs"].split(",")
+    assert final.data.tags["ensemble_members"].split(",") == members
+    assert [stage_runs[m].data.tags["seed"] for m in members] == ["42", "1"]
+    champion = client.get_model_version_by_alias("tiny-pair", "champion")
+    assert (champion.run_id, recipe_run.data.tags["registered_version"]) == (final.info.run_id, str(champion.version))
+    assert "recipe/tiny-pair.yaml" in {a.path for a in client.list_artifacts(final.info.run_id, "recipe")}
+    assert done.stdout.strip().splitlines()[-1] == f"models:/tiny-pair/{champion.version}"
+    assert "mtl-suite serve --model models:/tiny-pair@champion" in done.stderr
     noise = [line for line in (done.stdout + done.stderr).splitlines() if any(n in line for n in NOISE)]
     assert noise == []
-    assert f"stage1 run {run.info.run_id}" in done.stdout
+    assert experiments["mtl-suite"].tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
 
 
 @pytest.mark.slow

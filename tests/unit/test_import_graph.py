@@ -234,7 +234,8 @@ LAYERS = [
     ("training",),
     ("tasks",),
     ("models", "imaging", "data"),
-    ("catalog", "config", "errors", "interrupts", "io_utils", "cache", "paths", "output", "progress", "__init__"),
+    ("catalog", "config", "recipes", "errors", "interrupts", "io_utils", "cache", "paths", "output", "progress",
+     "__init__"),
 ]
 
 
