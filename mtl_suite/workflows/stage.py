@@ -286,13 +286,6 @@ def cell_segmenter(request: StageRequest, experiment_id: str | None, say: Callab
     return CellSegmenter(f"unet:{run_id}", run_id, masks)
 
 
-def initial_backbone_weights(plan: StagePlan, request: StageRequest, parent_id: str | None, workdir: Path) -> Path:
-    """W_{k-1} as a local archive (prepare_initial_weights), its provenance recorded as tags of the active run."""
-    path, tags = prepare_initial_weights(plan, request, parent_id, workdir)
-    mlflow.set_tags(tags)
-    return path
-
-
 def prepare_initial_weights(plan: StagePlan, request: StageRequest, parent_id: str | None,
                             workdir: Path) -> tuple[Path, dict[str, str]]:
     """W_{k-1} as a local archive and the tags naming where it came from: the parent run's backbone, or ImageNet
