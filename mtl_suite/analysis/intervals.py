@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest
 
+
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (scipy's). Unlike the normal (Wald) interval it stays inside
     [0, 1] and does not collapse to a point at 0/n or n/n, which matters on test parts of 20 images.
