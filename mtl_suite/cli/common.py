@@ -245,7 +245,7 @@ ColourFusion = Annotated[ColourFusionName, typer.Option("--colour-fusion", help=
                          "model. It reads stain, not cells: see the run's robustness/stain_shift_accuracy.")]
 SystemMetrics = Annotated[bool, typer.Option("--system-metrics/--no-system-metrics", help="Log CPU, memory (and "
                                              "GPU) use to each run through MLflow's system metrics (needs psutil: "
-                                             "pip install -e '.[system-metrics]').")]
+                                             "pip install -e '.\\[system-metrics]').")]  # \\[: not markup
 
 
 # --- help panels ---------------------------------------------------------------------------------------------------

@@ -11,12 +11,12 @@ from typing import Annotated, Optional
 import typer
 
 from mtl_suite import progress
-from mtl_suite.catalog import STAGES, StagePlan, Task
+from mtl_suite.catalog import STAGES, StageData, StagePlan, Task, chain
 from mtl_suite.cli.common import (
     CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, ExternalClassOption,
     ExternalOption, Layout, Precision, Quiet, Stain, SystemMetrics, TaskOption, TrackingUri, Tta, check_inputs,
     enable_system_metrics, explicit_options, external_check, given, handle_user_errors, parse_units, say,
-    study_overrides,
+    study_overrides, typed,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
@@ -117,6 +117,7 @@ def stage_command(plan: StagePlan):
         system_metrics: SystemMetrics = False,
         quiet: Quiet = False,
     ) -> None:
+        refuse_idle_options(ctx, plan)
         cells, source, parent_run, params_from_study = map(given, (cells, source, parent_run, params_from_study))
         external_check = final_stage_external(plan, external, external_class)
         overrides = explicit_options(ctx, CONFIG_KEYS)
@@ -149,6 +150,35 @@ def stage_command(plan: StagePlan):
 def register(app: typer.Typer) -> None:
     for plan in STAGES.values():
         app.command(name=plan.name, help=plan.help)(stage_command(plan))
+
+
+def idle_options(plan: StagePlan) -> dict[str, str]:
+    """Options of the shared stage signature that do nothing on this stage (option name -> why), from the catalog:
+    what the stage and the stages it runs first train on, and whether its model is the one served."""
+    stages = chain(plan.stage)
+    trains_on = {p.data for p in stages}
+    idle: dict[str, str] = {}
+    if plan.starts_another:
+        why = "it shapes the served model, which the final stage (stage3, classical) makes"
+        idle.update(dict.fromkeys(("ensemble", "tta", "colour_fusion"), why))
+    if plan.previous is None:
+        idle["parent_run"] = "this stage starts from ImageNet weights, not from another stage's run"
+    if plan.data is not StageData.SMEARS:
+        idle["task"] = "only the stages that train on smears (stage3, classical) take a task"
+    if StageData.CELLS not in trains_on:
+        idle.update(dict.fromkeys(("cells", "masks"), "no stage it runs trains on single cells"))
+    if StageData.SOURCE not in trains_on:
+        idle["source"] = "it starts from ImageNet weights directly (stage 1 is not part of it)"
+    return idle
+
+
+def refuse_idle_options(ctx: typer.Context, plan: StagePlan) -> None:
+    """An option given where it does nothing is refused with one line, never silently ignored. An empty value counts
+    as not given (MLproject passes every parameter)."""
+    for name, why in idle_options(plan).items():
+        if typed(ctx, name) and ctx.params[name] not in ("", None):
+            option = "--" + name.replace("_", "-")
+            raise UserError(f"{option} has no effect on {plan.name}: {why}")
 
 
 def final_stage_external(plan: StagePlan, path: str | None, expected: str | None):

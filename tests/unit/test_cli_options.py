@@ -167,3 +167,33 @@ def test_command_line_leaves_defaults_out(runner):
     assert result.output.strip() == "mtl-suite probe --backbone tiny"
     result = runner.invoke(_probe_app(), ["probe"])
     assert result.output.strip() == "mtl-suite probe"
+
+
+IDLE_VALUES = {"ensemble": "folds", "tta": "flips", "colour_fusion": "average", "parent_run": "abc", "task": "binary",
+               "cells": "cells", "masks": "masks", "source": "source"}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_stage_option_that_does_nothing_there_is_refused_not_ignored(runner, tmp_path, stage):
+    """Every stage command shares one option set; where an option has no effect (a fold ensemble on stage 1, a task
+    on stage 2, masks on the classical baseline) it is one line and exit 2, before any run or store exists."""
+    from mtl_suite.cli.train import idle_options
+
+    plan = STAGES[stage]
+    idle = idle_options(plan)
+    assert set(idle) <= set(IDLE_VALUES)
+    for name in IDLE_VALUES:
+        option = "--" + name.replace("_", "-")
+        result = runner.invoke(app, [str(stage), option, IDLE_VALUES[name], "--tracking-uri",
+                                     f"sqlite:///{tmp_path}/mlflow.db", "--data", str(tmp_path / "none")])
+        line = result.output.strip().splitlines()[-1]
+        if name in idle:
+            assert (result.exit_code, line) == (2, f"error: {option} has no effect on {stage}: {idle[name]}")
+        else:  # it acts here: the command goes on to the next check (the missing --data folder)
+            assert "has no effect" not in result.output, result.output
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_help_shows_bracketed_text_rich_markup_would_eat(runner):
+    result = runner.invoke(app, ["classical", "--help"], terminal_width=200)
+    assert "'.[system-metrics]'" in result.output
