@@ -6,11 +6,13 @@ Kept free of heavy imports: the CLI builds its choices and help from this module
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import yaml
 
+from mtl_suite.config import ExperimentConfig
 from mtl_suite.errors import UserError
 
 
@@ -130,3 +132,36 @@ def arm_stage(arm: Arm) -> StagePlan:
 
 TUNABLE_STAGES: tuple[Stage, ...] = tuple(plan.stage for plan in STAGES.values() if plan.tunable)
 ARM_STAGES: tuple[Stage, ...] = tuple(plan.stage for plan in STAGES.values() if plan.arm)
+
+
+# --- a comparison's request and pairs: shared by workflows/compare.py (which runs them) and
+# analysis/comparison_report.py (which renders them) -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CompareRequest:
+    config: ExperimentConfig  # base config; pair i uses seeds base + i
+    task: str
+    runs: int
+    normal_class: str | None = None
+    cells: str | None = None
+    report_dir: Path = Path("reports")
+    command: str = ""
+    study: str | None = None
+    quiet: bool = False
+    segmentation: str | None = None  # stage 2's cell segmentation, fixed at the start (stage.pinned_segmentation)
+
+
+@dataclass
+class Pair:
+    index: int
+    seed: int
+    data_seed: int
+    runs: dict[str, str] = field(default_factory=dict)  # stage -> finished run id
+    failures: list[str] = field(default_factory=list)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> metric -> value
+    checks: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> comparison_report.CHECKS -> value
+    class_names: tuple[str, ...] = ()  # as the CTL run logged them (the report's label line)
+    split_digest: str = ""
+    test_train_ratio: float | None = None
+    excluded: str = ""  # why the pair is left out of the statistics ("" = used)
+    seconds: dict[str, float] = field(default_factory=dict)  # arm -> wall time of its runs (MTL: stages 1-3)

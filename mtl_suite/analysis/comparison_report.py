@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from mtl_suite.analysis import compare as stats
 from mtl_suite.analysis.machine import machine_description
 from mtl_suite.analysis.tables import markdown_table
-from mtl_suite.catalog import Arm
+from mtl_suite.catalog import Arm, CompareRequest, Pair
 from mtl_suite.config import TrainConfig
-
-if TYPE_CHECKING:  # the caller's types, for the reader; no import at run time (workflows/ sits above analysis/)
-    from mtl_suite.workflows.compare import CompareRequest, Pair
 
 METRICS = ("accuracy", "f1_macro")  # the test metrics both arms are compared on (Table V's columns)
 ACCURACY = METRICS[0]

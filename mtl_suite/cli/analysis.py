@@ -88,7 +88,8 @@ def compare(
     cells = given(cells)
     check_inputs(cfg, cells=cells)
     enable_system_metrics(system_metrics)
-    from mtl_suite.workflows.compare import CompareRequest, run_comparison
+    from mtl_suite.catalog import CompareRequest
+    from mtl_suite.workflows.compare import run_comparison
 
     unwind_on_interrupts()
     command = command_line(ctx)

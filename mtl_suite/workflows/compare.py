@@ -32,7 +32,7 @@ from mtl_suite import progress
 from mtl_suite.analysis import compare as stats
 from mtl_suite.analysis.comparison_report import METRICS, render_report, table_v
 from mtl_suite.analysis.figures import paired_box_strip_png
-from mtl_suite.catalog import Arm, Stage, StagePlan, arm_stage, chain
+from mtl_suite.catalog import Arm, CompareRequest, Pair, Stage, StagePlan, arm_stage, chain
 from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
 from mtl_suite.models.backbones import with_backbone_sizes
@@ -40,36 +40,6 @@ from mtl_suite.io_utils import sha256_text, write_text_atomic
 from mtl_suite.tracking import comparison_runs as runs_io
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
-
-
-@dataclass(frozen=True)
-class CompareRequest:
-    config: ExperimentConfig  # base config; pair i uses seeds base + i
-    task: str
-    runs: int
-    normal_class: str | None = None
-    cells: str | None = None
-    report_dir: Path = Path("reports")
-    command: str = ""
-    study: str | None = None
-    quiet: bool = False
-    segmentation: str | None = None  # stage 2's cell segmentation, fixed at the start (stage.pinned_segmentation)
-
-
-@dataclass
-class Pair:
-    index: int
-    seed: int
-    data_seed: int
-    runs: dict[str, str] = field(default_factory=dict)  # stage -> finished run id
-    failures: list[str] = field(default_factory=list)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> metric -> value
-    checks: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> comparison_report.CHECKS -> value
-    class_names: tuple[str, ...] = ()  # as the CTL run logged them (the report's label line)
-    split_digest: str = ""
-    test_train_ratio: float | None = None
-    excluded: str = ""  # why the pair is left out of the statistics ("" = used)
-    seconds: dict[str, float] = field(default_factory=dict)  # arm -> wall time of its runs (MTL: stages 1-3)
 
 
 @dataclass

@@ -87,7 +87,8 @@ def test_a_comparison_fixes_the_segmentation_of_all_its_pairs(store):
     shown with ROI fixed while the experiment holds a U-Net."""
     from mtl_suite.config import load_config
     from mtl_suite.tracking import stage_log
-    from mtl_suite.workflows.compare import CompareRequest, comparison_key
+    from mtl_suite.catalog import CompareRequest
+    from mtl_suite.workflows.compare import comparison_key
     from mtl_suite.workflows.stage import ROI_SEGMENTATION, StageRequest, pinned_segmentation, run_stage
 
     config = load_config(overrides={  # FAST's settings
@@ -117,7 +118,8 @@ def test_a_unet_trained_during_a_comparison_does_not_reach_its_later_pairs(store
     begins, a U-Net is trained in that experiment by another process. Pair 1's stage 2 must still cut with ROI:
     its runs are told the fixed segmentation, not left to pick the newest U-Net."""
     from mtl_suite.config import load_config
-    from mtl_suite.workflows.compare import CompareRequest, run_comparison
+    from mtl_suite.catalog import CompareRequest
+    from mtl_suite.workflows.compare import run_comparison
 
     config = load_config(overrides={
         "train.backbone": "tiny", "train.weights": "none", "data.image_size": 48, "data.cell_size": 32,

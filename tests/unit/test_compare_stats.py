@@ -146,7 +146,7 @@ def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
     """A failed pair appears in Table V and under 'Failed or excluded pairs'; the statistics use the others."""
     from mtl_suite.config import load_config
     from mtl_suite.analysis.comparison_report import render_report, table_v
-    from mtl_suite.workflows.compare import CompareRequest, Pair
+    from mtl_suite.catalog import CompareRequest, Pair
 
     pairs = [Pair(i, 42 + i, 42 + i) for i in range(3)]
     for p, (a, b) in zip(pairs[:2], [(0.80, 0.83), (0.82, 0.84)]):
@@ -181,7 +181,7 @@ def test_report_without_logged_checks_says_n_a():
     """Runs made before the colour baseline and stain shifts were logged: n/a, no crash; generic label line."""
     from mtl_suite.config import load_config
     from mtl_suite.analysis.comparison_report import render_report, table_v
-    from mtl_suite.workflows.compare import CompareRequest, Pair
+    from mtl_suite.catalog import CompareRequest, Pair
 
     pairs = [Pair(i, 42 + i, 42 + i) for i in range(2)]
     for p, (a, b) in zip(pairs, [(0.80, 0.83), (0.82, 0.84)]):
