@@ -243,6 +243,9 @@ ColourFusion = Annotated[ColourFusionName, typer.Option("--colour-fusion", help=
                          "model averages its probabilities with a colour-only classifier's (32-bin RGB histograms and "
                          "colour statistics, logistic regression, fit on the same training images), inside the "
                          "model. It reads stain, not cells: see the run's robustness/stain_shift_accuracy.")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Any setting of the experiment file, key=value with its keys, e.g. --set train.dropout=0.2 --set "
+    "data.seed=43 (repeatable; wins over the file and the other options).", show_default=False)]
 SystemMetrics = Annotated[bool, typer.Option("--system-metrics/--no-system-metrics", help="Log CPU, memory (and "
                                              "GPU) use to each run through MLflow's system metrics (needs psutil: "
                                              "pip install -e '.\\[system-metrics]').")]  # \\[: not markup

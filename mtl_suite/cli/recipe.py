@@ -9,8 +9,8 @@ import typer
 
 from mtl_suite import progress
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, Experiment, ExternalClassOption, ExternalOption, Layout, Quiet, TrackingUri, check_inputs,
-    config_keys, explicit_options, external_check, handle_user_errors, say,
+    AllowOutsideRoot, Experiment, ExternalClassOption, ExternalOption, Layout, Quiet, SetOption, TrackingUri,
+    check_inputs, config_keys, explicit_options, external_check, handle_user_errors, say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from mtl_suite.interrupts import unwind_on_interrupts
@@ -37,9 +37,7 @@ def train(
     weights: Annotated[Optional[str], typer.Option("--weights", help="ImageNet weights file for the backbone "
                        "(for machines that cannot download them). Default: the recipe's.", show_default=False)
                        ] = None,
-    settings: Annotated[Optional[list[str]], typer.Option("--set", help="Change one setting of every member, "
-                        "key=value with the file's keys, e.g. --set data.seed=43 --set train.finetune_epochs=4 "
-                        "(repeatable).", show_default=False)] = None,
+    settings: SetOption = None,
     name: Annotated[str, typer.Option("--name", help="Registered model name.")] = DEFAULT_MODEL_NAME,
     force: Annotated[bool, typer.Option("--force", help="Make the result the champion even if the current champion "
                                         "scores better.")] = False,

@@ -14,15 +14,15 @@ from mtl_suite import progress
 from mtl_suite.catalog import STAGES, StageData, StagePlan, Task, chain
 from mtl_suite.cli.common import (
     CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, ExternalClassOption,
-    ExternalOption, Layout, Precision, Quiet, Stain, SystemMetrics, TaskOption, TrackingUri, Tta, check_inputs,
-    enable_system_metrics, explicit_options, external_check, given, handle_user_errors, parse_units, say,
+    ExternalOption, Layout, Precision, Quiet, SetOption, Stain, SystemMetrics, TaskOption, TrackingUri, Tta,
+    check_inputs, enable_system_metrics, explicit_options, external_check, given, handle_user_errors, parse_units, say,
     study_overrides, typed,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
-from mtl_suite.recipes import check_single_model_file
+from mtl_suite.recipes import check_single_model_file, parse_settings
 
 _D, _T = DataConfig(), TrainConfig()
 
@@ -110,6 +110,7 @@ def stage_command(plan: StagePlan):
                                      show_default=False)] = None,
         storage: Annotated[Optional[str], typer.Option("--storage", envvar="MTL_SUITE_OPTUNA_STORAGE", help="Optuna "
                            "storage of --params-from-study. Default: optuna-studies.log.", show_default=False)] = None,
+        settings: SetOption = None,
         external: ExternalOption = None,
         external_class: ExternalClassOption = None,
         tracking_uri: TrackingUri = None,
@@ -123,6 +124,7 @@ def stage_command(plan: StagePlan):
         overrides = explicit_options(ctx, CONFIG_KEYS)
         if "train.dense_units" in overrides:
             overrides["train.dense_units"] = parse_units(dense_units)
+        overrides.update(parse_settings(settings or []))
         study_tags: tuple[tuple[str, str], ...] = ()
         if params_from_study:
             overrides, task, study_tags = study_overrides(ctx, stage, params_from_study, storage, overrides, task)

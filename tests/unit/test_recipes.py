@@ -92,6 +92,8 @@ def test_set_reads_values_as_yaml_and_refuses_a_missing_equals():
     (["stage3", "--config", "experiments/accurate.yaml"], "experiments/accurate.yaml is an ensemble recipe: run it "
                                                           "with `mtl-suite train experiments/accurate.yaml`"),
     (["stage3", "--config", "experiments/stain-robust.yaml"], "is a recipe for classical, not stage3"),
+    (["classical", "--set", "train.dropout=2"], "command line: 'train.dropout' must be in [0, 1). Received: 2"),
+    (["stage2", "--set", "train.sede=1"], "command line: unknown setting 'train.sede'"),
 ])
 def test_the_cli_refuses_before_any_run(runner, tmp_path, monkeypatch, args, fragment):
     monkeypatch.chdir(REPO)
