@@ -1,5 +1,6 @@
-"""Benchmark (not a test) of the scale-out setup of the README: an MLflow tracking server with a PostgreSQL backend
-store and proxied artifacts, Optuna studies on PostgreSQL, `mtl-suite tune` workers as separate processes.
+"""Benchmark (not a test) of the scale-out setup of docs/scaling-out.md: an MLflow tracking server with a
+PostgreSQL backend store and proxied artifacts, Optuna studies on PostgreSQL, `mtl-suite tune` workers as separate
+processes.
 
     export MTL_SUITE_TEST_POSTGRES_URL=$(.ci/start-postgres.sh)      # a role that may create databases
     python benchmarks/bench_server.py                                  # about 3 minutes on 2 CPU cores

@@ -1,6 +1,6 @@
 """A real MLflow tracking server for tests and benchmarks: `mlflow server` (the project's own installation) on a
 free local port, with a PostgreSQL backend store in a database made for it and proxied artifacts on local disk, as
-the README's "Scaling out" section runs it. Everything it starts is stopped, and the database dropped, on the way
+docs/scaling-out.md runs it. Everything it starts is stopped, and the database dropped, on the way
 out, whatever happens. Used by tests/integration/test_scale_out.py and benchmarks/bench_server.py."""
 
 from __future__ import annotations

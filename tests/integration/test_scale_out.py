@@ -1,5 +1,5 @@
-"""The README's "Scaling out" recipe, for real: an `mlflow server` with a PostgreSQL backend store and proxied
-artifacts (a directory standing in for the artifact store), the Optuna study on the same PostgreSQL server, and
+"""The scale-out recipe of docs/scaling-out.md, for real: an `mlflow server` with a PostgreSQL backend store and
+proxied artifacts (a directory standing in for the artifact store), the Optuna study on the same PostgreSQL server, and
 `mtl-suite` workers as separate processes that know the server only by MLFLOW_TRACKING_URI (standing in for other
 machines), started together: one trains a stage run, two tune one study; one of those is SIGKILLed mid-trial.
 
