@@ -21,8 +21,9 @@ Parameter `coverage` (default 0.99): the prediction sets' coverage, e.g. {"param
 A request with no images, or one in which no image can be used, raises MlflowException(INVALID_PARAMETER_VALUE):
 the scoring server answers HTTP 400 with the message and keeps serving.
 
-Preprocessing is exactly training's: decode with `data.images.read_rgb` (same checks and limits), resize with
-`data.images.resize` to the model's size; normalisation and stain control (`--stain`) are inside the Keras graph.
+Preprocessing is exactly training's: decode with training's decoder (`data.images.decode_rgb`, in memory: a request
+never becomes a file on the server; same checks and limits as `read_rgb`), resize with `data.images.resize` to the
+model's size; normalisation and stain control (`--stain`) are inside the Keras graph.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import binascii
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, read_rgb, resize, too_small
+from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, decode_rgb, read_rgb, resize, too_small
 from mtl_suite.errors import BadImageError, UserError
 from mtl_suite.training.conformal import DEFAULT_COVERAGE, check_coverage
 from mtl_suite.training.reliability import Reliability
@@ -259,18 +259,14 @@ def _looks_like_path(text: str) -> bool:
 
 
 def decode_bytes(raw: bytes, what: str) -> np.ndarray:
-    """Decode through the same reader as training (a temporary file), so limits and messages match."""
+    """Decode in memory with training's decoder (data.images.decode_rgb), so limits and messages match; a request
+    never leaves a file on the server."""
     if not raw:
         raise ImageError(f"empty {what} payload (0 bytes)")
-    with tempfile.TemporaryDirectory(prefix="mtl-serve-") as tmp:
-        path = Path(tmp) / "image"
-        path.write_bytes(raw)
-        try:
-            return read_rgb(path)
-        except BadImageError as exc:
-            raise ImageError(f"{what} payload ({len(raw)} bytes): {exc.reason}") from None
-        except UserError as exc:
-            raise ImageError(f"{what} payload: {exc}") from None
+    try:
+        return decode_rgb(raw, what)
+    except BadImageError as exc:
+        raise ImageError(f"{what} payload ({len(raw)} bytes): {exc.reason}") from None
 
 
 def check_array(value: Any) -> np.ndarray:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import io
+import os
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -29,6 +32,22 @@ def test_path_base64_and_bytes_decode_like_training():
     for item in (str(SAMPLE), SAMPLE, encoded, "data:image/jpeg;base64," + encoded, SAMPLE.read_bytes(),
                  encoded[:40] + "\n" + encoded[40:]):
         np.testing.assert_array_equal(to_image(item), expected)
+
+
+def test_base64_and_bytes_are_decoded_in_memory(monkeypatch):
+    """A request's image never becomes a file on the server: decoding opens no file and makes no temporary one."""
+    raw = SAMPLE.read_bytes()
+    encoded, expected = base64.b64encode(raw).decode(), read_rgb(SAMPLE)
+    to_image(encoded)  # PIL's format plugins imported before files are refused
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a file was opened while decoding: {args[:1]}")
+
+    for module, name in ((builtins, "open"), (io, "open"), (os, "open"), (tempfile, "mkstemp"),
+                         (tempfile, "mkdtemp")):
+        monkeypatch.setattr(module, name, refuse)
+    np.testing.assert_array_equal(to_image(encoded), expected)
+    np.testing.assert_array_equal(to_image(raw), expected)
 
 
 def test_lossless_base64_round_trips_exactly():
