@@ -181,7 +181,7 @@ def register(client: MlflowClient, name: str, run: Run, model_uri: str, *, extra
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=(
-            "mtl-suite ALL classifier: raw images in (path, base64 bytes or uint8 array), class probabilities out. "
+            "mtl-suite ALL classifier: raw images in (base64 file bytes or uint8 array), class probabilities out. "
             f"Load models:/{name}@{CHAMPION_ALIAS}."))
     tags = {k: v for k, v in run.data.tags.items() if k in LINEAGE_TAGS and v}
     tags.update(extra_tags)
