@@ -189,21 +189,16 @@ def load_pyfunc(model_uri: str, tracking_uri: str | None, quiet: bool = True):
 
 def predict_files(pyfunc, files: list[Path], batch_size: int = 32, quiet: bool = True,
                   coverage: float = DEFAULT_COVERAGE):
-    """Predict in batches (progress on stderr); a batch in which no image is usable still gives error rows."""
+    """Predict in batches (progress on stderr). The files are read here and sent as arrays: the model reads no files
+    itself (a served one must not), so no setting has to let it. A file that cannot be read or used gets an error
+    row."""
     import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    from mtl_suite.serving.pyfunc import COVERAGE_PARAM, OUTPUT_COLUMNS, ImageError, to_image
 
     report = progress_printer(len(files), "predicting", quiet or len(files) <= batch_size)
     parts = []
     for start in range(0, len(files), batch_size):
         chunk = [str(p) for p in files[start:start + batch_size]]
-        try:
-            part = pyfunc.predict(pd.DataFrame({"image": chunk}), params={COVERAGE_PARAM: coverage})
-        except MlflowException:  # every image of this batch is unusable: name each one's reason
-            part = pd.DataFrame([{**dict.fromkeys(OUTPUT_COLUMNS), "error": _reason(p, to_image, ImageError)}
-                                 for p in chunk])
+        part = _predict_chunk(pyfunc, chunk, coverage)
         part.insert(0, "file", chunk)
         parts.append(part)
         if report:
@@ -215,10 +210,47 @@ def predict_files(pyfunc, files: list[Path], batch_size: int = 32, quiet: bool =
     return frame
 
 
-def _reason(path: str, to_image, image_error) -> str:
+def _predict_chunk(pyfunc, paths: list[str], coverage: float):
+    """The model's rows for the files that can be read, in place; an error row for each one that cannot."""
+    import pandas as pd
+
+    from mtl_suite.serving.pyfunc import OUTPUT_COLUMNS, ImageError, read_file
+
+    rows = [dict.fromkeys(OUTPUT_COLUMNS) for _ in paths]
+    images = {}
+    for i, path in enumerate(paths):
+        try:
+            images[i] = read_file(path)
+        except ImageError as exc:
+            rows[i]["error"] = str(exc)
+    if images:
+        for i, row in zip(images, _model_rows(pyfunc, list(images.values()), coverage)):
+            rows[i] = row
+    return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS})
+
+
+def _model_rows(pyfunc, images: list, coverage: float) -> list[dict]:
+    """One row per image; a batch in which no image is usable (the model refuses it whole) still names each one's
+    reason."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from mtl_suite.serving.pyfunc import COLUMN, COVERAGE_PARAM, OUTPUT_COLUMNS
+
     try:
-        to_image(path)
-    except image_error as exc:
+        frame = pyfunc.predict(pd.DataFrame({COLUMN: pd.Series(images, dtype=object)}),
+                               params={COVERAGE_PARAM: coverage})
+    except MlflowException:
+        return [{**dict.fromkeys(OUTPUT_COLUMNS), "error": _reason(image)} for image in images]
+    return frame.to_dict("records")
+
+
+def _reason(image) -> str:
+    from mtl_suite.serving.pyfunc import ImageError, to_image
+
+    try:
+        to_image(image)
+    except ImageError as exc:
         return str(exc)
     return "could not be classified"
 

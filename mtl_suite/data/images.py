@@ -9,6 +9,7 @@ images too small to show a cell are refused.
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from pathlib import Path
@@ -55,14 +56,27 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, min_side: int = 1) 
     """Decode a whole image to an (H, W, 3) uint8 array."""
     path = Path(path)
     with _open(path, max_pixels, min_side) as image:
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImageError(path, f"truncated or corrupt image ({exc})") from None
-        try:
-            return to_rgb_array(image)
-        except (ValueError, OSError) as exc:
-            raise BadImageError(path, f"unsupported image mode {image.mode!r} ({exc})") from None
+        return _decoded(image, path)
+
+
+def decode_rgb(raw: bytes, name: str, max_pixels: int = MAX_PIXELS, min_side: int = 1) -> np.ndarray:
+    """read_rgb for a file's bytes held in memory (a served request's image): the same decoder, checks and
+    messages, and nothing written to disk. `name` stands for the path in a BadImageError."""
+    if not raw:
+        raise BadImageError(name, "empty file (0 bytes)")
+    with _opened(io.BytesIO(raw), name, max_pixels, min_side) as image:
+        return _decoded(image, name)
+
+
+def _decoded(image: Image.Image, name: str | Path) -> np.ndarray:
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(name, f"truncated or corrupt image ({exc})") from None
+    try:
+        return to_rgb_array(image)
+    except (ValueError, OSError) as exc:
+        raise BadImageError(name, f"unsupported image mode {image.mode!r} ({exc})") from None
 
 
 def read_resized(path: str | Path, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -111,10 +125,15 @@ def _open(path: Path, max_pixels: int, min_side: int = 1) -> Image.Image:
         raise BadImageError(path, "file not found")
     if path.stat().st_size == 0:
         raise BadImageError(path, "empty file (0 bytes)")
+    return _opened(path, path, max_pixels, min_side)
+
+
+def _opened(source: Path | io.BytesIO, path: str | Path, max_pixels: int, min_side: int) -> Image.Image:
+    """The header of `source` read and checked (format, pixel budget, size); `path` names it in errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path, formats=FORMATS)
+            image = Image.open(source, formats=FORMATS)
     except UnidentifiedImageError:
         raise BadImageError(path, "not an image (unknown format; expected JPEG, PNG, BMP or TIFF)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -3,8 +3,10 @@ of any size) and returns, per image, class probabilities, the predicted label an
 
 Input (one image per row; the column is called `image`):
   - a pandas DataFrame with a column `image`, or a list, or a single value; each value is one of
-    * a path to an image file (read on the machine that runs the model; `mtl-suite serve` turns this off unless
-      --allow-paths is given, see PATHS_ENV),
+    * a path to an image file, read on the machine that runs the model, only where PATHS_ENV is "1" (`mtl-suite
+      serve --allow-paths` sets it): off by default, so a served model (`mtl-suite serve`, `mlflow models serve`)
+      never reads a file a request names. In-process callers read their files themselves (`read_file`) and pass
+      arrays,
     * a base64 string of the encoded file bytes (JPEG, PNG, BMP, TIFF; an optional `data:image/...;base64,`
       prefix is dropped), or raw `bytes`,
     * an (H, W, 3) RGB array: a numpy uint8 array in-process, or nested lists of integers 0..255 (JSON).
@@ -21,8 +23,9 @@ Parameter `coverage` (default 0.99): the prediction sets' coverage, e.g. {"param
 A request with no images, or one in which no image can be used, raises MlflowException(INVALID_PARAMETER_VALUE):
 the scoring server answers HTTP 400 with the message and keeps serving.
 
-Preprocessing is exactly training's: decode with `data.images.read_rgb` (same checks and limits), resize with
-`data.images.resize` to the model's size; normalisation and stain control (`--stain`) are inside the Keras graph.
+Preprocessing is exactly training's: decode with training's decoder (`data.images.decode_rgb`, in memory: a request
+never becomes a file on the server; same checks and limits as `read_rgb`), resize with `data.images.resize` to the
+model's size; normalisation and stain control (`--stain`) are inside the Keras graph.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import binascii
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, read_rgb, resize, too_small
+from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, decode_rgb, read_rgb, resize, too_small
 from mtl_suite.errors import BadImageError, UserError
 from mtl_suite.training.conformal import DEFAULT_COVERAGE, check_coverage
 from mtl_suite.training.reliability import Reliability
@@ -52,7 +54,9 @@ KERAS_ARTIFACT = "keras_model"
 INFO_ARTIFACT = "model_info"
 RELIABILITY_ARTIFACT = "reliability"
 COVERAGE_PARAM = "coverage"
-PATHS_ENV = "MTL_SUITE_ALLOW_PATHS"  # "0": strings are only base64 (a served model must not read server files)
+# "1": strings may also name image files on the machine running the model. Unset or anything else: strings are base64
+# only. An environment variable, not a request parameter: whoever may send requests must not be able to turn it on.
+PATHS_ENV = "MTL_SUITE_ALLOW_PATHS"
 BATCH = 32
 OUTPUT_COLUMNS = ["label", "probabilities", "class_names", "ood_score", "in_distribution", "prediction_set", "error"]
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
@@ -92,10 +96,10 @@ class MtlImageClassifier(PythonModel):
         items = input_items(model_input)
         if not items:
             raise MlflowException("empty payload: expected at least one image in the column 'image' "
-                                  "(a path, a base64 string of the file bytes, or an (H, W, 3) uint8 array)",
+                                  "(a base64 string of the file bytes or an (H, W, 3) uint8 array)",
                                   INVALID_PARAMETER_VALUE)
         coverage = requested_coverage(params)
-        allow_paths = os.environ.get(PATHS_ENV, "1") != "0"
+        allow_paths = paths_allowed()
         images: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for index, item in enumerate(items):
@@ -210,7 +214,24 @@ def _as_items(value: Any) -> list[Any]:
     return [value]
 
 
-def to_image(item: Any, allow_paths: bool = True) -> np.ndarray:
+def paths_allowed() -> bool:
+    """Whether request strings may name files here: only where the environment says "1" (`mtl-suite serve
+    --allow-paths`); plain `mlflow models serve` sets nothing, and then a client cannot make the server read its
+    files."""
+    return os.environ.get(PATHS_ENV) == "1"
+
+
+def read_file(path: str | Path) -> np.ndarray:
+    """An image file as the (H, W, 3) uint8 array the model takes, read by the caller in its own process: how
+    `mtl-suite predict` and `evaluate` hand files to a model that reads none itself. ImageError says why a file
+    cannot be used (the caller names the file)."""
+    try:
+        return read_rgb(path)
+    except BadImageError as exc:
+        raise ImageError(exc.reason) from None
+
+
+def to_image(item: Any, allow_paths: bool = False) -> np.ndarray:
     """One input value as an (H, W, 3) uint8 RGB array, or ImageError saying what was wrong with it. Images
     smaller than training accepts (data.images.MIN_SIDE) are refused here too."""
     image = _to_image(item, allow_paths)
@@ -222,21 +243,21 @@ def to_image(item: Any, allow_paths: bool = True) -> np.ndarray:
 
 def _to_image(item: Any, allow_paths: bool) -> np.ndarray:
     if item is None or (isinstance(item, float) and np.isnan(item)):
-        raise ImageError("empty entry; expected a path, a base64 string or an (H, W, 3) uint8 array")
+        raise ImageError("empty entry; expected a base64 string of the file bytes or an (H, W, 3) uint8 array")
     if isinstance(item, (bytes, bytearray, memoryview)):
         return decode_bytes(bytes(item), "bytes")
     if isinstance(item, (str, os.PathLike)):
         return _from_string(os.fspath(item), allow_paths)
     if isinstance(item, (np.ndarray, list, tuple)):
         return check_array(item)
-    raise ImageError(f"unsupported value of type {type(item).__name__}; expected a path, a base64 string or an "
-                     f"(H, W, 3) uint8 array")
+    raise ImageError(f"unsupported value of type {type(item).__name__}; expected a base64 string of the file "
+                     f"bytes or an (H, W, 3) uint8 array")
 
 
 def _from_string(text: str, allow_paths: bool) -> np.ndarray:
     text = text.strip()
     if not text:
-        raise ImageError("empty string; expected a path or base64 image bytes")
+        raise ImageError("empty string; expected base64 image bytes")
     if allow_paths and len(text) < 4096 and Path(text).is_file():
         try:
             return read_rgb(text)
@@ -259,18 +280,14 @@ def _looks_like_path(text: str) -> bool:
 
 
 def decode_bytes(raw: bytes, what: str) -> np.ndarray:
-    """Decode through the same reader as training (a temporary file), so limits and messages match."""
+    """Decode in memory with training's decoder (data.images.decode_rgb), so limits and messages match; a request
+    never leaves a file on the server."""
     if not raw:
         raise ImageError(f"empty {what} payload (0 bytes)")
-    with tempfile.TemporaryDirectory(prefix="mtl-serve-") as tmp:
-        path = Path(tmp) / "image"
-        path.write_bytes(raw)
-        try:
-            return read_rgb(path)
-        except BadImageError as exc:
-            raise ImageError(f"{what} payload ({len(raw)} bytes): {exc.reason}") from None
-        except UserError as exc:
-            raise ImageError(f"{what} payload: {exc}") from None
+    try:
+        return decode_rgb(raw, what)
+    except BadImageError as exc:
+        raise ImageError(f"{what} payload ({len(raw)} bytes): {exc.reason}") from None
 
 
 def check_array(value: Any) -> np.ndarray:

@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mtl_suite.catalog import RunKind
 from mtl_suite.config import CHAMPION_ALIAS, PREVIOUS_ALIAS
 from mtl_suite.errors import UserError
+from mtl_suite.tracking.requirements import serving_requirements
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +143,6 @@ def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, reliabili
     return info_model.model_uri
 
 
-# What the served model imports (serving/pyfunc.py and the modules it loads: data/images, models/stain,
-# models/ensemble, config), as distributions. mtl-suite itself is not among them: it is on no package index, and the
-# model carries its code.
-SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "opencv-python-headless", "pyyaml")
-
-
 def package_code(folder: Path) -> Path:
     """A copy of the mtl_suite package without its bundled data (sample images, weights) or caches, for the model's
     code_paths: MLflow stores it with the model and puts it on sys.path when the model loads, so the model serves
@@ -160,19 +155,6 @@ def package_code(folder: Path) -> Path:
     return target
 
 
-def serving_requirements() -> list[str]:
-    """SERVING_PACKAGES pinned to the versions installed here, where the model was trained and checked."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for package in SERVING_PACKAGES:
-        try:
-            out.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            continue
-    return out
-
-
 def register(client: MlflowClient, name: str, run: Run, model_uri: str, *, extra_tags: dict[str, str],
              description: str, previous: ModelVersion | None) -> ModelVersion:
     """Register `model_uri` as a version of `name` carrying the run's lineage tags, give it the champion alias and
@@ -181,7 +163,7 @@ def register(client: MlflowClient, name: str, run: Run, model_uri: str, *, extra
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=(
-            "mtl-suite ALL classifier: raw images in (path, base64 bytes or uint8 array), class probabilities out. "
+            "mtl-suite ALL classifier: raw images in (base64 file bytes or uint8 array), class probabilities out. "
             f"Load models:/{name}@{CHAMPION_ALIAS}."))
     tags = {k: v for k, v in run.data.tags.items() if k in LINEAGE_TAGS and v}
     tags.update(extra_tags)

@@ -17,6 +17,7 @@ from mtl_suite.data.lineage import Exposure
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
 from mtl_suite.tasks import TaskData
+from mtl_suite.tracking.requirements import model_requirements
 from mtl_suite.tracking.runs import config_params, git_commit, log_split
 
 BACKBONE_ARTIFACT = "backbone/backbone.npz"
@@ -115,12 +116,6 @@ def log_keras_model(model, example, info: dict) -> None:
     # Requirements are given, not inferred: inference reloads the model in a subprocess (most of a minute).
     mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=model_requirements())
     mlflow.log_dict(info, "model_info.json")
-
-
-def model_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{package}=={version(package)}" for package in ("tensorflow", "keras", "numpy", "mlflow")]
 
 
 def active_run_id() -> str:

@@ -24,7 +24,7 @@ from mtl_suite.data import resolve_data_path
 from mtl_suite.data.manifest import Manifest, build_manifest
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import write_text_atomic
-from mtl_suite.serving.pyfunc import COLUMN
+from mtl_suite.serving.pyfunc import COLUMN, ImageError, read_file
 from mtl_suite.tasks import POSITIVE_NAME, class_map_for
 from mtl_suite.tracking.evaluation import EvaluatedModel, load_model, log_evaluation
 from mtl_suite.tracking.runs import git_commit
@@ -197,15 +197,16 @@ def label_map(data_classes: list[str], model_classes: list[str], normal_class: s
 def predict_paths(model: EvaluatedModel, paths: list[str], batch_size: int,
                   report: Callable[[int], None] | None = None, coverage: float = DEFAULT_COVERAGE) -> pd.DataFrame:
     """The model's rows (serving/pyfunc.py's columns) for every path, batch by batch through its raw-image interface
-    (images read, checked and resized as `predict` and `serve` do). An image it cannot use is a UserError, before
-    any run exists."""
+    (images read as `predict` reads them, then checked and resized by the model as for `serve`). An image it cannot
+    use is a UserError, before any run exists."""
     from mlflow.exceptions import MlflowException
 
     parts = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         try:
-            frame = model.predict(pd.DataFrame({COLUMN: chunk}), coverage)
+            frame = model.predict(pd.DataFrame({COLUMN: pd.Series([_read(p) for p in chunk], dtype=object)}),
+                                  coverage)
         except MlflowException as exc:
             raise UserError(f"{model.uri} could not classify the images from {chunk[0]}: "
                             f"{str(exc).splitlines()[0][:300]}") from None
@@ -216,6 +217,14 @@ def predict_paths(model: EvaluatedModel, paths: list[str], batch_size: int,
         if report:
             report(min(start + batch_size, len(paths)))
     return pd.concat(parts, ignore_index=True)
+
+
+def _read(path: str) -> np.ndarray:
+    """The file read here (the model reads none: see serving/pyfunc.py, PATHS_ENV)."""
+    try:
+        return read_file(path)
+    except ImageError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def _check_output(output: str | None) -> Path | None:

@@ -17,9 +17,9 @@ import numpy as np
 from mtl_suite.catalog import RunKind
 from mtl_suite.errors import UserError
 from mtl_suite.imaging.roi import RoiParams
+from mtl_suite.tracking.requirements import model_requirements
 from mtl_suite.tracking.runs import git_commit, log_split
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
-from mtl_suite.tracking.stage_log import model_requirements
 
 OVERLAY_COUNT = 6
 SEGMENTATION = "segmentation"  # the `stage` tag of segmentation runs; their `task` tag is "train" or "evaluate"

@@ -135,7 +135,8 @@ class _StubKeras:
 
 @pytest.fixture(scope="module")
 def scoring_app():
-    """`mlflow.pyfunc.scoring_server.init` on our pyfunc with the logged signature, paths off as `serve` sets."""
+    """`mlflow.pyfunc.scoring_server.init` on our pyfunc with the logged signature, paths off (no setting: the
+    default, as plain `mlflow models serve` runs it)."""
     from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
     from mlflow.models import Model
     from mlflow.pyfunc import PyFuncModel, scoring_server
@@ -148,7 +149,7 @@ def scoring_app():
     sig = signature()
     pyfunc = PyFuncModel(model_meta=Model(signature=sig), model_impl=_PythonModelPyfuncWrapper(python_model, None, sig))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(PATHS_ENV, "0")
+        patch.delenv(PATHS_ENV, raising=False)
         patch.setenv(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.name, "false")  # init() sets it; undone afterwards
         yield scoring_server.init(pyfunc)
 

@@ -18,7 +18,7 @@ from sklearn import metrics as skm
 from typer.testing import CliRunner
 
 from mtl_suite.cli import app
-from mtl_suite.data.images import is_image_file
+from mtl_suite.data.images import is_image_file, read_rgb
 from mtl_suite.errors import UserError
 from mtl_suite.paths import SAMPLE_IMAGES
 from mtl_suite.workflows.evaluate import label_map
@@ -78,7 +78,7 @@ def test_evaluation_run_holds_the_metrics_of_the_models_own_predictions(store, t
         if digest not in seen:  # byte-identical copies count once (the manifest keeps the first by path)
             seen.add(digest)
             files.append(path)
-    frame = pyfunc.predict(pd.DataFrame({"image": [str(p) for p in files]}))
+    frame = pyfunc.predict(pd.DataFrame({"image": pd.Series([read_rgb(p) for p in files], dtype=object)}))
     assert frame["error"].isna().all()
     classes = [str(c) for c in frame["class_names"][0]]
     proba = np.array(frame["probabilities"].tolist())

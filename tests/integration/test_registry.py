@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtl_suite.cli import app
+from mtl_suite.cli.registry import predict_files
 from mtl_suite.data.images import read_resized, read_rgb, resize
 from mtl_suite.training.metrics import as_class_probabilities
 from registry_store import IMAGE_SIZE, SAMPLES, trained_store
@@ -172,7 +173,7 @@ def test_promote_refuses_a_model_without_its_detector(store, client, tmp_path):
         client.delete_run(run.info.run_id)
 
 
-def test_champion_pyfunc_matches_keras_from_paths_base64_and_arrays(store, client):
+def test_champion_pyfunc_matches_keras_from_files_base64_and_arrays(store, client):
     mlflow.set_tracking_uri(store.uri)
     if not client.search_registered_models(f"name = '{NAME}'"):
         assert promote(store).exit_code == 0
@@ -185,10 +186,10 @@ def test_champion_pyfunc_matches_keras_from_paths_base64_and_arrays(store, clien
     batch = np.stack([read_resized(p, IMAGE_SIZE) for p in SAMPLES] + [resize(c, IMAGE_SIZE) for c in crops])
     expected = as_class_probabilities(keras_model.predict(batch.astype("float32"), verbose=0))
 
-    paths = pyfunc.predict(pd.DataFrame({"image": [str(p) for p in SAMPLES]}))
+    files = predict_files(pyfunc, SAMPLES)  # what `mtl-suite predict` does: reads them, sends arrays
     encoded = pyfunc.predict(pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in SAMPLES]}))
     arrays = pyfunc.predict(pd.DataFrame({"image": pd.Series([read_rgb(p) for p in SAMPLES] + crops, dtype=object)}))
-    for frame, want in ((paths, expected[:3]), (encoded, expected[:3]), (arrays, expected)):
+    for frame, want in ((files, expected[:3]), (encoded, expected[:3]), (arrays, expected)):
         assert frame["error"].isna().all(), frame["error"].tolist()
         got = np.array(frame["probabilities"].tolist())
         np.testing.assert_allclose(got, want, atol=1e-5)
@@ -202,17 +203,19 @@ def test_pyfunc_bad_image_in_a_batch_gets_an_error_row(store, client, tmp_path):
         assert promote(store).exit_code == 0
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (7000, 7000, 3))  # 49 MP, no memory used
-    inputs = [str(SAMPLES[0]), base64.b64encode(b"plain text, not an image").decode(), "@@not base64@@",
-              read_rgb(SAMPLES[1]).astype(np.float32), np.zeros((10, 10, 4), np.uint8), huge, str(SAMPLES[2])]
+    encoded = [base64.b64encode(p.read_bytes()).decode() for p in SAMPLES]
+    inputs = [encoded[0], base64.b64encode(b"plain text, not an image").decode(), "@@not base64@@",
+              read_rgb(SAMPLES[1]).astype(np.float32), np.zeros((10, 10, 4), np.uint8), huge, str(SAMPLES[1]),
+              encoded[2]]
     out = pyfunc.predict(pd.DataFrame({"image": pd.Series(inputs, dtype=object)}))
     errors = out["error"].tolist()
     assert errors[0] is None and errors[-1] is None
     for i, fragment in [(1, "not an image"), (2, "not valid base64"), (3, "uint8"), (4, "(10, 10, 4)"),
-                        (5, "too large")]:
+                        (5, "too large"), (6, "file paths are turned off")]:
         assert fragment in errors[i], errors[i]
         assert out["probabilities"][i] is None and out["label"][i] is None
-    alone = pyfunc.predict(pd.DataFrame({"image": [str(SAMPLES[0]), str(SAMPLES[2])]}))
-    np.testing.assert_allclose(np.array(out["probabilities"][[0, 6]].tolist()),
+    alone = pyfunc.predict(pd.DataFrame({"image": [encoded[0], encoded[2]]}))
+    np.testing.assert_allclose(np.array(out["probabilities"][[0, 7]].tolist()),
                                np.array(alone["probabilities"].tolist()), atol=1e-6)
     with pytest.raises(mlflow.exceptions.MlflowException, match="empty payload"):
         pyfunc.predict(pd.DataFrame({"image": pd.Series([], dtype=object)}))
@@ -240,7 +243,8 @@ def test_predict_cli_on_a_folder(store, client, tmp_path):
     uniform = next(r for r in records if r["file"].endswith("uniform.png"))
     assert uniform["in_distribution"] is False and uniform["label"] in uniform["class_names"]
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    direct = pyfunc.predict(pd.DataFrame({"image": [r["file"] for r in records if not r["error"]]}))
+    direct = pyfunc.predict(pd.DataFrame({"image": pd.Series([read_rgb(r["file"]) for r in records if not r["error"]],
+                                                             dtype=object)}))
     good = [r for r in records if not r["error"]]
     np.testing.assert_allclose([r["probabilities"] for r in good], np.array(direct["probabilities"].tolist()),
                                atol=1e-6)

@@ -22,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mtl_suite.cli import app
+from mtl_suite.data.images import read_rgb
 from registry_store import SAMPLES, promoted_store
 
 pytestmark = pytest.mark.slow
@@ -98,9 +99,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def local(store):
+    """The model in this process on the files read here (as `mtl-suite predict` sends them): the served answers to
+    their base64 bytes must equal these."""
     mlflow.set_tracking_uri(store.uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    return pyfunc.predict(pd.DataFrame({"image": [str(p) for p in SAMPLES]}))
+    return pyfunc.predict(pd.DataFrame({"image": pd.Series([read_rgb(p) for p in SAMPLES], dtype=object)}))
 
 
 def test_served_predictions_equal_local_ones(server, local):
@@ -188,21 +191,27 @@ def _model_folder(store, tmp_path) -> Path:
 
 def test_the_model_carries_its_code_and_pins_only_published_packages(store, tmp_path):
     """No `mtl-suite==...` requirement (no index has it): the model brings the package's code (without the
-    bundled data) and loads it from there, ahead of any installed copy."""
+    bundled data) and loads it from there, ahead of any installed copy. Loaded with no paths setting (as plain
+    `mlflow models serve` runs it), it takes the file's bytes and refuses the file's path."""
     model = _model_folder(store, tmp_path)
     requirements = (model / "requirements.txt").read_text().split()
     assert requirements and not [r for r in requirements if r.lower().startswith(("mtl-suite", "mtl_suite"))]
     assert (model / "code" / "mtl_suite" / "serving" / "pyfunc.py").is_file()
     assert not (model / "code" / "mtl_suite" / "assets").exists()
-    code = ("import sys, mlflow, pandas as pd; model = mlflow.pyfunc.load_model(sys.argv[1]); import mtl_suite; "
-            "print(mtl_suite.__file__); print(model.predict(pd.DataFrame({'image': [sys.argv[2]]}))['label'][0])")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    code = ("import base64, sys, mlflow, pandas as pd\nmodel = mlflow.pyfunc.load_model(sys.argv[1]); import mtl_suite\n"
+            "encoded = base64.b64encode(open(sys.argv[2], 'rb').read()).decode()\n"
+            "print(mtl_suite.__file__); print(model.predict(pd.DataFrame({'image': [encoded]}))['label'][0])\n"
+            "try:\n    model.predict(pd.DataFrame({'image': [sys.argv[2]]}))\n"
+            "except mlflow.exceptions.MlflowException as exc:\n    print(str(exc).splitlines()[0])")
+    unset = ("PYTHONPATH", "MLFLOW_TRACKING_URI", "MTL_SUITE_ALLOW_PATHS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     done = subprocess.run([sys.executable, "-c", code, str(model), str(SAMPLES[0])], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    loaded_from, label = done.stdout.split()[-2:]
+    loaded_from, label, refusal = done.stdout.strip().splitlines()[-3:]
     assert Path(loaded_from).resolve().is_relative_to((model / "code").resolve())
     assert label in {"Benign", "Early", "Pre", "Pro"}
+    assert "file paths are turned off" in refusal, refusal
 
 
 FRESH_VENV_ENV = "MTL_SUITE_TEST_FRESH_VENV"

@@ -1,4 +1,5 @@
-"""read_rgb: every valid mode becomes sensible 8-bit RGB; every unusable file is one BadImageError naming it."""
+"""read_rgb: every valid mode becomes sensible 8-bit RGB; every unusable file is one BadImageError naming it.
+decode_rgb (a file's bytes in memory) says and returns the same."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl_suite.data.images import image_size, read_resized, read_rgb, resize
+from mtl_suite.data.images import decode_rgb, image_size, read_resized, read_rgb, resize
 from mtl_suite.errors import BadImageError, UserError
 
 
@@ -28,6 +29,22 @@ def test_bad_files_raise_one_error_naming_the_file(tmp_path, write_bad, kind, na
     assert info.value.path == str(path)
     assert str(info.value).startswith(str(path)) and words in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["zero-byte", "truncated-jpeg", "text-as-jpg", "bomb", "huge-bomb"])
+def test_bytes_in_memory_are_refused_as_their_file_is(tmp_path, write_bad, kind):
+    path = write_bad(tmp_path / "bad.png", kind)
+    with pytest.raises(BadImageError) as from_file:
+        read_rgb(path)
+    with pytest.raises(BadImageError) as from_bytes:
+        decode_rgb(path.read_bytes(), "request")
+    assert from_bytes.value.reason == from_file.value.reason and from_bytes.value.path == "request"
+
+
+def test_bytes_in_memory_decode_as_their_file_does(tmp_path, make_image):
+    for name in ("a.png", "b.jpg", "c.bmp", "d.tif"):
+        path = make_image(tmp_path / name, seed=3)
+        np.testing.assert_array_equal(decode_rgb(path.read_bytes(), name), read_rgb(path))
 
 
 def test_missing_file(tmp_path):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import io
+import os
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -12,7 +15,7 @@ from PIL import Image
 
 from mtl_suite.data.images import read_rgb
 from mtl_suite.paths import SAMPLE_IMAGES
-from mtl_suite.serving.pyfunc import ImageError, check_array, input_items, to_image
+from mtl_suite.serving.pyfunc import ImageError, check_array, input_items, read_file, to_image
 
 SAMPLE = sorted(SAMPLE_IMAGES.rglob("*.jpg"))[0]
 
@@ -26,9 +29,27 @@ def png_b64(array: np.ndarray) -> str:
 def test_path_base64_and_bytes_decode_like_training():
     expected = read_rgb(SAMPLE)
     encoded = base64.b64encode(SAMPLE.read_bytes()).decode()
-    for item in (str(SAMPLE), SAMPLE, encoded, "data:image/jpeg;base64," + encoded, SAMPLE.read_bytes(),
-                 encoded[:40] + "\n" + encoded[40:]):
+    for item in (encoded, "data:image/jpeg;base64," + encoded, SAMPLE.read_bytes(), encoded[:40] + "\n" + encoded[40:]):
         np.testing.assert_array_equal(to_image(item), expected)
+    for path in (str(SAMPLE), SAMPLE):  # where paths are turned on
+        np.testing.assert_array_equal(to_image(path, allow_paths=True), expected)
+    np.testing.assert_array_equal(read_file(SAMPLE), expected)  # what in-process callers send instead
+
+
+def test_base64_and_bytes_are_decoded_in_memory(monkeypatch):
+    """A request's image never becomes a file on the server: decoding opens no file and makes no temporary one."""
+    raw = SAMPLE.read_bytes()
+    encoded, expected = base64.b64encode(raw).decode(), read_rgb(SAMPLE)
+    to_image(encoded)  # PIL's format plugins imported before files are refused
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a file was opened while decoding: {args[:1]}")
+
+    for module, name in ((builtins, "open"), (io, "open"), (os, "open"), (tempfile, "mkstemp"),
+                         (tempfile, "mkdtemp")):
+        monkeypatch.setattr(module, name, refuse)
+    np.testing.assert_array_equal(to_image(encoded), expected)
+    np.testing.assert_array_equal(to_image(raw), expected)
 
 
 def test_lossless_base64_round_trips_exactly():
@@ -36,9 +57,16 @@ def test_lossless_base64_round_trips_exactly():
     np.testing.assert_array_equal(to_image(png_b64(array)), array)
 
 
-def test_paths_can_be_turned_off():
-    with pytest.raises(ImageError, match="file paths are turned off"):
-        to_image(str(SAMPLE), allow_paths=False)
+def test_paths_are_off_unless_turned_on():
+    for item in (str(SAMPLE), SAMPLE):
+        with pytest.raises(ImageError, match="file paths are turned off here: send the file's bytes as base64"):
+            to_image(item)
+
+
+def test_read_file_names_why_and_leaves_the_file_to_the_caller(tmp_path, write_bad):
+    with pytest.raises(ImageError) as info:
+        read_file(write_bad(tmp_path / "cut.jpg", "truncated-jpeg"))
+    assert str(info.value).startswith("truncated or corrupt image")
 
 
 @pytest.mark.parametrize("item, fragment", [
