@@ -1,7 +1,7 @@
 """The best colour-only baseline (analysis/shortcut.py, as every stage run logs it) on the outer test parts of a
 comparison's splits: for re-scoring pairs whose runs logged something else (e.g. raw colour under `--stain gray`).
 
-    python benchmarks/colour_on_splits.py --data ../shared/data/aria-all/original --stain gray --seeds 42-51
+    python benchmarks/lab/colour_on_splits.py --data ../shared/data/aria-all/original --stain gray --seeds 42-51
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ logged CNN probabilities (cv/oof_predictions.csv, test/predictions.csv) averaged
 fusion fits (analysis/shortcut.py's hist32_stats regression, on the same fold's training images; the in-graph
 features equal these, tests/unit/test_colour.py), on the run's own split rebuilt from its parameters.
 
-    python benchmarks/fuse_logged_runs.py --tracking-uri sqlite:////work/runs/cmp.db \\
+    python benchmarks/lab/fuse_logged_runs.py --tracking-uri sqlite:///mlflow.db \\
         --experiment aria-compare-xception-best --comparison b23b15cabbb042e0aa817c1e2218f4cb
 
 Prints per run: CNN, colour alone and fused, CV (mean +- sd over the folds, where the run logged its out-of-fold
