@@ -317,7 +317,7 @@ def test_the_promoted_ensemble_serves_the_members_average(store, client, ensembl
     members = [mlflow.keras.load_model(f"runs:/{run_id}/model") for run_id in store.runs]
     expected = np.mean([as_class_probabilities(m.predict(batch, verbose=0)) for m in members], axis=0)
     served = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(
-        pd.DataFrame({"image": [str(p) for p in SAMPLES]}))
+        pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in SAMPLES]}))
     np.testing.assert_allclose(np.array(served["probabilities"].tolist()), expected, atol=1e-5)
 
 
