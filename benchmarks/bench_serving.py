@@ -86,7 +86,7 @@ def main() -> None:
     model = f"{backbone[1]} at {args.image_size} px (classical run, promoted as {NAME})"
     if args.run_id:
         start = time.perf_counter()
-        sh([cli, "promote", "--run-id", args.run_id, "--name", NAME, "--force", "-q"], env)
+        sh([cli, "promote", args.run_id, "--name", NAME, "--force", "-q"], env)
         times["promote_s"] = time.perf_counter() - start
         model = f"stage run {args.run_id} of {uri}, promoted as {NAME}"
     elif not (root / "mlflow.db").exists():

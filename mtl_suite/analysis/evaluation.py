@@ -46,7 +46,7 @@ class Scored:
         return {name: {k: float(v) for k, v in report[name].items()} for name in self.class_names}
 
     def summary(self) -> dict:
-        """What --output writes: metrics, confusion matrix (rows true, columns predicted) and the per-class report."""
+        """What --out writes: metrics, confusion matrix (rows true, columns predicted) and the per-class report."""
         matrix = self.confusion()
         return {"n": self.context.n, "class_names": self.class_names, "metrics": self.metrics,
                 "confusion_matrix": {true: dict(zip(self.class_names, map(int, row)))

@@ -69,7 +69,7 @@ def compare(
     tta: Tta = _T.tta,
     colour_fusion: ColourFusion = _T.colour_fusion,
     data_seed: Annotated[int, typer.Option("--data-seed", help="Base split seed; pair i uses it + i.")] = _D.seed,
-    report_dir: Annotated[Path, typer.Option("--report-dir", help="Where compare-<backbone>-<task>-<date>.md "
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where compare-<backbone>-<task>-<date>.md "
                                              "and its plot go.")] = Path("reports"),
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
@@ -95,7 +95,7 @@ def compare(
     command = command_line(ctx)
     with progress.display(quiet):
         run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,
-                                      report_dir=report_dir, command=command, study=params_from_study,
+                                      report_dir=out, command=command, study=params_from_study,
                                       quiet=quiet),
                        say=lambda message: say(message, quiet))
 

@@ -27,7 +27,7 @@ def preview(
                                                                                  "ranges.")] = 1.0,
     count: Annotated[int, typer.Option("--count", min=1, help="Source images (rows).")] = 6,
     copies: Annotated[int, typer.Option("--copies", min=1, help="Augmented copies per image (columns).")] = 5,
-    size: Annotated[int, typer.Option("--size", min=16, help="Images are resized to this first.")] = 160,
+    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Images are resized to this first.")] = 160,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """A PNG grid: each row is an original followed by augmented copies."""
@@ -36,6 +36,6 @@ def preview(
     build_transform(policy, strength)  # a bad policy fails before any image is read
     files = list(image_files(resolve_data_path(path)))
     chosen = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)]
-    images = np.stack([read_resized(f, size) for f in chosen])
-    write_png(out, preview_grid(images, policy, strength, copies, seed, tile=size))
+    images = np.stack([read_resized(f, image_size) for f in chosen])
+    write_png(out, preview_grid(images, policy, strength, copies, seed, tile=image_size))
     typer.echo(f"{len(chosen)} x {copies} augmented samples ({policy}, strength {strength}) in {out}")

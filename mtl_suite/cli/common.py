@@ -226,6 +226,8 @@ Experiment = Annotated[str, typer.Option("--experiment", envvar="MLFLOW_EXPERIME
                                          help="MLflow experiment. Default: $MLFLOW_EXPERIMENT_NAME (as `mlflow run` "
                                               "uses it), else mtl-suite.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+TextOrJson = Annotated[choice(("text", "json")), typer.Option("--format", "-f", help="text, or json: one JSON "
+                                                                                  "object.")]
 Backbone = Annotated[BackboneName, typer.Option("--backbone", "-b", help="Backbone network.")]
 TaskOption = Annotated[TaskName, typer.Option("--task", help="binary (normal vs leukemia) or multiclass (the data's "
                                                              "own classes).")]

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import AllowOutsideRoot, DataPath, Layout, choice, handle_user_errors, say
+from mtl_suite.cli.common import AllowOutsideRoot, DataPath, Layout, TextOrJson, choice, handle_user_errors, say
 from mtl_suite.data import resolve_data_path
 from mtl_suite.data.manifest import BAD_IMAGE_POLICIES, DUPLICATE_POLICIES, Manifest, build_manifest
 from mtl_suite.data.splits import make_split, save_split
@@ -29,14 +29,14 @@ def inspect(
     path: DataPath = None,
     layout: Layout = "auto",
     on_bad_image: OnBadImage = "skip",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    output_format: TextOrJson = "text",
     allow_outside_root: AllowOutsideRoot = False,
 ) -> None:
     """Classes and counts, duplicate sets, unreadable files and image sizes of a dataset."""
     manifest = build_manifest(resolve_data_path(path), layout, on_bad_image=on_bad_image, duplicates="group",
                               allow_outside_root=allow_outside_root)
     report = inspection_report(manifest)
-    typer.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
+    typer.echo(json.dumps(report, indent=2) if output_format == "json" else format_inspection(report))
 
 
 def inspection_report(manifest: Manifest) -> dict:

@@ -37,8 +37,8 @@ def evaluate(
     coverage: Annotated[float, typer.Option("--coverage", help="Coverage of the prediction sets.")
                         ] = DEFAULT_COVERAGE,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 32,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Also write the metrics, confusion matrix and per-class report to this JSON file.",
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Also write the metrics, confusion matrix and per-class report to this JSON file.",
         show_default=False, rich_help_panel=OUTPUT)] = None,
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
@@ -53,7 +53,7 @@ def evaluate(
     request = EvaluateRequest(
         model_uri=model, data=str(data) if data else None, layout=layout, allow_outside_root=allow_outside_root,
         on_bad_image=on_bad_image, normal_class=given(normal_class), batch_size=batch_size,
-        tracking_uri=given(tracking_uri), experiment=experiment, output=str(output) if output else None,
+        tracking_uri=given(tracking_uri), experiment=experiment, output=str(out) if out else None,
         expect=given(expect), coverage=coverage)
     outcome = run_evaluate(request, say=lambda m: say(m, quiet),
                            progress=lambda total: progress_printer(total, "evaluating", quiet))

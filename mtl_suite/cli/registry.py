@@ -33,6 +33,9 @@ ModelUri = Annotated[str, typer.Option("--model", "-m", help="Model URI: models:
 
 @handle_user_errors
 def promote(
+    run_id: Annotated[Optional[str], typer.Argument(help="The stage run to promote (found by its id, in any "
+                                                    "experiment). Default: the best finished run by --metric.",
+                                                    show_default=False)] = None,
     stage: Annotated[choice(ARM_STAGES), typer.Option("--stage", help="Stage whose runs compete.")
                      ] = Stage.STAGE3.value,
     task: Annotated[Optional[TaskName], typer.Option("--task", help="Only runs of this task.", show_default=False)
@@ -41,8 +44,6 @@ def promote(
                                         "test/f1_macro.")] = "cv/f1_macro_mean",
     lower_is_better: Annotated[bool, typer.Option("--lower-is-better", help="The metric is a loss.")] = False,
     name: Annotated[str, typer.Option("--name", help="Registered model name.")] = DEFAULT_NAME,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Promote this stage run (found by its id, in any "
-                                                  "experiment) instead of the best one.", show_default=False)] = None,
     all_experiments: Annotated[bool, typer.Option("--all-experiments", help="Search every experiment, not only "
                                                   "--experiment.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")] = False,
@@ -91,7 +92,7 @@ def ensemble(
 
 def _experiment_ids(tracking_uri: str | None, experiment: str, all_experiments: bool,
                     searched: bool = True) -> list[str]:
-    """The experiments whose runs compete; none when nothing is searched (--run-id names the run, in whatever
+    """The experiments whose runs compete; none when nothing is searched (a given run id names the run, in whatever
     experiment it is). Sets the tracking URI either way."""
     import mlflow
 

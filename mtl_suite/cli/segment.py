@@ -9,8 +9,8 @@ from typing import Annotated, Callable, Optional
 import numpy as np
 import typer
 
-from mtl_suite.cli.common import (DataPath, Experiment, Layout, Quiet, SystemMetrics, TrackingUri, choice,
-                                  enable_system_metrics, handle_user_errors, progress_printer, say)
+from mtl_suite.cli.common import (DataPath, Experiment, Layout, Quiet, SystemMetrics, TextOrJson, TrackingUri,
+                                  choice, enable_system_metrics, handle_user_errors, progress_printer, say)
 from mtl_suite.cli.imaging_options import (Blue, Green, OffsetMode, Red, Threshold, image_files, relative_name,
                                            roi_params, write_png)
 from mtl_suite.config import DEFAULT_EXPERIMENT
@@ -40,12 +40,13 @@ def train(
     masks: Masks = None,
     mask_kind: MaskKind = "auto",
     layout: Layout = "auto",
-    size: Annotated[int, typer.Option("--size", min=16, help="Training size (square; fields are resized).")] = 128,
+    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Training size (square; fields are "
+                                                                 "resized).")] = 128,
     depth: Annotated[int, typer.Option("--depth", min=1, max=6, help="Poolings in the encoder.")] = 4,
     width: Annotated[int, typer.Option("--width", min=1, help="Filters of the first block.")] = 16,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 20,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    learning_rate: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0)] = 1e-3,
     augment: Annotated[str, typer.Option("--augment", help="Augmentation policy (none, paper, paper+color, color "
                                                            "or a .yaml file); training batches only.")] = "paper",
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9)] = 0.2,
@@ -69,7 +70,7 @@ def train(
     masks = masks if masks is not None or mask_kind == "roi" else default_masks_for(path)
     options = SegTrainOptions(
         data=str(resolve_data_path(path)), masks=str(masks) if masks else None, mask_kind=mask_kind, layout=layout,
-        size=size, depth=depth, width=width, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        size=image_size, depth=depth, width=width, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
         augment=augment, test_fraction=test_fraction, seed=seed,
         roi=roi_params(red, green, blue, threshold, offset_mode))
     run_id, metrics = train_segmentation(options, tracking_uri, experiment, say,  # data reports, never silenced
@@ -87,7 +88,7 @@ def evaluate(
     min_area_fraction: MinArea = 0.002,
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    output_format: TextOrJson = "text",
     quiet: Quiet = False,
 ) -> None:
     """Dice/IoU per image on the run's held-out test part; WBC box recall for U-Net and ROI method (--voc)."""
@@ -95,7 +96,7 @@ def evaluate(
 
     eval_id, metrics = evaluate_segmentation(run_id, tracking_uri, experiment, str(voc) if voc else None,
                                              min_area_fraction, lambda m: say(m, quiet))
-    if as_json:
+    if output_format == "json":
         typer.echo(json.dumps({"run_id": eval_id, **metrics}, indent=2))
     else:
         typer.echo(f"evaluation run {eval_id}")
@@ -169,7 +170,7 @@ def crops(
         "--split", help="Split file from `mtl-suite data split`; its roles go into the CSV. Default: a new split "
                         "(10 folds, 20% test) written to OUT/split.json.", show_default=False)] = None,
     layout: Layout = "auto",
-    size: Annotated[int, typer.Option("--size", min=8, help="Crop size in pixels (square).")] = 96,
+    cell_size: Annotated[int, typer.Option("--cell-size", min=8, help="Crop size in pixels (square).")] = 96,
     max_cells: Annotated[int, typer.Option("--max-cells", min=1, help="Most crops per field (largest first).")] = 8,
     min_area_fraction: MinArea = 0.002,
     drop_border: Annotated[bool, typer.Option("--drop-border/--keep-border",
@@ -188,7 +189,7 @@ def crops(
 
     job = CropJob(
         split_file=split_file, data=resolve_data_path(path), layout=layout, method=method,
-        masks=masks if masks is not None else default_masks_for(path), run_id=run_id, size=size,
+        masks=masks if masks is not None else default_masks_for(path), run_id=run_id, size=cell_size,
         max_cells=max_cells, min_area_fraction=min_area_fraction, drop_border=drop_border, seed=seed,
         roi=roi_params(red, green, blue, threshold, offset_mode))
     loader = None

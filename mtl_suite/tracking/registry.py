@@ -44,7 +44,7 @@ def finished_stage_runs(experiment_ids: list[str], stage: str, task: str | None 
 
 def finished_stage_run(run_id: str, what: str | None = None) -> Run:
     """The run named by --run-id (or `what`, e.g. 'member run abc'); a user error unless it is a finished stage run."""
-    what = what or f"--run-id {run_id}"
+    what = what or f"run {run_id}"
     try:
         run = mlflow.get_run(run_id)
     except MlflowException:

@@ -86,7 +86,7 @@ def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) 
                 mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
                 raise
             outcome = StageOutcome(run.info.run_id, stage, metrics, uri, experiment_id)
-    say(f"ensemble finished: run {outcome.run_id}; promote it with: mtl-suite promote --run-id {outcome.run_id}; "
+    say(f"ensemble finished: run {outcome.run_id}; promote it with: mtl-suite promote {outcome.run_id}; "
         f"view with: mlflow ui --backend-store-uri {uri}, then {ui_link(experiment_id)}")
     return outcome
 

@@ -232,7 +232,7 @@ def _check_output(output: str | None) -> Path | None:
         return None
     path = Path(output)
     if path.is_dir():
-        raise UserError(f"--output: expected a file name for the metrics JSON; {output!r} is a folder")
+        raise UserError(f"--out: expected a file name for the metrics JSON; {output!r} is a folder")
     return path
 
 

@@ -97,7 +97,7 @@ def _promote(request: TrainRequest, final: str, experiment_id: str,
                                      force=request.force)
     plan = plan_promotion(promote_request, MlflowClient())
     if plan.action == "refuse":
-        say(f"not promoted: {plan.reason}. Replace the {CHAMPION_ALIAS} anyway with: mtl-suite promote --run-id "
+        say(f"not promoted: {plan.reason}. Replace the {CHAMPION_ALIAS} anyway with: mtl-suite promote "
             f"{final} --name {request.model_name} --force")
         return None
     return promote(promote_request, say=say)

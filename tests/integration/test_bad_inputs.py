@@ -225,7 +225,7 @@ def test_manifest_paths_outside_its_folder_need_the_flag(runner, tmp_path, outsi
     assert result.exit_code == 0, result.output
     paths = {e.path for e in load_split(out).entries}
     assert len(paths) == 12 and all(p.startswith(str((tmp_path / "data" / "images").resolve())) for p in paths)
-    report = json.loads(invoke(runner, "data", "inspect", outside_manifest, "--json", "--allow-outside-root").output)
+    report = json.loads(invoke(runner, "data", "inspect", outside_manifest, "--format", "json", "--allow-outside-root").output)
     assert report["classes"] == {"blast": 6, "normal": 6}
 
 
@@ -327,5 +327,5 @@ def test_unusual_file_names_work_end_to_end(runner, tmp_path, unusual_tree):
         writer.writerow(["path", "label"])
         writer.writerows([Path(p).relative_to(unusual_tree.resolve()).as_posix(), label]
                          for p, label in zip(paths, [e.label for e in split.entries]))
-    report = json.loads(invoke(runner, "data", "inspect", manifest, "--json", "--on-bad-image", "fail").output)
+    report = json.loads(invoke(runner, "data", "inspect", manifest, "--format", "json", "--on-bad-image", "fail").output)
     assert report["classes"] == {"blast cells": 6, "normal": 7} and report["unreadable"] == []

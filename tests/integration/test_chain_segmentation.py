@@ -20,7 +20,7 @@ from mtl_suite.paths import SAMPLE_IMAGES, SAMPLE_SEGMENTED
 pytestmark = pytest.mark.slow  # three stage-2 runs, a two-pair comparison and two U-Nets: about two minutes
 FAST = ["--backbone", "tiny", "--weights", "none", "--image-size", "48", "--cell-size", "32", "--folds", "1",
         "--epochs", "1", "--finetune-epochs", "0", "--batch-size", "64"]
-TINY_UNET = ["--size", "32", "--depth", "2", "--width", "4", "--epochs", "1", "--batch-size", "16", "--quiet"]
+TINY_UNET = ["--image-size", "32", "--depth", "2", "--width", "4", "--epochs", "1", "--batch-size", "16", "--quiet"]
 
 
 def invoke(*args: str):

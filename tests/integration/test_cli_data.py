@@ -67,7 +67,7 @@ def test_inspect_sample_text(runner):
 
 
 def test_inspect_sample_json(runner):
-    result = invoke(runner, "data", "inspect", SAMPLE_IMAGES, "--json")
+    result = invoke(runner, "data", "inspect", SAMPLE_IMAGES, "--format", "json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["classes"] == {"Benign": 24, "Early": 24, "Pre": 24, "Pro": 24}
@@ -152,7 +152,7 @@ def test_one_class_only(runner, tmp_path, make_tree):
     out = tmp_path / "split.json"
     assert_user_error(invoke(runner, "data", "split", root, "--out", out), "only one class found (blast)")
     assert not out.exists()
-    report = json.loads(invoke(runner, "data", "inspect", root, "--json").output)  # inspecting it is fine
+    report = json.loads(invoke(runner, "data", "inspect", root, "--format", "json").output)  # inspecting it is fine
     assert report["classes"] == {"blast": 8}
 
 
@@ -184,7 +184,7 @@ def test_bad_image_fails_inspect_when_asked(runner, good_tree, write_bad, kind, 
 def test_inspect_skips_and_lists_every_bad_image(runner, good_tree, write_bad):
     for kind, name, _ in BAD:
         write_bad(good_tree / "normal" / name, kind)
-    result = invoke(runner, "data", "inspect", good_tree, "--json")
+    result = invoke(runner, "data", "inspect", good_tree, "--format", "json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     reasons = {u["path"]: u["reason"] for u in report["unreadable"]}
@@ -218,7 +218,7 @@ def test_valid_unusual_modes_are_read(runner, good_tree, make_image):
     make_image(good_tree / "normal" / "gray.png", mode="L", seed=101)
     make_image(good_tree / "normal" / "rgba.png", mode="RGBA", seed=102)
     make_image(good_tree / "normal" / "palette.png", mode="P", seed=103)
-    result = invoke(runner, "data", "inspect", good_tree, "--json", "--on-bad-image", "fail")
+    result = invoke(runner, "data", "inspect", good_tree, "--format", "json", "--on-bad-image", "fail")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["classes"] == {"blast": 6, "normal": 10} and report["unreadable"] == []
@@ -241,7 +241,7 @@ def test_allidb_names_that_do_not_parse(runner, tmp_path, make_image):
     root = tmp_path / "ALL_IDB2" / "img"
     for i, name in enumerate(["Im001_1.tif", "Im002_0.tif", "Im003_1.tif", "Im004_0.tif"]):
         make_image(root / name, seed=i, size=(20, 20))
-    assert json.loads(invoke(runner, "data", "inspect", root, "--json").output)["classes"] == {"blast": 2, "normal": 2}
+    assert json.loads(invoke(runner, "data", "inspect", root, "--format", "json").output)["classes"] == {"blast": 2, "normal": 2}
     make_image(root / "Im005_x.tif", seed=9, size=(20, 20))
     for command in ("inspect", "split"):
         assert_user_error(invoke(runner, "data", command, root), str(root / "Im005_x.tif"), "ImNNN_L")
@@ -251,7 +251,7 @@ def test_csv_layout_through_the_cli(runner, tmp_path, good_tree):
     rows = ["path,label,group"] + [f"{p.relative_to(good_tree)},{p.parent.name},{p.stem[-1]}"
                                    for p in sorted(good_tree.rglob("*.png"))]
     (good_tree / "labels.csv").write_text("\n".join(rows) + "\n")
-    report = json.loads(invoke(runner, "data", "inspect", good_tree / "labels.csv", "--json").output)
+    report = json.loads(invoke(runner, "data", "inspect", good_tree / "labels.csv", "--format", "json").output)
     assert report["layout"] == "csv" and report["classes"] == {"blast": 6, "normal": 6}
     assert report["groups"] == 6  # group ids 0..5 shared across the two classes
     (good_tree / "bad.csv").write_text("path,label\n../../etc/passwd,x\n")
@@ -279,7 +279,7 @@ def test_split_keeps_the_old_file_when_a_new_split_fails(runner, tmp_path, good_
 @pytest.mark.shared_data
 @pytest.mark.slow
 def test_inspect_real_aria_all(runner, shared_data):
-    result = invoke(runner, "data", "inspect", shared_data / "aria-all" / "original", "--json")
+    result = invoke(runner, "data", "inspect", shared_data / "aria-all" / "original", "--format", "json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["classes"] == {"Benign": 428, "Early": 837, "Pre": 819, "Pro": 695}

@@ -15,7 +15,7 @@ from mtl_suite.paths import SAMPLE_IMAGES
 
 runner = CliRunner()
 SHARED_BCCD = Path(__file__).resolve().parents[3] / "shared" / "data" / "bccd"
-TINY = ["--size", "32", "--depth", "2", "--width", "4", "--epochs", "2", "--batch-size", "16", "--quiet"]
+TINY = ["--image-size", "32", "--depth", "2", "--width", "4", "--epochs", "2", "--batch-size", "16", "--quiet"]
 
 
 def invoke(*args):
@@ -85,7 +85,7 @@ def test_train_logs_tags_curves_overlays_and_a_model(trained, store):
 @pytest.mark.slow
 def test_evaluate_logs_held_out_dice_in_a_linked_run(trained, store):
     result = invoke("segment", "evaluate", trained.info.run_id, "--tracking-uri", store,
-                    "--experiment", "imaging-test", "--json", "--quiet")
+                    "--experiment", "imaging-test", "--format", "json", "--quiet")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output[result.output.index("{"):])
     run = mlflow.get_run(figures["run_id"])
@@ -109,7 +109,7 @@ def test_evaluate_box_recall_on_voc_smears(trained, store, tmp_path):
         jpg = SHARED_BCCD / "JPEGImages" / (xml.stem + ".jpg")
         (voc / "JPEGImages" / jpg.name).write_bytes(jpg.read_bytes())
     result = invoke("segment", "evaluate", trained.info.run_id, "--voc", voc, "--tracking-uri", store,
-                    "--experiment", "imaging-test", "--json", "--quiet")
+                    "--experiment", "imaging-test", "--format", "json", "--quiet")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output[result.output.index("{"):])
     for method in ("unet", "roi"):
@@ -132,7 +132,7 @@ def test_crops_carry_parent_groups_and_test_only_splits(tmp_path):
     split = tmp_path / "split.json"
     assert invoke("data", "split", "--out", split, "--folds", "3").exit_code == 0
     result = invoke("segment", "crops", "--out", tmp_path / "cells", "--split", split, "--label-policy", "aria",
-                    "--size", "48", "--quiet")
+                    "--cell-size", "48", "--quiet")
     assert result.exit_code == 0, result.output
     roles = {r["path"]: r["role"] for r in json.loads(split.read_text())["rows"]}
     rows = list(csv.DictReader((tmp_path / "cells" / "cells.csv").open()))
@@ -148,7 +148,7 @@ def test_crops_carry_parent_groups_and_test_only_splits(tmp_path):
 
 def test_augment_preview_writes_a_grid(tmp_path):
     out = tmp_path / "grid.png"
-    result = invoke("augment", "preview", "--out", out, "--count", "2", "--copies", "3", "--size", "40")
+    result = invoke("augment", "preview", "--out", out, "--count", "2", "--copies", "3", "--image-size", "40")
     assert result.exit_code == 0, result.output
     assert cv2.imread(str(out)).shape == (2 * 44 + 4, 4 * 44 + 4, 3)
 

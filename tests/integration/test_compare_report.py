@@ -37,7 +37,7 @@ def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{root}/mlflow.db"
     args = ["compare", *TINY, "--task", "binary", "--runs", "2", "--tracking-uri", uri, "--experiment", "cmp",
-            "--report-dir", str(root / "reports"), "-q"]
+            "--out", str(root / "reports"), "-q"]
     result = invoke(args)
     assert result.exit_code == 0, result.output
     mlflow.set_tracking_uri(uri)
@@ -150,7 +150,7 @@ def test_failed_arms_are_reported_and_excluded(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "run_stage", failing)  # workflows/compare.py looks it up there per call
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = invoke(["compare", *TINY, "--task", "binary", "--runs", "2", "--tracking-uri", uri,
-                     "--experiment", "flaky", "--report-dir", str(tmp_path / "reports"), "-q"])
+                     "--experiment", "flaky", "--out", str(tmp_path / "reports"), "-q"])
     assert result.exit_code == 2
     assert "only 0 of 2 pairs" in result.output
     assert calls == ["classical", "classical"]

@@ -60,7 +60,7 @@ def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float,
 
 def test_evaluation_run_holds_the_metrics_of_the_models_own_predictions(store, tmp_path):
     output = tmp_path / "out" / "metrics.json"
-    result = evaluate(store, URI, str(SAMPLE_IMAGES), "--output", str(output))
+    result = evaluate(store, URI, str(SAMPLE_IMAGES), "--out", str(output))
     assert result.exit_code == 0, result.output
     found = SUMMARY.match(result.stdout.strip().splitlines()[-1])
     assert found, result.stdout
@@ -120,7 +120,7 @@ def test_evaluation_run_holds_the_metrics_of_the_models_own_predictions(store, t
     on_model = {m.key: m.value for m in mlflow.get_logged_model(model_id).metrics if m.run_id == run_id}
     assert on_model["eval/accuracy"] == pytest.approx(correct / n)
 
-    # The files a stage run keeps for its test part, and the --output JSON.
+    # The files a stage run keeps for its test part, and the --out JSON.
     artifacts = {a.path for a in client.list_artifacts(run_id, "eval")}
     assert {"eval/predictions.csv", "eval/confusion_matrix.csv", "eval/roc.png",
             "eval/classification_report.txt"} <= artifacts

@@ -101,13 +101,13 @@ def test_promote_picks_best_and_moves_aliases(store, client):
     assert aliases(client) == {"champion": second.version, "previous": first.version}
 
     # Going back to the worse run is refused without --force and leaves the aliases alone.
-    refused = promote(store, "--metric", "select/score", "--run-id", best)
+    refused = promote(store, "--metric", "select/score", best)
     assert refused.exit_code == 2
     assert "worse than the champion" in refused.output and "--force" in refused.output
     assert aliases(client) == {"champion": second.version, "previous": first.version}
-    # --run-id finds the run by its id: no --experiment needed (the default experiment is not in this store)
+    # a run id finds the run by its id: no --experiment needed (the default experiment is not in this store)
     forced = CliRunner().invoke(app, ["promote", "--tracking-uri", store.uri, "--metric", "select/score",
-                                      "--run-id", best, "--force"])
+                                      best, "--force"])
     assert forced.exit_code == 0, forced.output
     third = champion(client)
     assert third.run_id == best
@@ -310,7 +310,7 @@ def test_the_ensemble_scores_the_members_probabilities_averaged(store, ensemble_
 
 def test_the_promoted_ensemble_serves_the_members_average(store, client, ensemble_run):
     name = "mtl-ensemble"
-    result = CliRunner().invoke(app, ["promote", "--run-id", ensemble_run.info.run_id, "--name", name,
+    result = CliRunner().invoke(app, ["promote", ensemble_run.info.run_id, "--name", name,
                                       "--tracking-uri", store.uri, "--experiment", ENSEMBLES, "-q"])
     assert result.exit_code == 0, result.output
     batch = np.stack([read_resized(p, IMAGE_SIZE) for p in SAMPLES]).astype("float32")
