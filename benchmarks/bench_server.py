@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from benchlib import add_quick, emit, quick_defaults  # noqa: E402
+from benchlib import add_quick, emit, quick_defaults, skip  # noqa: E402
 from mlflow_server import POSTGRES_ENV, fresh_database, mlflow_server, postgres_problem  # noqa: E402
 
 EXPERIMENT = "bench-server"
@@ -48,7 +48,7 @@ def main() -> None:
     args = quick_defaults(parser, parser.parse_args(), runs=4, trials=2)
     problem = postgres_problem(args.postgres)
     if problem:
-        sys.exit(f"bench_server: {problem}")
+        skip(f"bench_server: {problem}")
     os.environ.setdefault("MTL_SUITE_CACHE", tempfile.mkdtemp(prefix="bench-server-cache-"))
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     root = Path(tempfile.mkdtemp(prefix="bench-server-"))

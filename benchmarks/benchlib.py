@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 FIGURES_ENV = "MTL_SUITE_BENCH_FIGURES"
+# The exit status of a script that cannot run on this machine (automake's SKIP): the harness reports it as skipped,
+# with the reason, not as a failure.
+SKIP_EXIT = 77
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "mtl_suite" / "assets" / "sample"
 
@@ -30,6 +34,12 @@ def quick_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace, **
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
     return args
+
+
+def skip(reason: str) -> NoReturn:
+    """Stop: this machine lacks what the script measures (a database server, a GPU); `reason` says what."""
+    print(f"skipped: {reason}", file=sys.stderr)
+    sys.exit(SKIP_EXIT)
 
 
 def emit(figures: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ LIBRARIES = ("tensorflow", "keras", "numpy", "mlflow", "optuna", "keras-tuner", 
              "albumentations", "opencv-python-headless", "pillow", "typer")
 
 sys.path.insert(0, str(BENCH_DIR))
-from benchlib import FIGURES_ENV  # noqa: E402
+from benchlib import FIGURES_ENV, SKIP_EXIT  # noqa: E402
 
 
 @dataclass
@@ -57,6 +57,14 @@ class Run:
     log: Path
     timed_out: bool = False
 
+    @property
+    def skipped(self) -> bool:
+        return self.returncode == SKIP_EXIT and not self.timed_out
+
+    @property
+    def failed(self) -> bool:
+        return self.returncode != 0 and not self.skipped
+
 
 @dataclass
 class ScriptResult:
@@ -66,7 +74,7 @@ class ScriptResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.runs) and all(r.returncode == 0 for r in self.runs)
+        return bool(self.runs) and not any(r.failed for r in self.runs)
 
 
 def find_scripts(names: list[str]) -> list[Path]:
@@ -134,10 +142,10 @@ def run_script(script: Path, args: argparse.Namespace, logs: Path) -> ScriptResu
         with tempfile.TemporaryDirectory(prefix=f"bench-{script.stem}-") as workdir:
             run = run_once(command, logs / f"{script.stem}-{i + 1}.log", args.timeout, Path(workdir))
         result.runs.append(run)
-        state = "timed out" if run.timed_out else f"exit {run.returncode}"
+        state = "timed out" if run.timed_out else "skipped" if run.skipped else f"exit {run.returncode}"
         print(f"  {state}, {run.wall_s:.1f} s, {len(run.figures)} figures", file=sys.stderr, flush=True)
         if run.returncode != 0:
-            break  # a broken script fails the same way again; say so once
+            break  # a broken (or skipped) script does the same again; say so once
     return result
 
 
@@ -231,7 +239,10 @@ def _section(result: ScriptResult) -> list[str]:
     lines = [f"### {result.script.stem}", "", f"Command: `{command}`", "",
              f"Runs: {sum(r.returncode == 0 for r in result.runs)} of {len(result.runs)} succeeded; wall s per run: "
              f"{walls}; peak RSS of the script's own process: {peak:.0f} MB."]
-    failed = [r for r in result.runs if r.returncode != 0]
+    failed = [r for r in result.runs if r.failed]
+    skipped = [r for r in result.runs if r.skipped]
+    if skipped:
+        lines += ["", f"**Skipped** on this machine: {' '.join(_tail(skipped[0].log, 1)).removeprefix('skipped: ')}"]
     if failed:
         run = failed[0]
         why = "timed out" if run.timed_out else f"exit code {run.returncode}"
@@ -244,7 +255,7 @@ def _section(result: ScriptResult) -> list[str]:
         for name in names:
             values = [r.figures[name] for r in ok if name in r.figures]
             lines.append(f"| {name} | {_fmt(summarise(values))} | {', '.join(_fmt(v) for v in values)} |")
-    elif not failed:
+    elif not failed and not skipped:
         lines += ["", "(no figures reported: the script does not call benchlib.emit)"]
     return lines
 

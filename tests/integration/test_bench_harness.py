@@ -1,6 +1,6 @@
 """benchmarks/run.py: runs benchmark scripts in --quick mode into a tmp results file that is well formed (machine,
 library versions, the exact command and the median of the runs per figure), keeps the text around its block,
-and reports a failing script instead of hiding it."""
+reports a failing script instead of hiding it, and a script that cannot run on this machine as skipped."""
 
 from __future__ import annotations
 
@@ -87,6 +87,19 @@ def test_a_failing_script_is_reported_and_fails_the_harness(tmp_path):
     part = section(out.read_text(), "bench_broken")
     assert "Runs: 0 of 1 succeeded" in part and "**FAILED** (exit code 3)" in part
     assert "something went wrong here" in part
+
+
+def test_a_script_that_cannot_run_here_is_reported_skipped_and_the_harness_passes(tmp_path):
+    """A benchmark that needs what this machine lacks (bench_server: a PostgreSQL server) says why and is skipped,
+    so `run.py --quick` stays green on a developer's machine while a real failure still fails it."""
+    lacking = tmp_path / "bench_lacking.py"
+    lacking.write_text("from benchlib import skip\nskip('no database server here')\n")
+    out = tmp_path / "results.md"
+    result = harness("--quick", "--repeats", "2", str(lacking), "--out", str(out), "--logs", str(tmp_path / "logs"))
+    assert result.returncode == 0, result.stderr
+    part = section(out.read_text(), "bench_lacking")
+    assert "**Skipped** on this machine: no database server here" in part and "FAILED" not in part
+    assert "skipped, " in result.stderr and "run 2/2" not in result.stderr
 
 
 def test_unknown_script_name_lists_the_known_ones(tmp_path):
