@@ -16,9 +16,10 @@ from mtl_suite.cli.common import (
     CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, ExternalClassOption,
     ExternalOption, Layout, Precision, Quiet, SetOption, Stain, SystemMetrics, TaskOption, TrackingUri, Tta,
     check_inputs, enable_system_metrics, explicit_options, external_check, given, handle_user_errors, parse_units, say,
-    study_overrides, typed,
+    choice, study_overrides, typed,
 )
-from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
+from mtl_suite.config import (ACTIVATION_DTYPES, AUGMENT_MODES, DEFAULT_EXPERIMENT, DataConfig, TrainConfig,
+                              load_config)
 from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
@@ -88,9 +89,9 @@ def stage_command(plan: StagePlan):
                                   "top alone. auto: the highest cut below the lowest trainable layer where one "
                                   "tensor flows; none: through the whole network; or a layer name.")
                                   ] = _T.activation_cut,
-        activation_dtype: Annotated[str, typer.Option("--activation-dtype", help="Storage of cached activations: "
+        activation_dtype: Annotated[choice(ACTIVATION_DTYPES), typer.Option("--activation-dtype", help="Storage of cached activations: "
                                     "float32, or float16 (half the memory and disk).")] = _T.activation_dtype,
-        augment_mode: Annotated[str, typer.Option("--augment-mode", help="online: augment every training batch "
+        augment_mode: Annotated[choice(AUGMENT_MODES), typer.Option("--augment-mode", help="online: augment every training batch "
                                 "afresh; offline (the paper's): a fixed augmented, class-balanced copy of each "
                                 "training fold, made once, so the caches still apply.")] = _T.augment_mode,
         offline_per_class: Annotated[int, typer.Option("--offline-per-class", help="Offline augmentation: images "
