@@ -99,7 +99,9 @@ def _image_size(data: dict, source: str) -> int:
 
 
 def _text(data: dict, key: str, source: str) -> str:
-    value = data.get(key, "")
+    # null: the MLmodel metadata of a model registered before ModelInfo, from a file that named no backbone
+    value = data.get(key)
+    value = "" if value is None else value
     if not isinstance(value, str):
         raise UserError(f"{source}: {key} {value!r} is not a name")
     return value

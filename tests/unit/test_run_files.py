@@ -42,6 +42,8 @@ def test_older_and_hand_made_files_read():
     backbone."""
     info = ModelInfo.from_dict({"class_names": ["a", "b"], "image_size": 64}, "test")
     assert (info.backbone, info.input_masking, info.ensemble_members, info.lineage) == ("", False, (), {})
+    # a model registered from such a file said so in its MLmodel metadata
+    assert ModelInfo.from_dict({"class_names": ["a"], "image_size": 64, "backbone": None}, "test").backbone == ""
 
 
 def test_metadata_is_what_a_registered_model_said_and_reads_back():
@@ -60,7 +62,7 @@ def test_metadata_is_what_a_registered_model_said_and_reads_back():
     ({"image_size": 224.0}, "is not a size in pixels"),
     ({"image_size": True}, "is not a size in pixels"),
     ({"input_masking": "no"}, "input_masking 'no' is not true or false"),
-    ({"backbone": None}, "backbone None is not a name"),
+    ({"backbone": 3}, "backbone 3 is not a name"),
     ({"ensemble_members": "r3,r4"}, "ensemble_members 'r3,r4' is not a list of names"),
 ])
 def test_a_malformed_field_is_refused_naming_the_source(change, message):
@@ -92,3 +94,11 @@ def test_read_names_the_file_it_cannot_parse(tmp_path):
 def test_lineage_cannot_hold_a_field():
     with pytest.raises(ValueError, match="backbone"):
         ModelInfo(("a",), 8, "tiny", False, lineage={"backbone": "tiny"})
+
+
+def test_promote_refuses_a_model_that_expects_masked_images():
+    from mtl_suite.workflows.promote import check_servable
+
+    check_servable("r3", ModelInfo.from_dict(STAGE_RUN, "test"))
+    with pytest.raises(UserError, match="^run r3 was trained on masked"):
+        check_servable("r3", ModelInfo.from_dict({**STAGE_RUN, "input_masking": True}, "test"))
