@@ -96,6 +96,22 @@ def test_lineage_cannot_hold_a_field():
         ModelInfo(("a",), 8, "tiny", False, lineage={"backbone": "tiny"})
 
 
+def test_a_run_without_model_info_is_described_by_its_tags_never_by_a_guess():
+    """Stage 1 on ImageNet weights alone logs no model; its tags say its classes (none) and size."""
+    from types import SimpleNamespace
+
+    from mtl_suite.tracking.report_queries import _described_by_tags
+
+    def run(tags):
+        return SimpleNamespace(info=SimpleNamespace(run_id="r1"), data=SimpleNamespace(tags=tags))
+
+    assert _described_by_tags(run({"image_size": "224", "classes": "ALL,normal"})) == (["ALL", "normal"], 224)
+    assert _described_by_tags(run({"image_size": "96"})) == ([], 96)
+    for tags in ({}, {"image_size": "auto"}):
+        with pytest.raises(UserError, match="^run r1 has no model_info.json and its image_size tag is"):
+            _described_by_tags(run(tags))
+
+
 def test_promote_refuses_a_model_that_expects_masked_images():
     from mtl_suite.workflows.promote import check_servable
 
