@@ -76,14 +76,15 @@ def serving_cost(run_id: str, images: list[np.ndarray], single: int) -> dict[str
     import mlflow.keras
 
     import mtl_suite.models.serializable  # noqa: F401
+    from mtl_suite.run_files import KERAS_MODEL, MODEL_INFO, ModelInfo
     from mtl_suite.serving.pyfunc import MtlImageClassifier
     from mtl_suite.tracking.evaluation import run_reliability
 
     classifier = MtlImageClassifier()
-    info = mlflow.artifacts.load_dict(f"runs:/{run_id}/model_info.json")
-    classifier.class_names, classifier.image_size = [str(c) for c in info["class_names"]], int(info["image_size"])
-    classifier.model = mlflow.keras.load_model(f"runs:/{run_id}/model", load_model_kwargs={"safe_mode": True})
+    info = ModelInfo.from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{MODEL_INFO}"), f"run {run_id}")
+    model = mlflow.keras.load_model(f"runs:/{run_id}/{KERAS_MODEL}", load_model_kwargs={"safe_mode": True})
     detector = run_reliability(run_id)
+    classifier.use(info, model, detector)
     out = {}
     for name, reliability in (("without", None), ("with", detector)):
         classifier.reliability = reliability

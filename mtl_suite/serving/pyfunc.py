@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
 from pathlib import Path
@@ -46,12 +45,13 @@ from mlflow.pyfunc import PythonModel
 
 from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, decode_rgb, read_rgb, resize, too_small
 from mtl_suite.errors import BadImageError, UserError
+from mtl_suite.run_files import ModelInfo
 from mtl_suite.training.conformal import DEFAULT_COVERAGE, check_coverage
 from mtl_suite.training.reliability import Reliability
 
 COLUMN = "image"
 KERAS_ARTIFACT = "keras_model"
-INFO_ARTIFACT = "model_info"
+INFO_ARTIFACT = "model_info"  # the stage run's model_info.json as it was logged (run_files.py:ModelInfo)
 RELIABILITY_ARTIFACT = "reliability"
 COVERAGE_PARAM = "coverage"
 # "1": strings may also name image files on the machine running the model. Unset or anything else: strings are base64
@@ -80,15 +80,18 @@ class MtlImageClassifier(PythonModel):
 
         import mtl_suite.models.serializable  # noqa: F401  registers the suite's layers for the safe-mode load
 
-        self.info = json.loads(Path(context.artifacts[INFO_ARTIFACT]).read_text())
-        self.class_names = [str(c) for c in self.info["class_names"]]
-        self.image_size = int(self.info["image_size"])
+        info = ModelInfo.read(Path(context.artifacts[INFO_ARTIFACT]), f"the model's {INFO_ARTIFACT} artifact")
         # safe_mode: a model file cannot smuggle Python code (Lambda bytecode) into the server.
-        self.model = mlflow.keras.load_model(context.artifacts[KERAS_ARTIFACT],
-                                             load_model_kwargs={"safe_mode": True})
+        model = mlflow.keras.load_model(context.artifacts[KERAS_ARTIFACT], load_model_kwargs={"safe_mode": True})
         # every model `promote` registers has one (it refuses a run without); a bare classifier answers without flags
         folder = context.artifacts.get(RELIABILITY_ARTIFACT)
-        self.reliability = Reliability.load(Path(folder)) if folder else None
+        self.use(info, model, Reliability.load(Path(folder)) if folder else None)
+
+    def use(self, info: ModelInfo, model, reliability: Reliability | None) -> None:
+        """Set up from parts: load_context's, or a stage run's own model and parts (`evaluate` on a runs:/ URI)."""
+        self.info, self.model, self.reliability = info, model, reliability
+        self.class_names = list(info.class_names)  # a list: it is every answer's `class_names` column
+        self.image_size = info.image_size
 
     reliability: Reliability | None = None
 

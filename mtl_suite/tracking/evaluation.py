@@ -18,13 +18,13 @@ from mlflow.entities import LoggedModelInput
 from mlflow.exceptions import MlflowException
 
 from mtl_suite.errors import UserError
+from mtl_suite.run_files import MODEL_INFO, ModelInfo
 from mtl_suite.serving.pyfunc import COVERAGE_PARAM
 from mtl_suite.tracking.reachability import check_tracking_uri
 from mtl_suite.tracking.registry import fetch_reliability, first_line, logged_model_id
 
 METRIC_PREFIX = "eval/"
 ARTIFACT_PATH = "eval"
-INFO_ARTIFACT = "model_info.json"  # beside a stage run's Keras model (tracking/stage_log.py)
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,9 @@ def load_model(model_uri: str, tracking_uri: str) -> EvaluatedModel:
         model_id = model_id if in_store else None
         run_id = run_id or model_run
     run_id = run_id or getattr(meta, "run_id", None)
-    info = (meta.metadata or {}).get("mtl_suite") or {}
-    if info.get("class_names") and info.get("image_size"):
-        kind = "raw-image-pyfunc"
+    described = (meta.metadata or {}).get("mtl_suite")  # what `promote` wrote into the MLmodel file
+    if described:
+        info, kind = ModelInfo.from_dict(described, f"{model_uri}: its MLmodel metadata"), "raw-image-pyfunc"
 
         def predict(frame: pd.DataFrame, coverage: float) -> pd.DataFrame:
             return pyfunc.predict(frame, params={COVERAGE_PARAM: coverage})
@@ -97,22 +97,19 @@ def load_model(model_uri: str, tracking_uri: str) -> EvaluatedModel:
     else:
         raise UserError(f"{model_uri} is not an mtl-suite model: neither the raw-image pyfunc of `mtl-suite "
                         f"promote` nor a stage run's Keras model (flavors: {', '.join(meta.flavors) or 'none'})")
-    return EvaluatedModel(uri=model_uri, predict=predict, class_names=[str(c) for c in info["class_names"]],
-                          image_size=int(info["image_size"]), kind=kind, model_id=model_id, source_run_id=run_id,
+    return EvaluatedModel(uri=model_uri, predict=predict, class_names=list(info.class_names),
+                          image_size=info.image_size, kind=kind, model_id=model_id, source_run_id=run_id,
                           registered_name=name, registered_version=version)
 
 
-def _raw_image_classifier(keras_model, info: dict, reliability) -> Callable[[pd.DataFrame, float], pd.DataFrame]:
+def _raw_image_classifier(keras_model, info: ModelInfo,
+                          reliability) -> Callable[[pd.DataFrame, float], pd.DataFrame]:
     """A stage run's Keras model behind the registered pyfunc's own class, so images are read, checked and resized
     exactly as `predict` and `serve` do (the class is set up by hand here instead of from a model's artifacts)."""
     from mtl_suite.serving.pyfunc import MtlImageClassifier
 
     classifier = MtlImageClassifier()
-    classifier.info = info
-    classifier.class_names = [str(c) for c in info["class_names"]]
-    classifier.image_size = int(info["image_size"])
-    classifier.model = keras_model
-    classifier.reliability = reliability
+    classifier.use(info, keras_model, reliability)
     return lambda frame, coverage: classifier.predict(None, frame, {COVERAGE_PARAM: coverage})
 
 
@@ -167,19 +164,17 @@ def _logged_model(model_id: str) -> tuple[bool, str | None]:
         return False, None
 
 
-def _stage_model_info(model_uri: str, run_id: str | None) -> dict:
+def _stage_model_info(model_uri: str, run_id: str | None) -> ModelInfo:
     """A stage run's Keras model carries no class names itself; its run's model_info.json does."""
     what = (f"{model_uri} is not an mtl-suite model: its metadata names no classes and "
-            f"{'it has no run' if not run_id else f'its run {run_id} has no {INFO_ARTIFACT}'}")
+            f"{'it has no run' if not run_id else f'its run {run_id} has no {MODEL_INFO}'}")
     if not run_id:
         raise UserError(what)
     try:
-        info = mlflow.artifacts.load_dict(f"runs:/{run_id}/{INFO_ARTIFACT}")
+        data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{MODEL_INFO}")
     except (MlflowException, OSError, ValueError):
         raise UserError(what) from None
-    if not info.get("class_names") or not info.get("image_size"):
-        raise UserError(f"{model_uri}: run {run_id}'s {INFO_ARTIFACT} lacks class_names/image_size")
-    return info
+    return ModelInfo.from_dict(data, f"{model_uri}: run {run_id}'s {MODEL_INFO}")
 
 
 def log_evaluation(experiment_id: str, run_id: str | None, run_name: str, tags: dict[str, str],

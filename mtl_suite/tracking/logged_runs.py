@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mtl_suite.config import ExperimentConfig, load_config
 from mtl_suite.data.lineage import Exposure
 from mtl_suite.errors import UserError
+from mtl_suite.run_files import CONFIG
 from mtl_suite.tracking import registry, stage_log
 from mtl_suite.tracking.report_queries import run_data
 
@@ -42,9 +43,9 @@ def read_stage_run(run_id: str, folder: Path, what: str) -> LoggedStageRun:
         raise UserError(f"{what} logged no test/predictions.csv: only a stage run with an outer test part can be "
                         "combined")
     try:
-        config = load_config(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml",
+        config = load_config(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONFIG,
                                                                  dst_path=str(folder)))
     except (MlflowException, OSError):
-        raise UserError(f"{what} logged no config.yaml (its data settings)") from None
+        raise UserError(f"{what} logged no {CONFIG} (its data settings)") from None
     return LoggedStageRun(run, config, logged.class_names, logged.image_size, logged.oof, logged.test,
                           stage_log.read_exposure(run_id))

@@ -5,7 +5,6 @@ MLflow 3; aliases are what `models:/<name>@champion` resolves. Which run wins is
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mtl_suite.catalog import RunKind
 from mtl_suite.config import CHAMPION_ALIAS, PREVIOUS_ALIAS
 from mtl_suite.errors import UserError
+from mtl_suite.run_files import KERAS_MODEL, MODEL_INFO, ModelInfo
 from mtl_suite.tracking.requirements import serving_requirements
 
 logger = logging.getLogger(__name__)
@@ -77,18 +77,18 @@ def version_metric(client: MlflowClient, version: ModelVersion, metric: str) -> 
         return None
 
 
-def fetch_model(run_id: str, workdir: Path) -> tuple[Path, Path, dict]:
-    """Download the run's Keras model folder and model_info.json (which must name class_names and image_size)."""
+def fetch_model(run_id: str, workdir: Path) -> tuple[Path, Path, ModelInfo]:
+    """Download the run's Keras model folder and model_info.json (which must name class_names and image_size). The
+    file itself is returned too: the pyfunc packs it as it was logged."""
     try:
-        keras_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model",
+        keras_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{KERAS_MODEL}",
                                                              dst_path=str(workdir / "keras")))
-        info_path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model_info.json",
+        info_path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_INFO,
                                                              dst_path=str(workdir / "info")))
     except (MlflowException, OSError) as exc:
-        raise UserError(f"run {run_id} has no usable logged model (artifacts 'model' and 'model_info.json'): "
+        raise UserError(f"run {run_id} has no usable logged model (artifacts '{KERAS_MODEL}' and '{MODEL_INFO}'): "
                         f"{first_line(exc)}") from None
-    info = _model_info(run_id, info_path)
-    return keras_dir, info_path, info
+    return keras_dir, info_path, ModelInfo.read(info_path, f"run {run_id}'s {MODEL_INFO}")
 
 
 def fetch_reliability(run_id: str, workdir: Path) -> Path:
@@ -107,18 +107,9 @@ def fetch_reliability(run_id: str, workdir: Path) -> Path:
     return folder
 
 
-def _model_info(run_id: str, info_path: Path) -> dict:
-    try:
-        info = json.loads(info_path.read_text())
-        info["class_names"], info["image_size"]  # noqa: B018 (both are required)
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"run {run_id}: model_info.json lacks class_names/image_size ({exc})") from None
-    return info
-
-
 # --- logging and registering ------------------------------------------------------------------------------------
 
-def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, reliability_dir: Path,
+def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: ModelInfo, reliability_dir: Path,
                example: pd.DataFrame) -> str:
     """Log the raw-image pyfunc as a logged model linked to the stage run (without reopening that run)."""
     from mtl_suite.serving import pyfunc as serving
@@ -135,7 +126,7 @@ def log_pyfunc(run: Run, keras_dir: Path, info_path: Path, info: dict, reliabili
                 artifacts={serving.KERAS_ARTIFACT: str(keras_dir), serving.INFO_ARTIFACT: str(info_path),
                            serving.RELIABILITY_ARTIFACT: str(reliability_dir)},
                 signature=signature, input_example=example, pip_requirements=serving_requirements(),
-                metadata={"mtl_suite": {k: info.get(k) for k in ("class_names", "image_size", "backbone")}},
+                metadata={"mtl_suite": info.to_metadata()},
             )
     except Exception:
         mlflow.MlflowClient().finalize_logged_model(logged.model_id, "FAILED")

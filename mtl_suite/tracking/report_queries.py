@@ -13,6 +13,7 @@ from mlflow.entities import Experiment, Run
 from mtl_suite.analysis.report_sections import RunData
 from mtl_suite.catalog import RunKind
 from mtl_suite.errors import UserError
+from mtl_suite.run_files import KERAS_MODEL, MODEL_INFO, ModelInfo
 
 
 def experiment_or_error(client, experiment: str, uri: str) -> Experiment:
@@ -52,15 +53,30 @@ def run_data(client, run: Run, tmp: Path) -> RunData:
             return None
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(folder)))
 
-    info_path = get("model_info.json")
-    info = json.loads(info_path.read_text()) if info_path else {}
-    class_names = info.get("class_names") or run.data.tags.get("classes", "").split(",")
+    info_path = get(MODEL_INFO)
+    if info_path:
+        info = ModelInfo.read(info_path, f"run {run_id}'s {MODEL_INFO}")
+        class_names, image_size = list(info.class_names), info.image_size
+    else:
+        class_names, image_size = _described_by_tags(run)
     oof_path, test_path, split_path = get("cv/oof_predictions.csv"), get("test/predictions.csv"), get("data/split.json")
     dup_path = get("data/dropped_duplicates.txt")
     dropped = len([line for line in dup_path.read_text().splitlines() if line.strip()]) if dup_path else 0
-    return RunData(run, class_names, int(info.get("image_size") or run.data.tags.get("image_size", 128)),
+    return RunData(run, class_names, image_size,
                    pd.read_csv(oof_path) if oof_path else None, pd.read_csv(test_path) if test_path else None,
                    json.loads(split_path.read_text()) if split_path else None, dropped)
+
+
+def _described_by_tags(run: Run) -> tuple[list[str], int]:
+    """Class names and input size of a run that logged no model, hence no model_info.json (stage 1 on ImageNet
+    weights alone): the tags its stage set when it started (workflows/stage.py:_run_tags, tracking/stage_log.py:
+    log_setup) say the same. A size is never guessed: every figure would read the images at it."""
+    tags = run.data.tags
+    size = tags.get("image_size", "")
+    if not size.isdigit() or int(size) < 1:
+        raise UserError(f"run {run.info.run_id} has no {MODEL_INFO} and its image_size tag is {size or 'missing'}: "
+                        "its input size is unknown")
+    return [c for c in tags.get("classes", "").split(",") if c], int(size)
 
 
 def fold_histories(client, stage_run_id: str) -> list[dict[str, list[float]]]:
@@ -87,4 +103,4 @@ def load_run_model(run_id: str):
 
     import mtl_suite.models.serializable  # noqa: F401  registers the suite's layers for the safe-mode load
 
-    return mlflow.keras.load_model(f"runs:/{run_id}/model", load_model_kwargs={"safe_mode": True})
+    return mlflow.keras.load_model(f"runs:/{run_id}/{KERAS_MODEL}", load_model_kwargs={"safe_mode": True})

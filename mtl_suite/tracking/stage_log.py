@@ -16,12 +16,11 @@ from mtl_suite.config import ExperimentConfig
 from mtl_suite.data.lineage import Exposure
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
+from mtl_suite.run_files import BACKBONE_ARCHIVE, BACKBONE_DIR, CONFIG, EXPOSURE, KERAS_MODEL, MODEL_INFO, ModelInfo
 from mtl_suite.tasks import TaskData
 from mtl_suite.tracking.requirements import model_requirements
 from mtl_suite.tracking.runs import config_params, git_commit, log_split
 
-BACKBONE_ARTIFACT = "backbone/backbone.npz"
-EXPOSURE_ARTIFACT = "lineage/exposure.json"  # what the run's weights have seen (data/lineage.py)
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 
 
@@ -50,13 +49,13 @@ def newest_segmentation_run(experiment_id: str) -> str | None:
 
 
 def log_exposure(exposure: Exposure) -> None:
-    mlflow.log_dict(exposure.to_json(), EXPOSURE_ARTIFACT)
+    mlflow.log_dict(exposure.to_json(), EXPOSURE)
 
 
 def read_exposure(run_id: str) -> Exposure | None:
     """None for a run that has no record (made before the suite kept one): what its weights saw is unknown."""
     try:
-        return Exposure.from_json(mlflow.artifacts.load_dict(f"runs:/{run_id}/{EXPOSURE_ARTIFACT}"))
+        return Exposure.from_json(mlflow.artifacts.load_dict(f"runs:/{run_id}/{EXPOSURE}"))
     except mlflow.exceptions.MlflowException:
         return None
 
@@ -79,7 +78,7 @@ def check_parent(run_id: str, stage: str, backbone: str) -> str:
 
 
 def download_backbone(run_id: str, dst: Path) -> Path:
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BACKBONE_ARTIFACT,
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BACKBONE_ARCHIVE,
                                                     dst_path=str(dst)))
 
 
@@ -87,7 +86,7 @@ def log_setup(tags: dict[str, str], config: ExperimentConfig, task_data: TaskDat
     """What the run records before training: its tags, the resolved config as params and YAML, and the split."""
     mlflow.set_tags({"run_kind": RunKind.STAGE, "git_commit": git_commit(), **tags})
     mlflow.log_params(config_params(config))
-    mlflow.log_text(yaml.safe_dump(_yaml_ready(dataclasses.asdict(config)), sort_keys=False), "config.yaml")
+    mlflow.log_text(yaml.safe_dump(_yaml_ready(dataclasses.asdict(config)), sort_keys=False), CONFIG)
     if task_data is None:
         return
     split_path, digest = save_split(task_data.split, workdir / "split.json")
@@ -106,16 +105,16 @@ def log_metrics_and_folder(metrics: dict[str, float], folder: Path | None, artif
 
 
 def log_backbone(archive: Path) -> None:
-    mlflow.log_artifact(str(archive), artifact_path="backbone")
+    mlflow.log_artifact(str(archive), artifact_path=BACKBONE_DIR)
 
 
-def log_keras_model(model, example, info: dict) -> None:
+def log_keras_model(model, example, info: ModelInfo) -> None:
     """The classifier (raw pixels in, probabilities out) with a signature, and what serving needs to know."""
     signature = infer_signature(example, model.predict(example, verbose=0))
     # input_example is left out on purpose: mlflow 3.17.2's keras flavour fails on it (FileNotFoundError).
     # Requirements are given, not inferred: inference reloads the model in a subprocess (most of a minute).
-    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=model_requirements())
-    mlflow.log_dict(info, "model_info.json")
+    mlflow.keras.log_model(model, name=KERAS_MODEL, signature=signature, pip_requirements=model_requirements())
+    mlflow.log_dict(info.to_dict(), MODEL_INFO)
 
 
 def active_run_id() -> str:

@@ -26,6 +26,7 @@ from mtl_suite.data.lineage import Exposure
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
 from mtl_suite.models.ensemble import run_ensemble
+from mtl_suite.run_files import ModelInfo
 from mtl_suite.tasks import TaskData, smear_task
 from mtl_suite.tracking import stage_log
 from mtl_suite.tracking.logged_runs import LoggedStageRun, read_stage_run
@@ -162,9 +163,9 @@ def _log(members: list[LoggedStageRun], task_data: TaskData, split: tuple[Path, 
         metrics.update(cv_metrics)
     metrics.update(log_test(final, task_data, workdir))
     say("logging the combined model")
-    stage_log.log_keras_model(final.model, task_data.data.images[:2].astype("float32"), {
-        "class_names": first.class_names, "image_size": first.image_size, "input_masking": False,
-        "backbone": _backbones(members), "ensemble_members": [m.run_id for m in members]})
+    stage_log.log_keras_model(final.model, task_data.data.images[:2].astype("float32"), ModelInfo(
+        class_names=tuple(first.class_names), image_size=first.image_size, backbone=_backbones(members),
+        input_masking=False, ensemble_members=tuple(m.run_id for m in members)))
     train = checks_config([m.config.train for m in members])
     reliability = fit_reliability(task_data, train, cv, say)
     metrics.update(log_reliability(reliability))

@@ -19,6 +19,7 @@ from mtl_suite.analysis.intervals import context_from_metrics
 from mtl_suite.catalog import RunKind, Stage
 from mtl_suite.config import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, PREVIOUS_ALIAS
 from mtl_suite.errors import UserError
+from mtl_suite.run_files import ModelInfo
 from mtl_suite.tracking import registry
 from mtl_suite.tracking.setup import record_in_launcher_run
 
@@ -163,15 +164,15 @@ def promote(request: PromoteRequest, say: Callable[[str], None] = print) -> Prom
     return PromoteOutcome(plan, version, model_uri)
 
 
-def check_servable(run_id: str, info: dict) -> None:
+def check_servable(run_id: str, info: ModelInfo) -> None:
     """The serving pyfunc applies only the resize: a model trained on masked (segmented) images would be fed
     unmasked ones."""
-    if info.get("masks") or info.get("input_masking"):
+    if info.input_masking:
         raise UserError(f"run {run_id} was trained on masked (segmented) images; the serving model applies only "
                         f"the resize, so it cannot be promoted yet")
 
 
-def check_loads(run_id: str, keras_dir: Path, info: dict) -> None:
+def check_loads(run_id: str, keras_dir: Path, info: ModelInfo) -> None:
     """Load the Keras model and run one blank image through it: it must give one probability per class."""
     import mlflow
     import numpy as np
@@ -180,16 +181,16 @@ def check_loads(run_id: str, keras_dir: Path, info: dict) -> None:
 
     try:
         model = mlflow.keras.load_model(str(keras_dir), load_model_kwargs={"safe_mode": True})
-        size = int(info["image_size"])
+        size = info.image_size
         out = np.asarray(model.predict_on_batch(np.zeros((1, size, size, 3), "float32")))
     except Exception as exc:  # any failure here means the artifact is unusable, which is the user's to fix
         raise UserError(f"the model of run {run_id} fails to load or predict: {registry.first_line(exc)}") from None
-    classes = len(info["class_names"])
+    classes = len(info.class_names)
     if out.shape[-1] not in (classes, 1 if classes == 2 else classes):
         raise UserError(f"the model of run {run_id} gives {out.shape[-1]} outputs for {classes} classes")
 
 
-def check_reliability(run_id: str, folder: Path, info: dict) -> None:
+def check_reliability(run_id: str, folder: Path, info: ModelInfo) -> None:
     """The detector loads, is made for the model's input size, and flags a blank image (nothing like a smear)."""
     import numpy as np
 
@@ -201,15 +202,15 @@ def check_reliability(run_id: str, folder: Path, info: dict) -> None:
     except Exception as exc:  # an unusable artifact is the user's to fix (train again), as in check_loads
         raise UserError(f"the reliability parts of run {run_id} fail to load or score: "
                         f"{registry.first_line(exc)}") from None
-    if reliability.image_size != int(info["image_size"]):
+    if reliability.image_size != info.image_size:
         raise UserError(f"run {run_id}: its detector reads {reliability.image_size} px images, its model "
-                        f"{info['image_size']} px")
+                        f"{info.image_size} px")
     if not blank[0] > reliability.threshold:
         logger.warning("run %s: the detector does not flag a blank image (score %.1f, threshold %.1f)", run_id,
                        blank[0], reliability.threshold)
 
 
-def example_image(info: dict) -> str:
+def example_image(info: ModelInfo) -> str:
     """A bundled sample image at the model's size, base64 PNG: small, and a real input the model accepts."""
     import base64
     import io
@@ -220,7 +221,7 @@ def example_image(info: dict) -> str:
     from mtl_suite.paths import SAMPLE_IMAGES
 
     files = sorted(SAMPLE_IMAGES.rglob("*.jpg"))
-    size = min(int(info["image_size"]), 96)
+    size = min(info.image_size, 96)
     buffer = io.BytesIO()
     Image.fromarray(read_resized(files[0], size)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

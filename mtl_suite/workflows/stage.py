@@ -25,6 +25,7 @@ from mtl_suite.data.lineage import DataSource, Exposure, HeldOut
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_text
 from mtl_suite.models.backbones import with_backbone_sizes
+from mtl_suite.run_files import ModelInfo
 from mtl_suite.tasks import (CellSegmenter, TaskData, TaskRequest, describe, held_out_images, load_task_data,
                               roi_segmenter, smear_masks)
 from mtl_suite.tracking import resume, stage_log
@@ -440,10 +441,12 @@ def _log_backbone_and_model(final: TestResult, task_data: TaskData, config: Expe
         save_backbone(final.backbone, workdir / "backbone.npz", lineage)
         stage_log.log_backbone(workdir / "backbone.npz")
     example = task_data.data.images[:2].astype("float32")
-    stage_log.log_keras_model(final.model, example, {
-        "class_names": task_data.class_names, "image_size": task_data.image_size, "backbone": config.train.backbone,
+    stage_log.log_keras_model(final.model, example, ModelInfo(
+        class_names=tuple(task_data.class_names), image_size=task_data.image_size, backbone=config.train.backbone,
         # The model sees whole images (masks only cut stage 2's crops), so serving needs no masks.
-        "input_masking": False, **lineage})
+        input_masking=False,
+        # the archive's lineage names its backbone too (the same one: a parent of another backbone is refused)
+        lineage={k: v for k, v in lineage.items() if k != "backbone"}))
 
 
 def _summary(metrics: dict[str, float]) -> str:

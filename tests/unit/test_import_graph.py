@@ -235,7 +235,7 @@ LAYERS = [
     ("tasks",),
     ("models", "imaging", "data"),
     ("catalog", "config", "recipes", "errors", "interrupts", "io_utils", "cache", "paths", "output", "progress",
-     "__init__"),
+     "run_files", "__init__"),
 ]
 
 
