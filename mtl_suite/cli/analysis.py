@@ -12,7 +12,7 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, Quiet, SystemMetrics, TaskOption,
+    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, NormalClass, Quiet, SystemMetrics, TaskOption,
     TrackingUri, Tta, check_inputs, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
     say, study_overrides, typed,
 )
@@ -50,8 +50,7 @@ def compare(
                                                  "cell crops.", show_default=False)] = None,
     cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset instead of crops.",
                                                  show_default=False)] = None,
-    normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="The normal class for binary tasks.",
-                                                        show_default=False)] = None,
+    normal_class: NormalClass = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Default: the backbone's own.",
                           show_default=False)] = _D.image_size,
     cell_size: Annotated[Optional[int], typer.Option("--cell-size", help="Stage 2 of the MTL arm: single-cell "

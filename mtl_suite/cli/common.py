@@ -245,6 +245,10 @@ ColourFusion = Annotated[ColourFusionName, typer.Option("--colour-fusion", help=
                          "model averages its probabilities with a colour-only classifier's (32-bin RGB histograms and "
                          "colour statistics, logistic regression, fit on the same training images), inside the "
                          "model. It reads stain, not cells: see the run's robustness/stain_shift_accuracy.")]
+NormalClass = Annotated[Optional[str], typer.Option(
+    "--normal-class", help="The data's normal class: what a binary task calls normal, and what a multiclass model's "
+    "calls are also read against (normal vs leukemia). Default: a class named normal, benign, hem or healthy.",
+    show_default=False)]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Any setting of the experiment file, key=value with its keys, e.g. --set train.dropout=0.2 --set "
     "data.seed=43 (repeatable; wins over the file and the other options).", show_default=False)]

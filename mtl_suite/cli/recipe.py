@@ -9,7 +9,7 @@ import typer
 
 from mtl_suite import progress
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, Experiment, ExternalClassOption, ExternalOption, Layout, Quiet, SetOption, TrackingUri,
+    AllowOutsideRoot, Experiment, ExternalClassOption, ExternalOption, Layout, NormalClass, Quiet, SetOption, TrackingUri,
     check_inputs, config_keys, explicit_options, external_check, handle_user_errors, say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
@@ -41,9 +41,7 @@ def train(
     name: Annotated[str, typer.Option("--name", help="Registered model name.")] = DEFAULT_MODEL_NAME,
     force: Annotated[bool, typer.Option("--force", help="Make the result the champion even if the current champion "
                                         "scores better.")] = False,
-    normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="Multiclass data: also read the calls "
-                            "as this class vs leukemia. Default: a class named normal/benign/hem/healthy.",
-                            show_default=False)] = None,
+    normal_class: NormalClass = None,
     external: ExternalOption = None,
     external_class: ExternalClassOption = None,
     tracking_uri: TrackingUri = None,

@@ -17,8 +17,8 @@ from typing import Annotated, Optional
 import typer
 
 from mtl_suite.catalog import ARM_STAGES, Stage
-from mtl_suite.cli.common import (Experiment, ExternalClassOption, ExternalOption, Quiet, TaskName, TrackingUri, choice,
-                                  external_check, handle_user_errors, progress_printer, say)
+from mtl_suite.cli.common import (Experiment, ExternalClassOption, ExternalOption, NormalClass, Quiet, TaskName,
+                                  TrackingUri, choice, external_check, handle_user_errors, progress_printer, say)
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME as DEFAULT_NAME, DEFAULT_MODEL_URI as DEFAULT_MODEL
 from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
@@ -69,9 +69,7 @@ def promote(
 def ensemble(
     run_ids: Annotated[list[str], typer.Argument(help="Finished stage-3 (or classical) runs on one split, same task "
                                                  "and image size.", show_default=False)],
-    normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="Multiclass data: also score the calls "
-                                                        "as this class vs leukemia (default: a class named like a "
-                                                        "normal one).", show_default=False)] = None,
+    normal_class: NormalClass = None,
     external: ExternalOption = None,
     external_class: ExternalClassOption = None,
     tracking_uri: TrackingUri = None,

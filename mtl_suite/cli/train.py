@@ -14,7 +14,7 @@ from mtl_suite import progress
 from mtl_suite.catalog import STAGES, StageData, StagePlan, Task, chain
 from mtl_suite.cli.common import (
     CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, ExternalClassOption,
-    ExternalOption, Layout, Precision, Quiet, SetOption, Stain, SystemMetrics, TaskOption, TrackingUri, Tta,
+    ExternalOption, Layout, NormalClass, Precision, Quiet, SetOption, Stain, SystemMetrics, TaskOption, TrackingUri, Tta,
     check_inputs, enable_system_metrics, explicit_options, external_check, given, handle_user_errors, parse_units, say,
     choice, study_overrides, typed,
 )
@@ -48,9 +48,7 @@ def stage_command(plan: StagePlan):
                           "ImageNet backbone on.", show_default=False)] = None,
         backbone: Annotated[BackboneName, typer.Option("--backbone", "-b", help="Backbone network.")] = _T.backbone,
         task: TaskOption = Task.MULTICLASS.value,
-        normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="Class that is 'normal' for "
-                                "binary tasks. Default: a class named normal/benign/hem/healthy.",
-                                show_default=False)] = None,
+        normal_class: NormalClass = None,
         image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size in pixels. Default: "
                               "the backbone's own (299 for the paper's, 224 for MobileNet).",
                               show_default=False)] = _D.image_size,

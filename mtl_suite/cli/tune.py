@@ -11,8 +11,8 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import TUNABLE_STAGES, Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, Experiment, Layout, Quiet, SystemMetrics, TaskName, TrackingUri, check_inputs,
-    choice, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
+    AllowOutsideRoot, BackboneName, Experiment, Layout, NormalClass, Quiet, SystemMetrics, TaskName, TrackingUri,
+    check_inputs, choice, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
     say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
@@ -64,7 +64,7 @@ def tune(
                      show_default=False)] = None,
     cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset.",
                      show_default=False)] = None,
-    normal_class: Annotated[Optional[str], typer.Option("--normal-class", show_default=False)] = None,
+    normal_class: NormalClass = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", help="Default: the backbone's own.",
                           show_default=False)] = _D.image_size,
     cell_size: Annotated[Optional[int], typer.Option("--cell-size", help="Stage 2: single-cell input size. Default: "
