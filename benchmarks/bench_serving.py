@@ -165,7 +165,7 @@ def measure_in_process(uri: str, files: list[Path]) -> dict[str, float]:
     """`mtl-suite predict`'s own work without interpreter start-up: model load, then images/s over the folder."""
     import mlflow
 
-    from mtl_suite.cli.registry import load_pyfunc, predict_files
+    from mtl_suite.workflows.predict import load_pyfunc, predict_files
 
     mlflow.set_tracking_uri(uri)
     start = time.perf_counter()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -131,9 +130,12 @@ def predict(
     if output_format not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}. Received: {output_format!r}")
     check_coverage(coverage)
+    from mtl_suite.workflows.predict import collect_images, load_pyfunc, predict_files
+
     files = collect_images(images)
-    pyfunc = load_pyfunc(model, tracking_uri, quiet)
-    frame = predict_files(pyfunc, files, batch_size, quiet, coverage)
+    pyfunc = load_pyfunc(model, tracking_uri, say=lambda m: say(m, quiet))
+    frame = predict_files(pyfunc, files, batch_size, coverage,
+                          progress_printer(len(files), "predicting", quiet or len(files) <= batch_size))
     failed = int(frame["error"].notna().sum())
     typer.echo(render(frame, output_format))
     flagged = flagged_count(frame)
@@ -148,110 +150,6 @@ def predict(
         say(f"{failed} of {len(frame)} image(s) could not be classified (see the error column)", quiet)
     if failed == len(frame):
         raise typer.Exit(code=2)
-
-
-def collect_images(inputs: list[Path]) -> list[Path]:
-    """Files as given (a bad one gets an error row), folders expanded to their image files, sorted."""
-    from mtl_suite.data.images import is_image_file
-
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if is_image_file(p))
-            if not found:
-                raise UserError(f"{item}: folder has no image files (.jpg, .jpeg, .png, .bmp, .tif, .tiff)")
-            files.extend(found)
-        elif item.exists():
-            files.append(item)
-        else:
-            raise UserError(f"{item}: no such file or folder")
-    return files
-
-
-def load_pyfunc(model_uri: str, tracking_uri: str | None, quiet: bool = True):
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from mtl_suite.tracking.setup import resolve_tracking_uri
-
-    if model_uri.startswith(("models:/", "runs:/")):  # a local folder needs no store
-        check_tracking_uri(resolve_tracking_uri(tracking_uri))
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    say(f"loading {model_uri}", quiet)
-    try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as exc:
-        hint = " (run `mtl-suite promote` first)" if model_uri.startswith("models:/") else ""
-        raise UserError(f"cannot load model {model_uri}{hint}: {str(exc).splitlines()[0][:300]}") from None
-
-
-def predict_files(pyfunc, files: list[Path], batch_size: int = 32, quiet: bool = True,
-                  coverage: float = DEFAULT_COVERAGE):
-    """Predict in batches (progress on stderr). The files are read here and sent as arrays: the model reads no files
-    itself (a served one must not), so no setting has to let it. A file that cannot be read or used gets an error
-    row."""
-    import pandas as pd
-
-    report = progress_printer(len(files), "predicting", quiet or len(files) <= batch_size)
-    parts = []
-    for start in range(0, len(files), batch_size):
-        chunk = [str(p) for p in files[start:start + batch_size]]
-        part = _predict_chunk(pyfunc, chunk, coverage)
-        part.insert(0, "file", chunk)
-        parts.append(part)
-        if report:
-            report(min(start + batch_size, len(files)))
-    frame = pd.concat(parts, ignore_index=True)
-    # the row's position within its batch means nothing here: the file column names the image
-    frame["error"] = pd.Series([re.sub(r"^image \d+: ", "", e) if isinstance(e, str) else None
-                                for e in frame["error"]], dtype=object)
-    return frame
-
-
-def _predict_chunk(pyfunc, paths: list[str], coverage: float):
-    """The model's rows for the files that can be read, in place; an error row for each one that cannot."""
-    import pandas as pd
-
-    from mtl_suite.serving.pyfunc import OUTPUT_COLUMNS, ImageError, read_file
-
-    rows = [dict.fromkeys(OUTPUT_COLUMNS) for _ in paths]
-    images = {}
-    for i, path in enumerate(paths):
-        try:
-            images[i] = read_file(path)
-        except ImageError as exc:
-            rows[i]["error"] = str(exc)
-    if images:
-        for i, row in zip(images, _model_rows(pyfunc, list(images.values()), coverage)):
-            rows[i] = row
-    return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in OUTPUT_COLUMNS})
-
-
-def _model_rows(pyfunc, images: list, coverage: float) -> list[dict]:
-    """One row per image; a batch in which no image is usable (the model refuses it whole) still names each one's
-    reason."""
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    from mtl_suite.serving.pyfunc import COLUMN, COVERAGE_PARAM, OUTPUT_COLUMNS
-
-    try:
-        frame = pyfunc.predict(pd.DataFrame({COLUMN: pd.Series(images, dtype=object)}),
-                               params={COVERAGE_PARAM: coverage})
-    except MlflowException:
-        return [{**dict.fromkeys(OUTPUT_COLUMNS), "error": _reason(image)} for image in images]
-    return frame.to_dict("records")
-
-
-def _reason(image) -> str:
-    from mtl_suite.serving.pyfunc import ImageError, to_image
-
-    try:
-        to_image(image)
-    except ImageError as exc:
-        return str(exc)
-    return "could not be classified"
 
 
 FLAG_MARK = " [flagged]"  # after a flagged image's label in the table: its class is never shown without the flag

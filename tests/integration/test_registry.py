@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mtl_suite.cli import app
-from mtl_suite.cli.registry import predict_files
+from mtl_suite.workflows.predict import predict_files
 from mtl_suite.data.images import read_resized, read_rgb, resize
 from mtl_suite.training.metrics import as_class_probabilities
 from registry_store import IMAGE_SIZE, SAMPLES, trained_store

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mtl_suite.cli.registry import predict_files
+from mtl_suite.workflows.predict import predict_files
 from mtl_suite.paths import SAMPLE_IMAGES
 from mtl_suite.serving import pyfunc as serving
 from mtl_suite.tracking.requirements import serving_requirements
