@@ -249,6 +249,9 @@ NormalClass = Annotated[Optional[str], typer.Option(
     "--normal-class", help="The data's normal class: what a binary task calls normal, and what a multiclass model's "
     "calls are also read against (normal vs leukemia). Default: a class named normal, benign, hem or healthy.",
     show_default=False)]
+# predict's and evaluate's batch: how many images go to the model at once (speed), not a training batch
+PredictBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.",
+                                           rich_help_panel="Speed")]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Any setting of the experiment file, key=value with its keys, e.g. --set train.dropout=0.2 --set "
     "data.seed=43 (repeatable; wins over the file and the other options).", show_default=False)]

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import (OUTPUT, AllowOutsideRoot, DataPath, Experiment, Layout, Quiet, TrackingUri, choice,
-                                  given, handle_user_errors, progress_printer, say)
+from mtl_suite.cli.common import (OUTPUT, AllowOutsideRoot, DataPath, Experiment, Layout, PredictBatch, Quiet,
+                                  TrackingUri, choice, given, handle_user_errors, progress_printer, say)
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.data.manifest import BAD_IMAGE_POLICIES
 from mtl_suite.training.conformal import DEFAULT_COVERAGE
@@ -36,7 +36,7 @@ def evaluate(
         show_default=False)] = None,
     coverage: Annotated[float, typer.Option("--coverage", help="Coverage of the prediction sets.")
                         ] = DEFAULT_COVERAGE,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 32,
+    batch_size: PredictBatch = 32,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Also write the metrics, confusion matrix and per-class report to this JSON file.",
         show_default=False, rich_help_panel=OUTPUT)] = None,

@@ -16,8 +16,9 @@ from typing import Annotated, Optional
 import typer
 
 from mtl_suite.catalog import ARM_STAGES, Stage
-from mtl_suite.cli.common import (Experiment, ExternalClassOption, ExternalOption, NormalClass, Quiet, TaskName,
-                                  TrackingUri, choice, external_check, handle_user_errors, progress_printer, say)
+from mtl_suite.cli.common import (Experiment, ExternalClassOption, ExternalOption, NormalClass, PredictBatch, Quiet,
+                                  TaskName, TrackingUri, choice, external_check, handle_user_errors, progress_printer,
+                                  say)
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME as DEFAULT_NAME, DEFAULT_MODEL_URI as DEFAULT_MODEL
 from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
@@ -117,7 +118,7 @@ def predict(
     model: ModelUri = DEFAULT_MODEL,
     output_format: Annotated[choice(FORMATS), typer.Option("--format", "-f", help="How to print the results.")
                              ] = "table",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 32,
+    batch_size: PredictBatch = 32,
     coverage: Annotated[float, typer.Option("--coverage", help="Prediction sets cover the true class with this "
                                             "probability on images like the training images (split-conformal).")
                         ] = DEFAULT_COVERAGE,
