@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from mtl_suite.catalog import ARM_STAGES, Stage, Task
 from mtl_suite.config import RECIPE_SECTION, ExperimentConfig, apply_overrides, load_config, read_yaml
 from mtl_suite.errors import UserError
@@ -90,8 +92,6 @@ def check_single_model_file(path: str | Path, stage: str) -> None:
 def parse_settings(items: list[str]) -> dict[str, Any]:
     """--set key=value (repeatable) -> {"train.seed": 1}; values read as YAML, so numbers and lists keep their type
     (the config checks each against its field)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")

@@ -126,9 +126,11 @@ def plan_promotion(request: PromoteRequest, client: MlflowClient) -> PromotePlan
 
 # --- building and registering -----------------------------------------------------------------------------------
 
-def promote(request: PromoteRequest, say: Callable[[str], None] = print) -> PromoteOutcome:
+def promote(request: PromoteRequest, say: Callable[[str], None] = print,
+            plan: PromotePlan | None = None) -> PromoteOutcome:
+    """Carry out `plan` (plan_promotion's for `request`; made here when not given)."""
     client = MlflowClient()
-    plan = plan_promotion(request, client)
+    plan = plan or plan_promotion(request, client)
     run_id = plan.candidate.info.run_id
     # a test accuracy is said with its n, 95% interval and majority class (runs logged before those: the bare value)
     context = context_from_metrics(plan.candidate.data.metrics) if request.metric == "test/accuracy" else None

@@ -100,7 +100,7 @@ def _promote(request: TrainRequest, final: str, experiment_id: str,
         say(f"not promoted: {plan.reason}. Replace the {CHAMPION_ALIAS} anyway with: mtl-suite promote "
             f"{final} --name {request.model_name} --force")
         return None
-    return promote(promote_request, say=say)
+    return promote(promote_request, say=say, plan=plan)  # the plan just made, not a second search
 
 
 def _record(request: TrainRequest, launcher_run: str | None, experiment_id: str, members: tuple[str, ...],
