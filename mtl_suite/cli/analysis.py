@@ -12,9 +12,9 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, GroupBy, NormalClass, Quiet, SystemMetrics, TaskOption,
-    TrackingUri, Tta, check_inputs, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
-    say, study_overrides, typed,
+    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, GroupBy, NormalClass, Quiet, SystemMetrics,
+    TaskOption, TrackingUri, Tta, check_inputs, config_keys, enable_system_metrics, explicit_options, given,
+    handle_user_errors, say, study_overrides, typed,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError

@@ -14,9 +14,9 @@ from mtl_suite import progress
 from mtl_suite.catalog import STAGES, StageData, StagePlan, Task, chain
 from mtl_suite.cli.common import (
     CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, ExternalClassOption,
-    ExternalOption, GroupBy, Layout, NormalClass, Precision, Quiet, SetOption, Stain, SystemMetrics, TaskOption, TrackingUri, Tta,
-    check_inputs, enable_system_metrics, explicit_options, external_check, given, handle_user_errors, parse_units, say,
-    choice, study_overrides, typed,
+    ExternalOption, GroupBy, Layout, NormalClass, Precision, Quiet, SetOption, Stain, SystemMetrics, TaskOption,
+    TrackingUri, Tta, check_inputs, enable_system_metrics, explicit_options, external_check, given, handle_user_errors,
+    parse_units, say, choice, study_overrides, typed,
 )
 from mtl_suite.config import (ACTIVATION_DTYPES, AUGMENT_MODES, DEFAULT_EXPERIMENT, DataConfig, TrainConfig,
                               load_config)

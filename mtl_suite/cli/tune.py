@@ -11,9 +11,9 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import TUNABLE_STAGES, Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, Experiment, GroupBy, Layout, NormalClass, Quiet, SystemMetrics, TaskName, TrackingUri,
-    check_inputs, choice, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
-    say,
+    AllowOutsideRoot, BackboneName, Experiment, GroupBy, Layout, NormalClass, Quiet, SystemMetrics, TaskName,
+    TrackingUri, check_inputs, choice, config_keys, enable_system_metrics, explicit_options, given,
+    handle_user_errors, say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.interrupts import unwind_on_interrupts
