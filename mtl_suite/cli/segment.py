@@ -60,7 +60,7 @@ def train(
     system_metrics: SystemMetrics = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train the residual U-Net (BCE + Dice) on a leakage-safe split, as an MLflow run."""
+    """Train the residual U-Net (BCE + Dice) on a grouped split (see --group-by), as an MLflow run."""
     from mtl_suite.imaging.augment import build_transform
     from mtl_suite.workflows.segment import SegTrainOptions, train_segmentation
 
