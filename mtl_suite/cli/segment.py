@@ -15,8 +15,8 @@ from mtl_suite.cli.common import (DataPath, Experiment, GroupBy, Layout, Quiet, 
 from mtl_suite.cli.imaging_options import (Blue, Green, OffsetMode, Red, Threshold, image_files, relative_name,
                                            roi_params, write_png)
 from mtl_suite.config import DEFAULT_EXPERIMENT, NO_GROUPING
-from mtl_suite.data.grouping import parse_grouping
 from mtl_suite.data import default_masks_for, resolve_data_path
+from mtl_suite.data.grouping import parse_grouping
 from mtl_suite.errors import UserError
 from mtl_suite.imaging.crops import CROP_METHODS
 from mtl_suite.imaging.masks import MASK_KINDS

@@ -41,9 +41,8 @@ class CropJob:
     def __post_init__(self) -> None:
         """A bad or idle --group-by is refused before any mask or U-Net is loaded."""
         if parse_grouping(self.group_by).active and self.split_file is not None:
-            raise UserError(f"--group-by {self.group_by!r} groups a new split; the split file {self.split_file} has "
-                            f"its groups already. Expected one of them (make the file with `mtl-suite data split "
-                            f"--group-by`)")
+            raise UserError(f"--group-by {self.group_by!r} groups the split that crops makes; with --split "
+                            f"{self.split_file} the file's split is used as it is. Expected one of them")
 
 
 def job_split(job: CropJob, out_dir: Path):

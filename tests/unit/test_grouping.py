@@ -235,7 +235,7 @@ def test_a_bad_value_in_an_experiment_file_names_the_key(runner, tmp_path, monke
 def test_crops_refuse_a_grouping_beside_a_split_file(runner, tmp_path):
     line = _refusal(runner, "segment", "crops", "--split", str(tmp_path / "split.json"), "--group-by", "blocks:20",
                     "--out", str(tmp_path / "cells"))
-    assert "--group-by 'blocks:20' groups a new split; the split file" in line
+    assert "--group-by 'blocks:20' groups the split that crops makes; with --split" in line
 
 
 def test_data_split_and_inspect_report_the_groups(runner, tmp_path, numbered):
