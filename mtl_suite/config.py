@@ -27,6 +27,7 @@ STAINS = ("none", "gray", "reinhard")  # train.stain; see models/stain.py (a lay
 ENSEMBLES = ("none", "folds")  # train.ensemble; see models/ensemble.py
 TTAS = ("none", "flips")  # train.tta; see models/ensemble.py
 COLOUR_FUSIONS = ("none", "average")  # train.colour_fusion; see models/colour.py
+NO_GROUPING = "none"  # data.group_by's default: only byte-identical files grouped; see data/grouping.py
 # Metadata of fields added after comparisons and interrupted runs were first keyed on the settings: such a field
 # enters those keys only when set (keyed_settings), so work begun before it existed still resumes.
 KEYED_WHEN_SET = {"keyed_when_set": True}
@@ -53,6 +54,9 @@ class DataConfig:
     seed: int = 42
     class_map: dict[str, str] | None = None  # e.g. {Benign: normal, Early: leukemia, ...}
     allow_outside_root: bool = False  # a CSV manifest may list files outside its folder (--allow-outside-root)
+    # groups from file names for data without patient ids (data/grouping.py): none | blocks:N | regex:PATTERN.
+    # Added after runs were keyed on these settings, so it enters their keys only when set.
+    group_by: str = field(default=NO_GROUPING, metadata=KEYED_WHEN_SET)
 
 
 @dataclass(frozen=True)

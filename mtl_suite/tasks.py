@@ -11,8 +11,9 @@ import numpy as np
 
 from mtl_suite.cache import image_store
 from mtl_suite.catalog import StageData, StagePlan, Task
-from mtl_suite.config import DataConfig
+from mtl_suite.config import NO_GROUPING, DataConfig
 from mtl_suite.data import default_masks_for, resolve_data_path
+from mtl_suite.data.grouping import parse_grouping
 from mtl_suite.data.manifest import Manifest, build_manifest
 from mtl_suite.data.arrays import ArrayData
 from mtl_suite.data.lineage import HeldOut
@@ -110,9 +111,12 @@ def smear_task(data_cfg: DataConfig, task: Task | str, normal_class: str | None,
 
 
 def smear_manifest(data_cfg: DataConfig, masks: str | None = None) -> Manifest:
+    """The smear data's manifest. `data.group_by` applies here only: it describes the smears' file names, not
+    those of a --cells or --source dataset (nor of crops, which take their field's group: derive_cell_crops)."""
     return build_manifest(resolve_data_path(data_cfg.path), data_cfg.layout, masks=masks,
                           duplicates=data_cfg.duplicates, on_bad_image=data_cfg.on_bad_image,
-                          class_map=data_cfg.class_map, allow_outside_root=data_cfg.allow_outside_root)
+                          class_map=data_cfg.class_map, allow_outside_root=data_cfg.allow_outside_root,
+                          group_by=data_cfg.group_by)
 
 
 def smear_split(data_cfg: DataConfig, masks: str | None = None) -> Split:
@@ -167,6 +171,9 @@ def derive_cell_crops(data_cfg: DataConfig, normal_class: str | None, cache_root
                         "(expected the same relative names)" if masks else
                         f"no development images in {resolve_data_path(data_cfg.path)} to cut cells from")
     source = Path(masks).resolve() if masks else f"segmenter:{segmenter.key}"
+    # grouped by name, a crop takes its field's group, so stage 2's folds keep the cells of one smear together too;
+    # otherwise its field alone, as before (the crops' groups, and so stage 2's split, unchanged)
+    groups = [e.group for e in development] if parse_grouping(data_cfg.group_by).active else None
     key = sha256_text(f"{manifest.digest}|{source}|{data_cfg.seed}|{data_cfg.test_fraction}|"
                       f"{data_cfg.cell_size}|{sorted(class_map.items())}")[:16]
     out_dir = cache_root / "cells" / key
@@ -176,7 +183,7 @@ def derive_cell_crops(data_cfg: DataConfig, normal_class: str | None, cache_root
         write_cell_dataset([e.path for e in development],
                            [e.mask for e in development] if masks else [segmenter.masks] * len(development),
                            [e.label for e in development], ["development"] * len(development), out_dir,
-                           size=data_cfg.cell_size, label_policy=class_map.__getitem__)
+                           size=data_cfg.cell_size, label_policy=class_map.__getitem__, groups=groups)
     return csv_path, frozenset(e.sha256 for e in development)
 
 
@@ -220,7 +227,8 @@ def _source(request: TaskRequest, cache_root: Path) -> TaskData | None:
     """Stage 1 fine-tunes on a source dataset only when one is given, on one train/validation split."""
     if not request.source:
         return None
-    source_cfg = replace(request.data, path=request.source, folds=1, test_fraction=0.0, masks=None)
+    source_cfg = replace(request.data, path=request.source, folds=1, test_fraction=0.0, masks=None,
+                         group_by=NO_GROUPING)  # --group-by describes the smears' names, not the source's
     return smear_task(source_cfg, Task.MULTICLASS, None)
 
 

@@ -12,9 +12,9 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, NormalClass, Quiet, SystemMetrics, TaskOption,
-    TrackingUri, Tta, check_inputs, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
-    say, study_overrides, typed,
+    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, GroupBy, NormalClass, Quiet, SystemMetrics,
+    TaskOption, TrackingUri, Tta, check_inputs, config_keys, enable_system_metrics, explicit_options, given,
+    handle_user_errors, say, study_overrides, typed,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
@@ -24,7 +24,7 @@ from mtl_suite.models.backbones import get_backbone_spec
 _D, _T = DataConfig(), TrainConfig()
 
 COMPARE_OPTION_KEYS = config_keys(
-    "data", "allow_outside_root", "masks", "image_size", "cell_size", "folds", "test_fraction", "data_seed",
+    "data", "allow_outside_root", "group_by", "masks", "image_size", "cell_size", "folds", "test_fraction", "data_seed",
     "backbone", "weights", "epochs", "finetune_epochs", "batch_size", "learning_rate", "augment", "seed",
     "ensemble", "tta", "colour_fusion", "tracking_uri", "experiment",
 )
@@ -46,6 +46,7 @@ def compare(
     data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset. Default: the bundled sample.",
                                                 show_default=False)] = None,
     allow_outside_root: AllowOutsideRoot = _D.allow_outside_root,
+    group_by: GroupBy = _D.group_by,
     masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears for stage 2's "
                                                  "cell crops.", show_default=False)] = None,
     cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset instead of crops.",

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from mtl_suite.catalog import Task
 from mtl_suite.config import COLOUR_FUSIONS, ENSEMBLES, EXECUTIONS, PRECISIONS, STAINS, TTAS
+from mtl_suite.data.grouping import parse_grouping
 from mtl_suite.data.layouts import LAYOUTS
 from mtl_suite.errors import UserError
 from mtl_suite.models.backbones import BACKBONES  # keras-free: the registry's names, --backbone's choices
@@ -26,7 +27,7 @@ from mtl_suite.models.backbones import BACKBONES  # keras-free: the registry's n
 # subset it has with config_keys(); only options the user typed override the file (explicit_options).
 CONFIG_KEYS = {
     "data": "data.path", "layout": "data.layout", "masks": "data.masks", "image_size": "data.image_size",
-    "cell_size": "data.cell_size", "allow_outside_root": "data.allow_outside_root",
+    "cell_size": "data.cell_size", "allow_outside_root": "data.allow_outside_root", "group_by": "data.group_by",
     "folds": "data.folds", "test_fraction": "data.test_fraction", "data_seed": "data.seed",
     "backbone": "train.backbone", "weights": "train.weights", "epochs": "train.warmup_epochs",
     "finetune_epochs": "train.finetune_epochs", "unfreeze_layers": "train.unfreeze_layers",
@@ -136,13 +137,15 @@ def given(value: str | None) -> str | None:
 
 
 def check_inputs(cfg: Any, cells: str | None = None, source: str | None = None) -> None:
-    """What a training command reads, checked before it opens the tracking store: a missing path, weights file or
-    an unknown augmentation policy ends as one line, and no run, experiment or store is made for it."""
+    """What a training command reads, checked before it opens the tracking store: a missing path, weights file, a
+    bad --group-by or an unknown augmentation policy ends as one line, and no run, experiment or store is made for
+    it."""
     data, train = cfg.data, cfg.train
     for option, value in (("--data (data.path)", data.path), ("--masks (data.masks)", data.masks),
                           ("--cells", cells), ("--source", source)):
         if value is not None and not Path(value).exists():
             raise UserError(f"{option}: no such file or folder. Received: {value!r}")
+    parse_grouping(data.group_by, option="--group-by (data.group_by)")
     if train.weights not in ("imagenet", "none") and not Path(train.weights).is_file():
         raise UserError(f"--weights (train.weights): expected imagenet, none or a weights file. Received: "
                         f"{train.weights!r} (no such file)")
@@ -216,6 +219,12 @@ ColourFusionName = choice(COLOUR_FUSIONS)
 Layout = Annotated[LayoutName, typer.Option("--layout", help="How the dataset is laid out; auto detects it.")]
 AllowOutsideRoot = Annotated[bool, typer.Option("--allow-outside-root", help="Let a CSV manifest list files "
                                                 "outside its own folder (refused by default).")]
+GroupBy = Annotated[str, typer.Option("--group-by", help="Groups from file names, for data without patient ids, "
+                                     "so the fields of one smear stay on one side of every split: none (only "
+                                     "byte-identical files grouped); blocks:N (N consecutive file numbers, the last "
+                                     "number in the name, per folder and name around it); regex:PATTERN (its first "
+                                     "capture group, else the whole match, in the path below the data folder). "
+                                     "Identical files stay together whatever the grouping.")]
 TrackingUri = Annotated[
     Optional[str],
     typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
@@ -267,9 +276,9 @@ DATA, MODEL, TRAINING, SPEED, TUNING, ROI, TRACKING, OUTPUT, EXTERNAL = (
 # Option name -> the panel `--help` shows it under, one map for every command (as CONFIG_KEYS is one map of config
 # keys). An option not listed stays under "Options"; a command's own panel= on an option wins.
 PANELS: dict[str, str] = {
-    **dict.fromkeys(("data", "path", "layout", "allow_outside_root", "masks", "mask_kind", "cells", "source",
-                     "normal_class", "image_size", "cell_size", "folds", "test_fraction", "data_seed", "split_file",
-                     "on_bad_image", "duplicates", "label_policy", "stain"), DATA),
+    **dict.fromkeys(("data", "path", "layout", "allow_outside_root", "group_by", "masks", "mask_kind", "cells",
+                     "source", "normal_class", "image_size", "cell_size", "folds", "test_fraction", "data_seed",
+                     "split_file", "on_bad_image", "duplicates", "label_policy", "stain"), DATA),
     **dict.fromkeys(("backbone", "task", "weights", "dense_units", "dropout", "unfreeze_layers", "depth", "width",
                      "model", "name", "run_id", "ensemble", "tta", "colour_fusion"), MODEL),
     **dict.fromkeys(("epochs", "finetune_epochs", "batch_size", "learning_rate", "finetune_learning_rate",

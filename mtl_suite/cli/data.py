@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import AllowOutsideRoot, DataPath, Layout, TextOrJson, choice, handle_user_errors, say
+from mtl_suite.cli.common import (AllowOutsideRoot, DataPath, GroupBy, Layout, TextOrJson, choice, handle_user_errors,
+                                  say)
+from mtl_suite.config import NO_GROUPING
 from mtl_suite.data import resolve_data_path
 from mtl_suite.data.manifest import BAD_IMAGE_POLICIES, DUPLICATE_POLICIES, Manifest, build_manifest
 from mtl_suite.data.splits import make_split, save_split
@@ -31,15 +33,16 @@ def inspect(
     on_bad_image: OnBadImage = "skip",
     output_format: TextOrJson = "text",
     allow_outside_root: AllowOutsideRoot = False,
+    group_by: GroupBy = NO_GROUPING,
 ) -> None:
-    """Classes and counts, duplicate sets, unreadable files and image sizes of a dataset."""
+    """Classes and counts, duplicate sets, unreadable files, image sizes and independent groups of a dataset."""
     manifest = build_manifest(resolve_data_path(path), layout, on_bad_image=on_bad_image, duplicates="group",
-                              allow_outside_root=allow_outside_root)
-    report = inspection_report(manifest)
+                              allow_outside_root=allow_outside_root, group_by=group_by)
+    report = inspection_report(manifest, group_by)
     typer.echo(json.dumps(report, indent=2) if output_format == "json" else format_inspection(report))
 
 
-def inspection_report(manifest: Manifest) -> dict:
+def inspection_report(manifest: Manifest, group_by: str = NO_GROUPING) -> dict:
     widths = [e.width for e in manifest.entries]
     heights = [e.height for e in manifest.entries]
     sizes = Counter(f"{e.width}x{e.height}" for e in manifest.entries)
@@ -57,6 +60,7 @@ def inspection_report(manifest: Manifest) -> dict:
             "most_common": dict(sizes.most_common(5)),
         },
         "groups": len({e.group for e in manifest.entries}),
+        "group_by": group_by,
         "digest": manifest.digest,
     }
 
@@ -65,7 +69,7 @@ def format_inspection(report: dict) -> str:
     lines = [
         f"Dataset {report['root']} (layout: {report['layout']})",
         f"{report['images']} readable images in {len(report['classes'])} classes, "
-        f"{report['groups']} independent groups",
+        f"{report['groups']} independent groups ({_grouped_by(report['group_by'])})",
         "",
         f"  {'class':<20} images",
         *(f"  {name:<20} {count}" for name, count in report["classes"].items()),
@@ -96,19 +100,28 @@ def split(
     duplicates: Duplicates = "drop",
     on_bad_image: OnBadImage = "fail",
     allow_outside_root: AllowOutsideRoot = False,
+    group_by: GroupBy = NO_GROUPING,
 ) -> None:
-    """Write a leakage-safe split: outer test part plus stratified group k-fold, and print it."""
+    """Write a grouped split: outer test part plus stratified group k-fold (no group on two sides), and print it
+    with the images per class and the independent groups of each part."""
     manifest = build_manifest(resolve_data_path(path), layout, duplicates=duplicates, on_bad_image=on_bad_image,
-                              allow_outside_root=allow_outside_root)
+                              allow_outside_root=allow_outside_root, group_by=group_by)
     for skipped_path, reason in manifest.skipped:
         say(f"skipped {skipped_path}: {reason}")
     the_split = make_split(manifest, folds=folds, test_fraction=test_fraction, seed=seed)
     written, digest = save_split(the_split, out)
-    summary = the_split.summary()
+    summary, groups = the_split.summary(), the_split.group_counts()
     classes = manifest.classes
-    typer.echo(f"  {'part':<12}" + "".join(f"{c:>10}" for c in classes))
+    typer.echo(f"  {'part':<12}" + "".join(f"{c:>10}" for c in classes) + f"{'groups':>10}")
     for part, counts in summary.items():
-        typer.echo(f"  {part:<12}" + "".join(f"{counts.get(c, 0):>10}" for c in classes))
+        typer.echo(f"  {part:<12}" + "".join(f"{counts.get(c, 0):>10}" for c in classes) + f"{groups[part]:>10}")
+    typer.echo(f"{sum(groups.values())} independent groups ({_grouped_by(group_by)}); none is in two parts")
     if manifest.dropped_duplicates:
         typer.echo(f"{len(manifest.dropped_duplicates)} duplicate copies left out (one copy of each kept)")
     typer.echo(f"Split written to {written} (sha256 {digest})")
+
+
+def _grouped_by(group_by: str) -> str:
+    if group_by == NO_GROUPING:
+        return "only byte-identical files grouped"
+    return f"grouped by --group-by {group_by} and byte-identical files"

@@ -9,12 +9,14 @@ from typing import Annotated, Callable, Optional
 import numpy as np
 import typer
 
-from mtl_suite.cli.common import (DataPath, Experiment, Layout, Quiet, SystemMetrics, TextOrJson, TrackingUri,
-                                  choice, enable_system_metrics, handle_user_errors, progress_printer, say)
+from mtl_suite.cli.common import (DataPath, Experiment, GroupBy, Layout, Quiet, SystemMetrics, TextOrJson,
+                                  TrackingUri, choice, enable_system_metrics, handle_user_errors, progress_printer,
+                                  say)
 from mtl_suite.cli.imaging_options import (Blue, Green, OffsetMode, Red, Threshold, image_files, relative_name,
                                            roi_params, write_png)
-from mtl_suite.config import DEFAULT_EXPERIMENT
+from mtl_suite.config import DEFAULT_EXPERIMENT, NO_GROUPING
 from mtl_suite.data import default_masks_for, resolve_data_path
+from mtl_suite.data.grouping import parse_grouping
 from mtl_suite.errors import UserError
 from mtl_suite.imaging.crops import CROP_METHODS
 from mtl_suite.imaging.masks import MASK_KINDS
@@ -51,17 +53,19 @@ def train(
                                                            "or a .yaml file); training batches only.")] = "paper",
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.9)] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 42,
+    group_by: GroupBy = NO_GROUPING,
     red: Red = 88, green: Green = 41, blue: Blue = 20, threshold: Threshold = 98, offset_mode: OffsetMode = "subtract",
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
     system_metrics: SystemMetrics = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train the residual U-Net (BCE + Dice) on a leakage-safe split, as an MLflow run."""
+    """Train the residual U-Net (BCE + Dice) on a grouped split (see --group-by), as an MLflow run."""
     from mtl_suite.imaging.augment import build_transform
     from mtl_suite.workflows.segment import SegTrainOptions, train_segmentation
 
     build_transform(augment)  # an unknown policy fails before the store is opened
+    parse_grouping(group_by)  # so does a bad grouping
     for option, value in (("PATH", path), ("--masks", masks)):
         if value is not None and not Path(value).exists():
             raise UserError(f"{option}: no such file or folder. Received: {str(value)!r}")
@@ -71,7 +75,7 @@ def train(
     options = SegTrainOptions(
         data=str(resolve_data_path(path)), masks=str(masks) if masks else None, mask_kind=mask_kind, layout=layout,
         size=image_size, depth=depth, width=width, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        augment=augment, test_fraction=test_fraction, seed=seed,
+        augment=augment, test_fraction=test_fraction, seed=seed, group_by=group_by,
         roi=roi_params(red, green, blue, threshold, offset_mode))
     run_id, metrics = train_segmentation(options, tracking_uri, experiment, say,  # data reports, never silenced
                                          verbose=0 if quiet else 2)
@@ -179,6 +183,7 @@ def crops(
                                                                      "Early/Pre/Pro -> blast (weak labels).")]
     = "identity",
     seed: Annotated[int, typer.Option("--seed")] = 42,
+    group_by: GroupBy = NO_GROUPING,
     red: Red = 88, green: Green = 41, blue: Blue = 20, threshold: Threshold = 98, offset_mode: OffsetMode = "subtract",
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
@@ -191,7 +196,7 @@ def crops(
         split_file=split_file, data=resolve_data_path(path), layout=layout, method=method,
         masks=masks if masks is not None else default_masks_for(path), run_id=run_id, size=cell_size,
         max_cells=max_cells, min_area_fraction=min_area_fraction, drop_border=drop_border, seed=seed,
-        roi=roi_params(red, green, blue, threshold, offset_mode))
+        group_by=group_by, roi=roi_params(red, green, blue, threshold, offset_mode))
     loader = None
     if method == "unet":
         if not run_id:

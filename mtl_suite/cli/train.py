@@ -14,9 +14,9 @@ from mtl_suite import progress
 from mtl_suite.catalog import STAGES, StageData, StagePlan, Task, chain
 from mtl_suite.cli.common import (
     CONFIG_KEYS, AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, ExecutionName, Experiment, ExternalClassOption,
-    ExternalOption, Layout, NormalClass, Precision, Quiet, SetOption, Stain, SystemMetrics, TaskOption, TrackingUri, Tta,
-    check_inputs, enable_system_metrics, explicit_options, external_check, given, handle_user_errors, parse_units, say,
-    choice, study_overrides, typed,
+    ExternalOption, GroupBy, Layout, NormalClass, Precision, Quiet, SetOption, Stain, SystemMetrics, TaskOption,
+    TrackingUri, Tta, check_inputs, enable_system_metrics, explicit_options, external_check, given, handle_user_errors,
+    parse_units, say, choice, study_overrides, typed,
 )
 from mtl_suite.config import (ACTIVATION_DTYPES, AUGMENT_MODES, DEFAULT_EXPERIMENT, DataConfig, TrainConfig,
                               load_config)
@@ -39,6 +39,7 @@ def stage_command(plan: StagePlan):
                         "CSV). Default: the bundled sample.", show_default=False)] = None,
         layout: Layout = _D.layout,
         allow_outside_root: AllowOutsideRoot = _D.allow_outside_root,
+        group_by: GroupBy = _D.group_by,
         masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears (same relative "
                          "names; 'segmented on black' or binary) used to crop single cells for stage 2. Default "
                          "with the bundled sample: its segmented/ folder.", show_default=False)] = None,

@@ -11,9 +11,9 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import TUNABLE_STAGES, Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, Experiment, Layout, NormalClass, Quiet, SystemMetrics, TaskName, TrackingUri,
-    check_inputs, choice, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors,
-    say,
+    AllowOutsideRoot, BackboneName, Experiment, GroupBy, Layout, NormalClass, Quiet, SystemMetrics, TaskName,
+    TrackingUri, check_inputs, choice, config_keys, enable_system_metrics, explicit_options, given,
+    handle_user_errors, say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.interrupts import unwind_on_interrupts
@@ -21,8 +21,9 @@ from mtl_suite.models.backbones import get_backbone_spec
 from mtl_suite.tuning.names import ENGINES, PRUNERS, SAMPLERS
 
 _D, _T = DataConfig(), TrainConfig()
-TUNE_KEYS = config_keys("data", "layout", "allow_outside_root", "masks", "image_size", "cell_size", "test_fraction",
-                        "data_seed", "backbone", "weights", "tracking_uri", "experiment", "early_stopping_patience")
+TUNE_KEYS = config_keys("data", "layout", "allow_outside_root", "group_by", "masks", "image_size", "cell_size",
+                        "test_fraction", "data_seed", "backbone", "weights", "tracking_uri", "experiment",
+                        "early_stopping_patience")
 
 
 @handle_user_errors
@@ -60,6 +61,7 @@ def tune(
                     show_default=False)] = None,
     layout: Layout = _D.layout,
     allow_outside_root: AllowOutsideRoot = _D.allow_outside_root,
+    group_by: GroupBy = _D.group_by,
     masks: Annotated[Optional[str], typer.Option("--masks", help="Segmentations of the smears (stage 2 crops).",
                      show_default=False)] = None,
     cells: Annotated[Optional[str], typer.Option("--cells", help="Stage 2: a single-cell dataset.",

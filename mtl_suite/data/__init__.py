@@ -1,4 +1,4 @@
-"""Datasets: layouts on disk, the manifest, leakage-safe splits, input pipelines."""
+"""Datasets: layouts on disk, the manifest, grouped splits (and groups from file names), input pipelines."""
 
 from __future__ import annotations
 

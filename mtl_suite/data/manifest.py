@@ -1,8 +1,9 @@
 """The Manifest: every usable image with its label, content hash, group and size.
 
 Groups are what splits keep together. A file's group is its patient id when the layout or CSV gives one, else
-the file itself; byte-identical files are merged into one group (or dropped to one copy), so that a test fold
-can never contain an image that is also in training.
+its group by name when `group_by` asks for one (data/grouping.py: fields of one smear numbered in a row), else the
+file itself; byte-identical files are merged into one group (or dropped to one copy), so that a test fold can never
+contain an image that is also in training.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtl_suite.config import NO_GROUPING
+from mtl_suite.data.grouping import name_groups, parse_grouping
 from mtl_suite.data.images import MAX_PIXELS, MIN_SIDE, read_rgb
 from mtl_suite.data.layouts import ONE_CLASS, Record, read_layout, read_one_class
 from mtl_suite.errors import BadImageError, UserError
@@ -84,16 +87,19 @@ def build_manifest(
     workers: int | None = None,
     allow_outside_root: bool = False,
     one_class: str | None = None,
+    group_by: str = NO_GROUPING,
 ) -> Manifest:
     """Read a dataset, decode every image once to check it, hash it, and group duplicates. A CSV manifest's paths
     must stay inside its folder unless `allow_outside_root`. `one_class`: every image under the folder has this
-    label, whatever the layout (images from elsewhere known to be of one class)."""
+    label, whatever the layout (images from elsewhere known to be of one class). `group_by`: groups from file names
+    (data/grouping.py), joined with the layout's own groups and with duplicates."""
     if duplicates not in DUPLICATE_POLICIES:
         raise UserError(f"unknown --duplicates policy. Expected one of: {', '.join(DUPLICATE_POLICIES)}. "
                         f"Received: {duplicates!r}")
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise UserError(f"unknown --on-bad-image policy. Expected one of: {', '.join(BAD_IMAGE_POLICIES)}. "
                         f"Received: {on_bad_image!r}")
+    grouping = parse_grouping(group_by)  # a bad value fails before any image is decoded
     root = Path(root).resolve()
     if one_class is not None:
         layout_name, records = ONE_CLASS, read_one_class(root, one_class)
@@ -103,10 +109,11 @@ def build_manifest(
         records = _attach_masks(records, root, Path(masks))
     if class_map:
         records = _map_classes(records, class_map)
+    by_name = name_groups(grouping, [r.path for r in records], root.parent if root.is_file() else root)
     checked, skipped = _check_all(records, on_bad_image, max_pixels, workers)
     if not checked:
         raise UserError(f"{root}: none of the {len(records)} images could be read (first: {skipped[0][1]})")
-    entries, duplicate_sets, dropped = _resolve_duplicates(checked, duplicates)
+    entries, duplicate_sets, dropped = _resolve_duplicates(checked, duplicates, by_name)
     return Manifest(
         root=str(root),
         layout=layout_name,
@@ -176,14 +183,16 @@ def _check_all(records: list[Record], on_bad_image: str, max_pixels: int, worker
     return checked, skipped
 
 
-def _resolve_duplicates(checked, policy: str):
+def _resolve_duplicates(checked, policy: str, by_name: dict[Path, str] | None = None):
     """Group byte-identical files; with 'drop' keep the first copy (by path) of each.
 
     Groups are merged transitively (union-find): when copies of one image carry different patient groups, those
     patients' images are joined into one group, since a split that separated them would put the same pixels on
-    both sides. A file without a given group is its own group, named by its content hash, so the manifest digest
-    does not change when files are renamed or moved.
+    both sides. `by_name` (path -> group from its name) is a file's group where the layout gives none, and is
+    joined with the layout's group where it gives one. A file with neither is its own group, named by its content
+    hash, so the manifest digest does not change when files are renamed or moved.
     """
+    by_name = by_name or {}
     by_hash: dict[str, list] = defaultdict(list)
     for item in checked:
         by_hash[item[1]].append(item)
@@ -202,14 +211,16 @@ def _resolve_duplicates(checked, policy: str):
             parent[max(ra, rb)] = min(ra, rb)  # the smaller name represents the set: independent of input order
 
     def own_group(record: Record, sha: str) -> str:
-        return record.group or f"sha256:{sha[:16]}"
+        return record.group or by_name.get(record.path) or f"sha256:{sha[:16]}"
 
     duplicate_sets, kept_items, dropped = [], [], []
     for sha, items in by_hash.items():
         items.sort(key=lambda item: str(item[0].path))
         groups = [own_group(i[0], sha) for i in items]
-        for g in groups:
+        for item, g in zip(items, groups):
             union(groups[0], g)
+            if item[0].group and item[0].path in by_name:  # a patient id and a name group: both hold
+                union(g, by_name[item[0].path])
         if len(items) > 1:
             duplicate_sets.append(tuple(str(i[0].path) for i in items))
             labels = {i[0].label for i in items}

@@ -1,4 +1,6 @@
-"""Leakage-safe splits: an outer held-out test part plus stratified group k-fold on the rest.
+"""Grouped splits: an outer held-out test part plus stratified group k-fold on the rest. A group (a patient, a
+smear's fields grouped by name, byte-identical files: data/manifest.py) is never on both sides; images the data
+does not group are split one by one, so a split is only as leakage-safe as the groups it is given.
 
 A split is saved as a JSON file whose sha256 is logged with every run that uses it, so any figure can be traced
 to the exact images it was computed on.
@@ -64,15 +66,24 @@ class Split:
             ],
         }
 
+    def _parts(self) -> dict[str, int]:
+        parts = {"test": TEST, **({"train-only": TRAIN_ONLY} if self.folds == 1 else {})}
+        parts.update({f"fold-{k}": k for k in range(self.folds)})
+        return parts
+
     def summary(self) -> dict:
         roles = np.asarray(self.roles)
         labels = np.asarray([e.label for e in self.entries])
-        parts = {"test": TEST, **({"train-only": TRAIN_ONLY} if self.folds == 1 else {})}
-        parts.update({f"fold-{k}": k for k in range(self.folds)})
         return {
             name: dict(sorted((str(c), int(n)) for c, n in zip(*np.unique(labels[roles == role], return_counts=True))))
-            for name, role in parts.items()
+            for name, role in self._parts().items()
         }
+
+    def group_counts(self) -> dict[str, int]:
+        """Independent image groups per part, as summary() names the parts."""
+        roles = np.asarray(self.roles)
+        groups = np.asarray([e.group for e in self.entries])
+        return {name: len(np.unique(groups[roles == role])) for name, role in self._parts().items()}
 
 
 def _role_name(role: int) -> str:

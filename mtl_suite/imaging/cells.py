@@ -78,14 +78,19 @@ def write_cell_dataset(
     drop_border: bool = False,
     label_policy: Callable[[str], str] = lambda label: label,
     progress: Callable[[int], None] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> Path:
     """Crop every cell of every image into out_dir/<label>/<parent>_cellNN.png and write cells.csv with
-    path, label, group (the parent image), split (the parent's split role) and parent_label.
+    path, label, group (the parent image, or with `groups` the parent's group: fields of one smear grouped by name),
+    split (the parent's split role) and parent_label.
     Returns the CSV path. Mask entries may be arrays, paths to 'segmented on black' images, or functions of the
     decoded image that return its mask (a segmenter: masks made one image at a time, never all held at once)."""
     out_dir = Path(out_dir)
     rows = []
-    for i, (image_path, mask, label, split) in enumerate(zip(images, masks, labels, splits, strict=True)):
+    parent_groups = [f"group:{g}" for g in groups] if groups is not None else [
+        f"parent:{Path(p).name}" for p in images]
+    for i, (image_path, mask, label, split, group) in enumerate(zip(images, masks, labels, splits, parent_groups,
+                                                                     strict=True)):
         image = read_rgb(image_path)
         if isinstance(mask, (str, Path)):
             mask_array = mask_from_segmented(read_rgb(mask))
@@ -101,7 +106,7 @@ def write_cell_dataset(
             ok, encoded = cv2.imencode(".png", cv2.cvtColor(crop_cell(image, box, size), cv2.COLOR_RGB2BGR))
             with atomic_path(target) as tmp:
                 tmp.write_bytes(encoded.tobytes())
-            rows.append({"path": str(rel), "label": cell_label, "group": f"parent:{Path(image_path).name}",
+            rows.append({"path": str(rel), "label": cell_label, "group": group,
                          "split": split, "parent": str(image_path), "parent_label": label})
         if progress:
             progress(i + 1)

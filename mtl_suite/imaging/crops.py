@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from mtl_suite.config import NO_GROUPING
+from mtl_suite.data.grouping import parse_grouping
 from mtl_suite.data.images import read_rgb
 from mtl_suite.errors import BadImageError, UserError
 from mtl_suite.imaging.cells import write_cell_dataset
@@ -33,7 +35,14 @@ class CropJob:
     seed: int = 42
     folds: int = 10
     test_fraction: float = 0.2
+    group_by: str = NO_GROUPING  # groups from file names for the new split (data/grouping.py); crops take them too
     roi: RoiParams = RoiParams()
+
+    def __post_init__(self) -> None:
+        """A bad or idle --group-by is refused before any mask or U-Net is loaded."""
+        if parse_grouping(self.group_by).active and self.split_file is not None:
+            raise UserError(f"--group-by {self.group_by!r} groups the split that crops makes; with --split "
+                            f"{self.split_file} the file's split is used as it is. Expected one of them")
 
 
 def job_split(job: CropJob, out_dir: Path):
@@ -43,7 +52,7 @@ def job_split(job: CropJob, out_dir: Path):
 
     if job.split_file is not None:
         return load_split(job.split_file)
-    manifest = build_manifest(job.data, job.layout, duplicates="drop", on_bad_image="skip")
+    manifest = build_manifest(job.data, job.layout, duplicates="drop", on_bad_image="skip", group_by=job.group_by)
     split = make_split(manifest, folds=job.folds, test_fraction=job.test_fraction, seed=job.seed)
     save_split(split, out_dir / "split.json")
     return split
@@ -93,11 +102,13 @@ def make_crops(job: CropJob, out_dir: Path, label_policy_for: Callable[[set[str]
     keep = [i for i, m in enumerate(masks) if m is not None]
     if not keep:
         raise UserError("no field has a usable mask: " + "; ".join(problems.lines()))
+    # grouped by name, each crop takes its field's group, so a split of the cells keeps one smear's cells together
+    groups = [rows[i]["group"] for i in keep] if parse_grouping(job.group_by).active else None
     csv_path = write_cell_dataset(
         [rows[i]["path"] for i in keep], [masks[i] for i in keep], [rows[i]["label"] for i in keep],
         [rows[i]["role"] for i in keep], out_dir, size=job.size, max_cells_per_image=job.max_cells,
         min_area_fraction=job.min_area_fraction, drop_border=job.drop_border, label_policy=policy,
-        progress=progress_for(len(keep)))
+        progress=progress_for(len(keep)), groups=groups)
     return csv_path, _summary(csv_path, [rows[i]["path"] for i in keep], problems)
 
 

@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 
 from mtl_suite.catalog import RunKind
+from mtl_suite.config import NO_GROUPING
 from mtl_suite.errors import UserError
 from mtl_suite.imaging.roi import RoiParams
 from mtl_suite.tracking.requirements import model_requirements
@@ -41,6 +42,7 @@ class SegTrainOptions:
     strength: float = 1.0
     test_fraction: float = 0.2
     seed: int = 42
+    group_by: str = NO_GROUPING  # groups from file names (data/grouping.py): one smear's fields on one side
     roi: RoiParams = RoiParams()
 
 
@@ -48,7 +50,8 @@ def _split_for(options: SegTrainOptions, out_dir: Path):
     from mtl_suite.data.manifest import build_manifest
     from mtl_suite.data.splits import make_split, save_split
 
-    manifest = build_manifest(options.data, options.layout, duplicates="drop", on_bad_image="skip")
+    manifest = build_manifest(options.data, options.layout, duplicates="drop", on_bad_image="skip",
+                              group_by=options.group_by)
     split = make_split(manifest, folds=1, test_fraction=options.test_fraction, seed=options.seed)
     path, digest = save_split(split, out_dir / "segmentation_split.json")
     return split, path, digest, manifest
