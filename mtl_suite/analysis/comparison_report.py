@@ -11,7 +11,7 @@ from typing import Sequence
 import pandas as pd
 
 from mtl_suite.analysis import compare as stats
-from mtl_suite.analysis.machine import machine_description
+from mtl_suite.analysis.machine import code_description, machine_description
 from mtl_suite.analysis.tables import markdown_table
 from mtl_suite.catalog import Arm, CompareRequest, Pair
 from mtl_suite.config import TrainConfig
@@ -52,7 +52,7 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
     digests = sorted(set(dataset_digests) - {""})
     lines = [f"# CTL vs MTL: {cfg.train.backbone}, {request.task} task", "",
              "Made by:", "", "```", request.command or "mtl-suite compare", "```", "",
-             f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}; code: git {commit[:12]}",
+             f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}; code: {code_description(commit)}",
              f"- Machine: {machine_description()}",
              f"- MLflow: `{uri}`, experiment id {experiment_id}, comparison run `{parent}`",
              f"- Data: `{cfg.data.path or 'bundled sample'}`, dataset digest "

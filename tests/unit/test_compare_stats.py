@@ -160,7 +160,7 @@ def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
     comparisons = {m: c.compare_arms([0.80, 0.82], [0.83, 0.84], 0.25, m) for m in ("accuracy", "f1_macro")}
     request = CompareRequest(config=load_config(None, {}), task="binary", runs=3, command="mtl-suite compare x")
     text = render_report(request, pairs, comparisons, 0.25, table_v(pairs), "plot.png", "run1", "sqlite://", "1",
-                         dataset_digests=["ab" * 32], commit="0123456789abcdef")
+                         dataset_digests=["ab" * 32], commit="0123456789abcdef" * 2 + "01234567")
     assert "- run 3 (seed 44): MTL stage3 failed: RuntimeError: boom" in text
     assert "| 3 | 44 | n/a | n/a | n/a | n/a | n/a | n/a | excluded: MTL stage3 failed" in text
     assert "| 1 | 42 | 80.00 | 83.00 | 3.00 | 90.00 | 80.00 | 83.00 | used |" in text  # colour alone beside the arms
@@ -192,10 +192,11 @@ def test_report_without_logged_checks_says_n_a():
     table = table_v(pairs)
     assert table["colour_accuracy"].isna().all() and table["mtl_stain_shift_accuracy"].isna().all()
     text = render_report(request, pairs, comparisons, 0.25, table, "plot.png", "run1", "sqlite://", "1",
-                         dataset_digests=[], commit="0123456789abcdef")
+                         dataset_digests=[], commit="not a git checkout: mtl-suite 0.1.0")
     assert "| 1 | 42 | 80.00 | 83.00 | 3.00 | n/a | 80.00 | 83.00 | used |" in text
     assert "Colour alone: n/a" in text and "Under stain shifts: n/a" in text and "Time: n/a" in text
     assert "the classes are the dataset's own (normal, leukemia)" in text and "B-ALL" not in text
+    assert "code: not a git checkout: mtl-suite 0.1.0\n" in text and "git unknown" not in text
 
 
 def test_the_budget_line_names_every_setting_an_arm_depends_on():
