@@ -1,5 +1,5 @@
-"""The machine, software and code a result came from, in one line each, for a report to quote. Environment only: no MLflow
-import (its version comes from the installed package's metadata)."""
+"""The machine, software and code a result came from, in one line each, for a report to quote. Environment only:
+no MLflow import (its version comes from the installed package's metadata)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,7 @@ def code_description(commit: str) -> str:
     """A run's or report's `git_commit` (tracking/runs.py:git_commit) in words: "git 0123456789ab" (plus what the
     recorder added: uncommitted changes, a git archive), "not a git checkout: mtl-suite X.Y.Z" as it is, and for an
     empty value or the "unknown" that runs before that function's fallback recorded, "not recorded by the run"."""
-    found = re.match(r"[0-9a-f]{40}", commit or "")
-    if found:
+    if re.match(r"[0-9a-f]{40}", commit or ""):
         return f"git {commit[:12]}{commit[40:]}"
     if not commit or commit == "unknown":
         return "not recorded by the run"
