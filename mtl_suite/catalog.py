@@ -149,6 +149,7 @@ class CompareRequest:
     study: str | None = None
     quiet: bool = False
     segmentation: str | None = None  # stage 2's cell segmentation, fixed at the start (stage.pinned_segmentation)
+    config_file: Path | None = None  # the experiment file --config named (copied beside the report), None: none
 
 
 @dataclass

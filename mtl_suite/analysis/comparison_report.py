@@ -11,9 +11,9 @@ from typing import Sequence
 import pandas as pd
 
 from mtl_suite.analysis import compare as stats
-from mtl_suite.analysis.machine import machine_description
+from mtl_suite.analysis.machine import code_description, machine_description
 from mtl_suite.analysis.tables import markdown_table
-from mtl_suite.catalog import Arm, CompareRequest, Pair
+from mtl_suite.catalog import Arm, CompareRequest, Pair, arm_stage
 from mtl_suite.config import TrainConfig
 
 METRICS = ("accuracy", "f1_macro")  # the test metrics both arms are compared on (Table V's columns)
@@ -25,6 +25,9 @@ COLOUR_STAIN_SHIFT = "colour_stain_shift_accuracy"  # the colour baseline on the
 CHECKS = (COLOUR, STAIN_SHIFT, COLOUR_STAIN_SHIFT)
 # the Aria data's classes (B-ALL development stages), which stand in for the paper's FAB classes
 ARIA_CLASSES = frozenset({"Benign", "Early", "Pre", "Pro"})
+_ARM_STAGE = {arm: arm_stage(arm).name for arm in Arm}  # the stage whose run is the arm's result
+PREDICTIONS_SUFFIX = "-predictions.csv"  # beside the report: <report stem>-predictions.csv
+CONFIG_SUFFIX = "-config.yaml"  # beside the report: a copy of the --config file
 
 
 def table_v(pairs: list[Pair]) -> pd.DataFrame:
@@ -45,14 +48,19 @@ def table_v(pairs: list[Pair]) -> pd.DataFrame:
 
 def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[str, stats.Comparison],
                   ratio: float, table: pd.DataFrame, plot_name: str, parent: str, uri: str,
-                  experiment_id: str, *, dataset_digests: Sequence[str], commit: str) -> str:
-    """`dataset_digests`: the used pairs' dataset digests (one, when all pairs read the same data)."""
+                  experiment_id: str, *, dataset_digests: Sequence[str], commit: str,
+                  config_copy: tuple[str, str] | None = None, predictions: tuple[str, int] | None = None) -> str:
+    """`dataset_digests`: the used pairs' dataset digests (one, when all pairs read the same data). `config_copy`:
+    the copy of --config's file beside the report and its sha256; `predictions`: the per-image predictions CSV
+    beside the report and how many of the pairs' arms logged predictions."""
     cfg = request.config
     used = [p for p in pairs if not p.excluded]
     digests = sorted(set(dataset_digests) - {""})
     lines = [f"# CTL vs MTL: {cfg.train.backbone}, {request.task} task", "",
              "Made by:", "", "```", request.command or "mtl-suite compare", "```", "",
-             f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}; code: git {commit[:12]}",
+             f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}; code: {code_description(commit)}",
+             config_line(request, config_copy),
+             predictions_line(predictions),
              f"- Machine: {machine_description()}",
              f"- MLflow: `{uri}`, experiment id {experiment_id}, comparison run `{parent}`",
              f"- Data: `{cfg.data.path or 'bundled sample'}`, dataset digest "
@@ -109,6 +117,43 @@ def render_report(request: CompareRequest, pairs: list[Pair], comparisons: dict[
               "## Runs", ""]
     lines += [f"- run {p.index + 1}: " + ", ".join(f"{k} `{v}`" for k, v in sorted(p.runs.items())) for p in pairs]
     return "\n".join(lines) + "\n"
+
+
+def config_line(request: CompareRequest, copy: tuple[str, str] | None) -> str:
+    """Which experiment file the command read, and where its copy is: the path in the command may not outlive it."""
+    if request.config_file is None:
+        return "- Config file: none (the defaults and the options in the command)"
+    if copy is None:
+        return f"- Config file: `{request.config_file}` (not copied beside this report)"
+    name, digest = copy
+    return f"- Config file: `{request.config_file}`, copied beside this report as `{name}` (sha256 {digest[:16]})"
+
+
+def predictions_line(predictions: tuple[str, int] | None) -> str:
+    """Where a reader finds every test image's probabilities, to recompute the scores and tests without the store."""
+    if predictions is None:
+        return "- Per-image predictions: none (no arm run logged test/predictions.csv)"
+    name, arms = predictions
+    return (f"- Per-image predictions: `{name}` ({arms} arm run{'' if arms == 1 else 's'}: pair, arm, run, file "
+            "sha256, label and class probabilities on each pair's outer test part; the re-stained test parts are "
+            "scored in the runs but not kept per image)")
+
+
+def predictions_table(pairs: list[Pair], frames: dict[tuple[int, str], pd.DataFrame]) -> pd.DataFrame:
+    """One CSV for the whole comparison: each arm run's `test/predictions.csv` (analysis/stage_files.py:
+    predictions_frame) with the pair (numbered as in Table V), its seeds, the arm, the run and whether the pair
+    counts in the statistics in front. `frames`: (pair index, arm) -> that run's predictions."""
+    parts = []
+    for p in pairs:
+        for arm in Arm:
+            frame = frames.get((p.index, str(arm)))
+            if frame is None:
+                continue
+            front = pd.DataFrame({"run": p.index + 1, "seed": p.seed, "split_seed": p.data_seed, "arm": str(arm),
+                                  "run_id": p.runs.get(_ARM_STAGE[arm], ""),
+                                  "status": "excluded" if p.excluded else "used"}, index=frame.index)
+            parts.append(pd.concat([front, frame], axis=1))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def budget_line(train: TrainConfig, study: str | None = None) -> str:

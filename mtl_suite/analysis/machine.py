@@ -1,10 +1,11 @@
-"""The machine and software a result came from, in one line, for a report to quote. Environment only: no MLflow
-import (its version comes from the installed package's metadata)."""
+"""The machine, software and code a result came from, in one line each, for a report to quote. Environment only:
+no MLflow import (its version comes from the installed package's metadata)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 from importlib import metadata
 
 
@@ -36,3 +37,14 @@ def _version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def code_description(commit: str) -> str:
+    """A run's or report's `git_commit` (tracking/runs.py:git_commit) in words: "git 0123456789ab" (plus what the
+    recorder added: uncommitted changes, a git archive), "not a git checkout: mtl-suite X.Y.Z" as it is, and for an
+    empty value or the "unknown" that runs before that function's fallback recorded, "not recorded by the run"."""
+    if re.match(r"[0-9a-f]{40}", commit or ""):
+        return f"git {commit[:12]}{commit[40:]}"
+    if not commit or commit == "unknown":
+        return "not recorded by the run"
+    return commit

@@ -16,6 +16,7 @@ import pandas as pd
 from mtl_suite.analysis import report as rp
 from mtl_suite.analysis.comparison_report import ARIA_CLASSES
 from mtl_suite.analysis.intervals import accuracy_context
+from mtl_suite.analysis.machine import code_description
 from mtl_suite.analysis.tables import mean_sd, pct
 from mtl_suite.catalog import ARM_STAGES, STAGES, StageData, Task, get_stage
 from mtl_suite.training import metrics as m
@@ -46,6 +47,7 @@ HYPERPARAMETERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stain control", ("train.stain",)),
     ("backbone weights", ("train.weights",)),
 )
+MAX_CODES = 5  # distinct run commits named in the header; more are counted
 IMAGE_SIZE_PARAM = "data.image_size"  # None in a config means "the backbone's own size": the run's tag has the size
 
 
@@ -85,17 +87,31 @@ def none_found(what: str) -> list[rp.Block]:
 
 
 def report_header(experiment: str, uri: str, runs: list[Run], out: Path, given_uri: str | None,
-                  comparisons: tuple[str, ...] = ()) -> list[rp.Block]:
+                  comparisons: tuple[str, ...] = (), commit: str = "") -> list[rp.Block]:
+    """`commit`: the report's own code (tracking/runs.py:git_commit); the runs' code comes from their tags."""
     store = f" --tracking-uri {given_uri}" if given_uri else ""
     only = "".join(f" --comparison {c}" for c in comparisons)
     scope = f" of comparison run(s) {', '.join(f'`{c}`' for c in comparisons)}" if comparisons else ""
     return [rp.Heading(f"mtl-suite report: {experiment}", 1),
             rp.Code(f"mtl-suite report --experiment {experiment}{store}{only} --out {out}"),
             rp.Bullets((f"MLflow store: `{uri}`", f"generated {dt.datetime.now().isoformat(timespec='seconds')}",
+                        code_line(commit, runs),
                         f"{len(runs)} finished stage runs{scope}; tables show the newest run of each kind, figures the "
                         "newest stage-3 (MTL) run per backbone and task (classical where there is none)",
                         "Reproduces Maaliw et al. (2022), Tables I-IV and Figs. 9-11, then checks the paper "
                         "lacks: calibration, a colour-only shortcut baseline, Grad-CAM."))]
+
+
+def code_line(commit: str, runs: list[Run]) -> str:
+    """The report's code and the code each run recorded (its `git_commit` tag), so a reader can check both out."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        described = code_description(run.data.tags.get("git_commit", ""))
+        counts[described] = counts.get(described, 0) + 1
+    shown = [f"{words} ({n} run{'' if n == 1 else 's'})" for words, n in sorted(counts.items())[:MAX_CODES]]
+    more = f", and {len(counts) - MAX_CODES} more" if len(counts) > MAX_CODES else ""
+    return (f"code: this report {code_description(commit)}; the runs' code: {', '.join(shown) or 'no runs'}"
+            f"{more}")
 
 
 def data_section(headline: list[RunData]) -> list[rp.Block]:

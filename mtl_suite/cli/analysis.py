@@ -96,7 +96,7 @@ def compare(
     with progress.display(quiet):
         run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,
                                       report_dir=out, command=command, study=params_from_study,
-                                      quiet=quiet),
+                                      quiet=quiet, config_file=config),
                        say=lambda message: say(message, quiet))
 
 

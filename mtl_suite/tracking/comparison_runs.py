@@ -122,13 +122,25 @@ def read_test_train_ratio(client, stage_run_id: str) -> float | None:
     return n_test / n_train if n_train else None
 
 
+def read_test_predictions(client, run_id: str) -> pd.DataFrame | None:
+    """A stage run's per-image outer-test predictions (`test/predictions.csv`: path, sha256, label, p_<class>,
+    predicted), None where the run logged none."""
+    if "test/predictions.csv" not in {a.path for a in client.list_artifacts(run_id, "test")}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "test/predictions.csv", tmp)
+        return pd.read_csv(path)
+
+
 def read_dataset_digest(client, run_id: str | None) -> str:
     """The digest of the manifest a stage run read ("" without a run)."""
     return client.get_run(run_id).data.tags.get("dataset_digest", "") if run_id else ""
 
 
 def log_to_parent(client, parent: str, pairs_used: int, pairs_excluded: int, comparisons: dict[str, Comparison],
-                  table: pd.DataFrame, report: str, plot_path: Path, ratio: float) -> None:
+                  table: pd.DataFrame, report: str, plot_path: Path, ratio: float,
+                  beside: Sequence[Path] = ()) -> None:
+    """`beside`: the files written next to the report (per-image predictions, the config's copy), logged with it."""
     now = int(dt.datetime.now().timestamp() * 1000)
     metrics = [Metric("compare/pairs_used", float(pairs_used), now, 0),
                Metric("compare/pairs_excluded", float(pairs_excluded), now, 0),
@@ -148,5 +160,6 @@ def log_to_parent(client, parent: str, pairs_used: int, pairs_excluded: int, com
         (folder / "report.md").write_text(report, encoding="utf-8")
         (folder / "statistics.json").write_text(json.dumps({k: c.as_dict() for k, c in comparisons.items()},
                                                            indent=2, default=float), encoding="utf-8")
-        (folder / plot_path.name).write_bytes(plot_path.read_bytes())
+        for path in (plot_path, *beside):
+            (folder / path.name).write_bytes(path.read_bytes())
         client.log_artifacts(parent, str(folder), artifact_path="comparison")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -21,14 +22,45 @@ def config_params(config: Any) -> dict[str, str]:
     return {k: str(",".join(map(str, v)) if isinstance(v, tuple) else v)[:500] for k, v in flat.items()}
 
 
-def git_commit() -> str:
-    """The commit of the code that produced a run ("unknown" outside a git checkout)."""
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# Filled in by `git archive` (export-subst in .gitattributes): an archive of a commit names that commit here.
+ARCHIVE_COMMIT = "archive_commit.txt"
+UNCOMMITTED = " + uncommitted changes"
+
+
+def git_commit(package_dir: Path = PACKAGE_DIR) -> str:
+    """The code that produced a run, in words a reader can check (never "unknown"):
+
+    - run from a git checkout that tracks this package: its commit (40 hex digits), followed by
+      " + uncommitted changes" when the package's files differ from that commit;
+    - run from a `git archive` of a commit (how the benchmarks copy the code): that commit, which git wrote into
+      `archive_commit.txt`, followed by " (from a git archive)";
+    - else "not a git checkout: mtl-suite X.Y.Z", the package's version (an installed wheel, a copied tree).
+
+    A package installed into a virtualenv inside some other checkout is not that checkout's code: only a checkout
+    that tracks the package's own files counts."""
+    if _git(package_dir, "ls-files", "--error-unmatch", "--", "__init__.py") is not None:
+        head = _git(package_dir, "rev-parse", "HEAD")
+        if head:
+            return head + (UNCOMMITTED if _git(package_dir, "status", "--porcelain", "--", ".") else "")
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        archived = (package_dir / ARCHIVE_COMMIT).read_text(encoding="utf-8").strip()
+    except OSError:
+        archived = ""
+    if re.fullmatch(r"[0-9a-f]{40}", archived):  # unfilled (a checkout's copy) it still reads "$Format:%H$"
+        return f"{archived} (from a git archive)"
+    from mtl_suite import __version__
+
+    return f"not a git checkout: mtl-suite {__version__}"
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    """git's output in `cwd`, None when git fails there or is not installed."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def log_split(split_path: Path, split_digest: str, split_json: dict, context: str = "training") -> None:

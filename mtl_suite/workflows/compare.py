@@ -30,13 +30,15 @@ from mlflow.entities import RunStatus
 
 from mtl_suite import progress
 from mtl_suite.analysis import compare as stats
-from mtl_suite.analysis.comparison_report import METRICS, render_report, table_v
+from mtl_suite.analysis.comparison_report import (
+    CONFIG_SUFFIX, METRICS, PREDICTIONS_SUFFIX, predictions_table, render_report, table_v,
+)
 from mtl_suite.analysis.figures import paired_box_strip_png
 from mtl_suite.catalog import Arm, CompareRequest, Pair, Stage, StagePlan, arm_stage, chain
 from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
 from mtl_suite.models.backbones import with_backbone_sizes
-from mtl_suite.io_utils import sha256_text, write_text_atomic
+from mtl_suite.io_utils import atomic_path, sha256_file, sha256_text, write_text_atomic
 from mtl_suite.tracking import comparison_runs as runs_io
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
@@ -223,11 +225,31 @@ def _summarise(client, experiment_id: str, parent: str, pairs: list[Pair], reque
                                             f"({len(used)} paired runs)")
     table = table_v(pairs)
     digests = [runs_io.read_dataset_digest(client, p.runs.get(Stage.CLASSICAL)) for p in used]
+    beside, config_copy, predictions = [], None, None
+    if request.config_file is not None and request.config_file.is_file():  # the path may not outlive the command
+        copy_path = request.report_dir / f"{stem}{CONFIG_SUFFIX}"
+        copy_path.write_bytes(request.config_file.read_bytes())
+        beside.append(copy_path)
+        config_copy = (copy_path.name, sha256_file(copy_path))
+    frames = {}  # (pair, arm) -> the arm run's per-image test predictions, so a reader recomputes without the store
+    for p in pairs:
+        for arm in Arm:
+            run_id = p.runs.get(arm_stage(arm).name)
+            frame = runs_io.read_test_predictions(client, run_id) if run_id else None
+            if frame is not None:
+                frames[(p.index, str(arm))] = frame
+    if frames:
+        predictions_path = request.report_dir / f"{stem}{PREDICTIONS_SUFFIX}"
+        with atomic_path(predictions_path) as tmp:
+            predictions_table(pairs, frames).to_csv(tmp, index=False)
+        beside.append(predictions_path)
+        predictions = (predictions_path.name, len(frames))
     text = render_report(request, pairs, comparisons, ratio, table, plot_path.name, parent, uri, experiment_id,
-                         dataset_digests=digests, commit=git_commit())
+                         dataset_digests=digests, commit=git_commit(), config_copy=config_copy,
+                         predictions=predictions)
     write_text_atomic(report_path, text)
     runs_io.log_to_parent(client, parent, len(used), len(pairs) - len(used), comparisons, table, text, plot_path,
-                          ratio)
+                          ratio, beside)
     if len(used) < 2:
         raise UserError(f"only {len(used)} of {len(pairs)} pairs finished both arms; a t-test needs at least 2 "
                         f"(see {report_path}). Rerun the same command to retry the failed arms")

@@ -16,6 +16,7 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
 from mtl_suite.analysis.intervals import context_from_metrics
+from mtl_suite.analysis.machine import code_description
 from mtl_suite.catalog import RunKind, Stage
 from mtl_suite.config import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, PREVIOUS_ALIAS
 from mtl_suite.errors import UserError
@@ -273,7 +274,7 @@ def version_description(run: Run, request: PromoteRequest, plan: PromotePlan) ->
              f"- lineage: stage-2 run {tags.get('stage2_run') or '-'}, stage-1 run {tags.get('stage1_run') or '-'}, "
              f"weights {tags.get('weights') or '-'} sha256 {tags.get('weights_sha256') or '-'}",
              f"- data: dataset digest {tags.get('dataset_digest', '-')}, split digest {tags.get('split_digest', '-')}",
-             f"- code: git commit {tags.get('git_commit', '-')}"]
+             f"- code: {code_description(tags.get('git_commit', ''))}"]
     if plan.champion is not None:
         lines.append(f"- replaces version {plan.champion.version} (now '{PREVIOUS_ALIAS}'): {plan.reason}")
     return "\n".join(lines)

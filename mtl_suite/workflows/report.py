@@ -27,6 +27,7 @@ from mtl_suite.catalog import RunKind, Stage, Task
 from mtl_suite.io_utils import write_text_atomic
 from mtl_suite.tracking import report_queries as queries
 from mtl_suite.tracking.reachability import check_tracking_uri
+from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import record_in_launcher_run, resolve_tracking_uri
 
 TABLES = {Task.BINARY: "Table II: binary classification (normal vs leukemia)",
@@ -58,7 +59,7 @@ def build_report(experiment: str, tracking_uri: str | None, out: Path | None, gr
 
     with tempfile.TemporaryDirectory(prefix="mtl-report-") as tmp:
         headline = [queries.run_data(client, r, Path(tmp)) for r in headline_runs(groups)]
-        blocks = sections.report_header(experiment, uri, runs, out, tracking_uri, comparisons)
+        blocks = sections.report_header(experiment, uri, runs, out, tracking_uri, comparisons, git_commit())
         blocks += sections.data_section(headline)
         blocks += sections.hyperparameter_table(groups)
         for task, title in TABLES.items():

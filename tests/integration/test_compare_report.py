@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -113,6 +114,14 @@ def test_compare_makes_paired_runs_report_and_plot(compared):
         assert im.size[0] > 200 and im.size[1] > 200
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/table_v.csv", "comparison/statistics.json", "comparison/report.md"} <= artifacts
+    # per-image predictions beside the report: each arm's test accuracy recomputed from the CSV alone
+    predictions = list((compared["root"] / "reports").glob("compare-tiny-binary-*-predictions.csv"))
+    assert len(predictions) == 1 and f"`{predictions[0].name}` (4 arm runs" in text
+    assert f"comparison/{predictions[0].name}" in artifacts and "- Config file: none" in text
+    frame = pd.read_csv(predictions[0])
+    for (run, arm), rows in frame.groupby(["run", "arm"]):
+        logged = by_pair[str(run - 1)]["classical" if arm == "ctl" else "stage3"].data.metrics["test/accuracy"]
+        assert (rows["label"] == rows["predicted"]).mean() == pytest.approx(logged)
 
 
 def test_compare_resumes_without_repeating_finished_pairs(compared):

@@ -160,7 +160,7 @@ def test_report_lists_excluded_pairs_beside_used_ones(tmp_path):
     comparisons = {m: c.compare_arms([0.80, 0.82], [0.83, 0.84], 0.25, m) for m in ("accuracy", "f1_macro")}
     request = CompareRequest(config=load_config(None, {}), task="binary", runs=3, command="mtl-suite compare x")
     text = render_report(request, pairs, comparisons, 0.25, table_v(pairs), "plot.png", "run1", "sqlite://", "1",
-                         dataset_digests=["ab" * 32], commit="0123456789abcdef")
+                         dataset_digests=["ab" * 32], commit="0123456789abcdef" * 2 + "01234567")
     assert "- run 3 (seed 44): MTL stage3 failed: RuntimeError: boom" in text
     assert "| 3 | 44 | n/a | n/a | n/a | n/a | n/a | n/a | excluded: MTL stage3 failed" in text
     assert "| 1 | 42 | 80.00 | 83.00 | 3.00 | 90.00 | 80.00 | 83.00 | used |" in text  # colour alone beside the arms
@@ -192,10 +192,11 @@ def test_report_without_logged_checks_says_n_a():
     table = table_v(pairs)
     assert table["colour_accuracy"].isna().all() and table["mtl_stain_shift_accuracy"].isna().all()
     text = render_report(request, pairs, comparisons, 0.25, table, "plot.png", "run1", "sqlite://", "1",
-                         dataset_digests=[], commit="0123456789abcdef")
+                         dataset_digests=[], commit="not a git checkout: mtl-suite 0.1.0")
     assert "| 1 | 42 | 80.00 | 83.00 | 3.00 | n/a | 80.00 | 83.00 | used |" in text
     assert "Colour alone: n/a" in text and "Under stain shifts: n/a" in text and "Time: n/a" in text
     assert "the classes are the dataset's own (normal, leukemia)" in text and "B-ALL" not in text
+    assert "code: not a git checkout: mtl-suite 0.1.0\n" in text and "git unknown" not in text
 
 
 def test_the_budget_line_names_every_setting_an_arm_depends_on():
@@ -211,3 +212,77 @@ def test_the_budget_line_names_every_setting_an_arm_depends_on():
                     "stain gray, augmentation paper (offline), test-time flips, colour fusion average; weights imagenet; parameters from "
                     "study s1")
     assert "augmentation none; weights" in budget_line(TrainConfig())
+
+
+def test_the_report_names_its_config_file_and_per_image_predictions(tmp_path):
+    """The provenance a reader needs without the store: the experiment file's copy and the predictions CSV."""
+    from pathlib import Path
+
+    from mtl_suite.analysis.comparison_report import render_report, table_v
+    from mtl_suite.catalog import CompareRequest, Pair
+    from mtl_suite.config import load_config
+
+    pairs = [Pair(i, 42 + i, 42 + i) for i in range(2)]
+    for p, (a, b) in zip(pairs, [(0.80, 0.83), (0.82, 0.84)]):
+        p.metrics = {"ctl": {"accuracy": a, "f1_macro": a}, "mtl": {"accuracy": b, "f1_macro": b}}
+    comparisons = {m: c.compare_arms([0.80, 0.82], [0.83, 0.84], 0.25, m) for m in ("accuracy", "f1_macro")}
+    request = CompareRequest(config=load_config(None, {}), task="binary", runs=2,
+                             config_file=Path("experiments/x.yaml"))
+
+    def render(**kwargs):
+        return render_report(request, pairs, comparisons, 0.25, table_v(pairs), "plot.png", "run1", "sqlite://", "1",
+                             dataset_digests=[], commit="c" * 40, **kwargs)
+
+    text = render(config_copy=("compare-x-config.yaml", "ab" * 32), predictions=("compare-x-predictions.csv", 4))
+    assert ("- Config file: `experiments/x.yaml`, copied beside this report as `compare-x-config.yaml` "
+            "(sha256 abababababababab)") in text
+    assert "- Per-image predictions: `compare-x-predictions.csv` (4 arm runs: pair, arm, run, file sha256" in text
+    bare = render()
+    assert "- Config file: `experiments/x.yaml` (not copied beside this report)" in bare
+    assert "- Per-image predictions: none" in bare
+    request = CompareRequest(config=load_config(None, {}), task="binary", runs=2)
+    assert "- Config file: none (the defaults and the options in the command)" in render()
+
+
+def test_predictions_table_puts_every_arm_run_of_every_pair_in_one_csv():
+    import pandas as pd
+
+    from mtl_suite.analysis.comparison_report import predictions_table
+    from mtl_suite.catalog import Pair
+
+    pairs = [Pair(0, 42, 42, runs={"classical": "c0", "stage3": "m0"}), Pair(1, 43, 43, runs={"classical": "c1"})]
+    pairs[1].excluded = "MTL stage3 failed"
+
+    def frame(p):
+        return pd.DataFrame({"path": ["a.png", "b.png"], "sha256": ["s1", "s2"], "label": ["x", "y"],
+                             "p_x": [p, 1 - p], "p_y": [1 - p, p], "predicted": ["x", "y"]})
+
+    table = predictions_table(pairs, {(0, "ctl"): frame(0.9), (0, "mtl"): frame(0.8), (1, "ctl"): frame(0.7)})
+    assert list(table.columns) == ["run", "seed", "split_seed", "arm", "run_id", "status", "path", "sha256", "label",
+                                   "p_x", "p_y", "predicted"]
+    assert table[["run", "arm", "run_id", "status"]].drop_duplicates().values.tolist() == [
+        [1, "ctl", "c0", "used"], [1, "mtl", "m0", "used"], [2, "ctl", "c1", "excluded"]]
+    # accuracy recomputed from the CSV alone
+    right = table["label"] == table["predicted"]
+    assert right.groupby([table["run"], table["arm"]]).mean().tolist() == [1.0, 1.0, 1.0]
+    assert predictions_table(pairs, {}).empty
+
+
+def test_an_arm_runs_logged_test_predictions_are_read_back(tmp_path):
+    """tracking/comparison_runs.py:read_test_predictions on a real (SQLite) MLflow store."""
+    import mlflow
+    import pandas as pd
+
+    from mtl_suite.tracking.comparison_runs import read_test_predictions
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    with_file, without = (client.create_run(experiment).info.run_id for _ in range(2))
+    folder = tmp_path / "test"
+    folder.mkdir()
+    pd.DataFrame({"path": ["a"], "sha256": ["s"], "label": ["x"], "p_x": [0.9]}).to_csv(
+        folder / "predictions.csv", index=False)
+    client.log_artifacts(with_file, str(folder), artifact_path="test")
+    frame = read_test_predictions(client, with_file)
+    assert frame.to_dict("list") == {"path": ["a"], "sha256": ["s"], "label": ["x"], "p_x": [0.9]}
+    assert read_test_predictions(client, without) is None

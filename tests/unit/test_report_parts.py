@@ -230,3 +230,22 @@ def test_data_section_states_the_label_substitution(tmp_path):
         row["label"] = {"red": "Early", "blue": "Benign"}[row["label"]]
     aria = [b.text for b in sections.data_section([rd]) if isinstance(b, rp.Para)][-1]
     assert "Aria" in aria and "not the paper's FAB classes Normal, L1, L2, L3" in aria and "ALL-IDB" in aria
+
+
+def test_report_header_names_the_report_code_and_each_runs_code(tmp_path):
+    """`mtl-suite report`: its own commit and the commits its runs recorded; an old run's "unknown" said plainly."""
+    from types import SimpleNamespace
+
+    from mtl_suite.analysis import report_sections as sections
+
+    sha = "0123456789abcdef" * 2 + "01234567"
+
+    def run(commit):
+        return SimpleNamespace(data=SimpleNamespace(tags={"git_commit": commit} if commit is not None else {}))
+
+    runs = [run(sha), run(sha), run("unknown"), run(None)]
+    blocks = sections.report_header("cmp", "sqlite://", runs, tmp_path, None, (), "not a git checkout: mtl-suite 0.1.0")
+    bullets = next(b for b in blocks if isinstance(b, rp.Bullets)).items
+    assert ("code: this report not a git checkout: mtl-suite 0.1.0; the runs' code: git 0123456789ab (2 runs), "
+            "not recorded by the run (2 runs)") in bullets
+    assert not any("git unknown" in item for item in bullets)
