@@ -100,16 +100,20 @@ class SealOutcome:
     seal: Seal
     created: bool  # False: these images were already sealed under this name
     root: str
-    earlier: int  # configurations that had scored exactly these images before the seal
+    # created: the configurations that had scored exactly these images before the seal; already sealed: those that
+    # have scored the sealed set
+    configurations: int
     tracking_uri: str
 
     def summary(self) -> str:
-        seal = self.seal
-        head = (f"sealed {len(seal.images)} images of {self.root} as {seal.name!r}" if self.created
-                else f"{self.root} is already sealed as {seal.name!r} ({len(seal.images)} images)")
-        before = (f"; {self.earlier} configuration{'' if self.earlier == 1 else 's'} had scored them before the seal"
-                  if self.earlier else "")
-        return f"{head}{before}; seal run {seal.run_id} in {self.tracking_uri}"
+        seal, n = self.seal, self.configurations
+        scored = f"{n} configuration{'' if n == 1 else 's'}"
+        if self.created:
+            head = f"sealed {len(seal.images)} images of {self.root} as {seal.name!r}"
+            head += f"; {scored} had scored them before the seal" if n else ""
+        else:
+            head = f"{self.root} is already sealed as {seal.name!r} ({len(seal.images)} images, scored by {scored})"
+        return f"{head}; seal run {seal.run_id} in {self.tracking_uri}"
 
 
 def seal_set(request: SealRequest) -> SealOutcome:
@@ -129,7 +133,7 @@ def seal_set(request: SealRequest) -> SealOutcome:
     uri = _open_store(request.tracking_uri)
     existing = _existing_seal(request.name, digest, digests)
     if existing is not None:
-        return SealOutcome(existing, False, manifest.root, len(configurations(store.looks_at(digest))), uri)
+        return SealOutcome(existing, False, manifest.root, len(configurations(store.sealed_looks(existing))), uri)
     earlier = len(configurations(store.looks_at(digest)))
     _, experiment_id = use_tracking(uri, SEAL_EXPERIMENT)
     tags = {"data": manifest.root[:250], "data_layout": manifest.layout, "dataset_digest": manifest.digest,

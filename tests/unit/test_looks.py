@@ -140,7 +140,8 @@ def test_a_folder_is_sealed_once_by_its_contents_in_the_stores_seal_experiment(s
 
     moved = shutil.copytree(folder, tmp_path / "elsewhere" / "renamed")  # the same images, another place
     again = invoke("data", "seal", str(moved), "--name", "final-2025", "--tracking-uri", store)
-    assert again.exit_code == 0 and "is already sealed as 'final-2025' (6 images)" in again.stdout
+    assert again.exit_code == 0 and "is already sealed as 'final-2025' (6 images, scored by 0 configurations)" in \
+        again.stdout
     assert len(client.search_runs([runs[0].info.experiment_id])) == 1
 
 
@@ -175,7 +176,8 @@ def test_a_sealed_set_is_scored_by_one_configuration_unless_again(store, tmp_pat
     digests = digests_of(folder)
     part = part_digest(digests)
     look_run("lab", Look(part, 4, "run:before", "scored before the seal"), 1, RunKind.EVALUATION)
-    assert invoke("data", "seal", str(folder), "--name", "final", "--tracking-uri", store).exit_code == 0
+    sealing = invoke("data", "seal", str(folder), "--name", "final", "--tracking-uri", store)
+    assert sealing.exit_code == 0 and "; 1 configuration had scored them before the seal; seal run" in sealing.stdout
 
     same = sealed_look(digests, Look(part, 4, "run:before", "the same model"), again=False)
     assert (same.configurations, same.looks, same.again, same.shared) == (1, 2, False, 4)
