@@ -53,6 +53,32 @@ class RunKind(StrEnum):
     PROMOTION = "promotion"  # `mlflow run . -e promote`: the run MLflow made names the version it registered
     EVALUATION = "evaluation"  # `mtl-suite evaluate`: a model's metrics on a labelled dataset, linked to the model
     RECIPE = "recipe"  # `mtl-suite train RECIPE`: which runs the recipe made, the final one and the version registered
+    SEAL = "seal"  # `mtl-suite data seal`: a set of images sealed as a final test, in SEAL_EXPERIMENT
+
+
+class LookTag(StrEnum):
+    """The ledger of looks at test parts (data/looks.py; MLflow I/O in tracking/looks.py): the tags of every run that
+    scores a set of labelled images (a final-stage run its outer test part, `evaluate` its DATA), set once the images
+    are scored. Searched across every experiment of the store, so a look is counted wherever it was made."""
+
+    PART = "test_part_digest"  # sha256 over the sorted distinct content digests of the images scored
+    IMAGES = "test_part_images"  # how many distinct images that is
+    MODEL = "test_part_model"  # which configuration scored them: runs with the same value are one configuration
+    CONFIGURATION = "test_part_configuration"  # the same, in words, for a reader of the ledger
+    EARLIER = "test_part_earlier_configurations"  # other configurations that had scored these images before the run
+    SEALED = "sealed_set"  # an evaluation that scored images of a sealed set: the seal's name
+    SEALED_CONFIGURATIONS = "sealed_set_configurations"  # configurations that have scored that set, this one included
+
+
+class SealTag(StrEnum):
+    """The tags of a seal run (`RunKind.SEAL`); its `seal/digests.txt` lists the sealed images' content digests."""
+
+    NAME = "seal_name"
+    PART = "seal_digest"  # as LookTag.PART: an evaluation of exactly these images carries the same digest
+    IMAGES = "seal_images"
+
+
+SEAL_EXPERIMENT = "mtl-suite-seals"  # one experiment for the store's seals, whatever experiment the work is in
 
 
 class Arm(StrEnum):

@@ -18,7 +18,8 @@ from mtl_suite.analysis.comparison_report import ARIA_CLASSES
 from mtl_suite.analysis.intervals import accuracy_context
 from mtl_suite.analysis.machine import code_description
 from mtl_suite.analysis.tables import mean_sd, pct
-from mtl_suite.catalog import ARM_STAGES, STAGES, StageData, Task, get_stage
+from mtl_suite.catalog import ARM_STAGES, STAGES, LookTag, StageData, Task, get_stage
+from mtl_suite.data.looks import earlier_text
 from mtl_suite.training import metrics as m
 
 if TYPE_CHECKING:
@@ -142,11 +143,22 @@ def data_section(headline: list[RunData]) -> list[rp.Block]:
                         f"the development part, split seed {rd.split.get('seed')}; groups of related images never "
                         f"straddle parts; split digest {rd.run.data.tags.get('split_digest', '')[:16]}",
                         f"augmentation (training folds only): {params.get('train.augment', 'none')}; input "
-                        f"{rd.image_size} px; backbone weights {rd.run.data.tags.get('weights', '?')}")),
+                        f"{rd.image_size} px; backbone weights {rd.run.data.tags.get('weights', '?')}",
+                        *_looks_bullet(rd.run))),
         ]
     if len(blocks) == 1:
         return blocks + none_found("the data section")
     return blocks + labels_note(headline)
+
+
+def _looks_bullet(run: Run) -> tuple[str, ...]:
+    """How many configurations had scored the run's outer test part before it (the ledger's count, as the run
+    recorded it); nothing for a run from before the ledger."""
+    earlier = run.data.tags.get(LookTag.EARLIER, "")
+    if not earlier.isdigit():
+        return ()
+    return (f"looks: {earlier_text(int(earlier))} before run `{run.info.run_id[:12]}` (test part digest "
+            f"{run.data.tags.get(LookTag.PART, '')[:16]}; `mtl-suite data looks` lists them)",)
 
 
 def labels_note(headline: list[RunData]) -> list[rp.Block]:
@@ -190,8 +202,9 @@ def metric_table(groups: dict, task: Task, title: str) -> list[rp.Block]:
 
 
 def test_metric_table(groups: dict, task: Task, title: str) -> list[rp.Block]:
-    """Tables II-III's runs scored once on the outer test part, with how many images that is and the 95% interval
-    of the accuracy: on a test part of a few dozen images one image moves the accuracy by points."""
+    """Tables II-III's runs scored once on the outer test part, with how many images that is, the 95% interval
+    of the accuracy (on a test part of a few dozen images one image moves the accuracy by points) and how many other
+    configurations had scored the same test part before the run (a figure chosen among many looks is optimistic)."""
     blocks: list[rp.Block] = [rp.Heading(title)]
     columns = [c for c in TABLE_METRICS[task] if c[0] != ACCURACY] + [SPECIFICITY_COLUMN[task]]
     rows = []
@@ -202,14 +215,16 @@ def test_metric_table(groups: dict, task: Task, title: str) -> list[rp.Block]:
         n = mt.get(f"{TEST}n")
         rows.append((backbone, get_stage(stage).label, "n/a" if n is None else int(n), _accuracy_interval(mt),
                      pct(mt.get(f"{TEST}majority_class_accuracy")), *(pct(mt.get(f"{TEST}{k}")) for k, _ in columns),
-                     f"`{runs[0].info.run_id[:12]}`"))
+                     runs[0].data.tags.get(LookTag.EARLIER, "n/a"), f"`{runs[0].info.run_id[:12]}`"))
     if not rows:
         return blocks + none_found(f"{task} stage-3 or classical runs with a test part, so this table")
     header = ("backbone", "configuration", "n", "accuracy [95% CI] (%)", "majority class (%)",
-              *(f"{name} (%)" for _, name in columns), "run shown")
+              *(f"{name} (%)" for _, name in columns), "earlier configurations", "run shown")
     note = ("Outer test part, scored once after refitting on all development images. 95% CI: Wilson score interval "
             "over the n images; majority class: the accuracy of always predicting the part's most frequent class. "
-            "n/a: the run logged no such metric (older runs)."
+            "Earlier configurations: this test part had been scored by that many other configurations (models) "
+            "before the run, in any experiment of the store (`mtl-suite data looks` lists them); a figure picked "
+            "among many looks is optimistic. n/a: the run logged no such metric or count (older runs)."
             + (" Binary scores are for the leukemia class; specificity is the share of normal images called normal."
                if task == Task.BINARY else ""))
     return blocks + [rp.Table(header, tuple(rows)), rp.Para(note)]

@@ -1,4 +1,5 @@
-"""`mtl-suite data ...`: look at a dataset and split it before training on it."""
+"""`mtl-suite data ...`: look at a dataset and split it before training on it; the ledger of looks at test parts
+and sealed final tests (workflows/looks.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtl_suite.cli.common import (AllowOutsideRoot, DataPath, GroupBy, Layout, TextOrJson, choice, handle_user_errors,
-                                  say)
+from mtl_suite.cli.common import (DATA, AllowOutsideRoot, DataPath, GroupBy, Layout, TextOrJson, TrackingUri, choice,
+                                  given, handle_user_errors, say)
 from mtl_suite.config import NO_GROUPING
 from mtl_suite.data import resolve_data_path
 from mtl_suite.data.manifest import BAD_IMAGE_POLICIES, DUPLICATE_POLICIES, Manifest, build_manifest
@@ -125,3 +126,67 @@ def _grouped_by(group_by: str) -> str:
     if group_by == NO_GROUPING:
         return "only byte-identical files grouped"
     return f"grouped by --group-by {group_by} and byte-identical files"
+
+
+@app.command()
+@handle_user_errors
+def looks(
+    tracking_uri: TrackingUri = None,
+    output_format: TextOrJson = "text",
+) -> None:
+    """The ledger of looks: every set of images scored in the store (a final-stage run's outer test part, an
+    `evaluate` run's DATA), across all its experiments, with each run that scored it in order of time and how many
+    distinct configurations those were; then the sealed sets and their looks. A set is known by the digest of its
+    images' contents, wherever the files sit; deleted runs count (their figures were seen)."""
+    from mtl_suite.workflows.looks import ledger
+
+    found = ledger(given(tracking_uri))
+    typer.echo(json.dumps(found.to_json(), indent=2) if output_format == "json" else format_ledger(found))
+
+
+def format_ledger(found) -> str:
+    """The ledger for a reader: a heading per set, a line per look; a configuration seen before is marked."""
+    from mtl_suite.data.looks import configurations, when
+
+    lines = [f"Looks at test parts in {found.tracking_uri}: {len(found.parts)} set(s) scored"]
+    for part in found.parts:
+        sealed = f", sealed as {part.sealed!r}" if part.sealed else ""
+        lines += ["", f"test part {part.digest[:16]} ({part.images} images{sealed}): {part.configurations} "
+                  f"configuration(s) in {len(part.looks)} look(s)"]
+        seen: set[str] = set()
+        for look in part.looks:
+            again = " (same configuration as above)" if look.model in seen else ""
+            seen.add(look.model)
+            state = " [deleted]" if look.deleted else "" if look.status == "FINISHED" else f" [{look.status}]"
+            lines.append(f"  {when(look.start_time)}  {look.kind:<10} run {look.run_id} ({look.experiment}): "
+                         f"{look.configuration or look.model}{again}{state}")
+    for seal in found.seals:
+        scored = found.sealed[seal.name]
+        lines += ["", f"sealed set {seal.name!r} ({len(seal.images)} images, sealed {when(seal.start_time)}, run "
+                  f"{seal.run_id}): {len(configurations(scored))} configuration(s) in {len(scored)} look(s)"]
+        lines += [f"  {when(look.start_time)}  run {look.run_id}  {look.configuration or look.model}"
+                  for look in scored]
+    return "\n".join(lines)
+
+
+@app.command()
+@handle_user_errors
+def seal(
+    path: DataPath = None,
+    name: Annotated[str, typer.Option("--name", help="The sealed set's name (letters, digits, '.', '_', '-').",
+                                      show_default=False, rich_help_panel=DATA)] = ...,
+    layout: Layout = "auto",
+    on_bad_image: OnBadImage = "fail",
+    allow_outside_root: AllowOutsideRoot = False,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Seal a folder's images as a final test, by their contents, in the tracking store (experiment
+    mtl-suite-seals), so the whole team sees the seal. Then `mtl-suite evaluate` on any folder that holds sealed
+    images, wherever it sits, scores them once: with the first configuration (the run that made the model), again
+    with that one, and with another only given --again; every evaluation of the set is recorded with its count."""
+    from mtl_suite.workflows.looks import SealRequest, seal_set
+
+    outcome = seal_set(SealRequest(name=name, data=str(path) if path else None, layout=layout,
+                                   allow_outside_root=allow_outside_root, on_bad_image=on_bad_image,
+                                   tracking_uri=given(tracking_uri)))
+    typer.echo(outcome.summary())

@@ -37,6 +37,11 @@ def evaluate(
     coverage: Annotated[float, typer.Option("--coverage", help="Coverage of the prediction sets.")
                         ] = DEFAULT_COVERAGE,
     batch_size: PredictBatch = 32,
+    again: Annotated[bool, typer.Option(
+        "--again", help="DATA holds images of a sealed set (`mtl-suite data seal`) that another configuration has "
+        "scored: score it with this one too, recorded as a further look. One configuration is the run that made the "
+        "model, however it is named (a registered version, its logged model, runs:/): scoring it again needs no "
+        "--again and is no new configuration.")] = False,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Also write the metrics, confusion matrix and per-class report to this JSON file.",
         show_default=False, rich_help_panel=OUTPUT)] = None,
@@ -47,14 +52,16 @@ def evaluate(
     """Score a model on a labelled dataset (e.g. an external test set): accuracy with n, 95% CI and majority
     class, precision/recall/F1, AUC, confusion matrix, the share flagged as unlike the training images and the
     prediction sets' coverage, logged as an evaluation run linked to the model. With --expect CLASS, a folder of
-    one class's images (another lab's normal smears): the share called CLASS, flagged, and wrong without a flag."""
+    one class's images (another lab's normal smears): the share called CLASS, flagged, and wrong without a flag.
+    Every evaluation is a look at DATA's images, counted in the store's ledger (`mtl-suite data looks`); a sealed
+    set is scored by a second configuration only with --again."""
     from mtl_suite.workflows.evaluate import EvaluateRequest, evaluate as run_evaluate
 
     request = EvaluateRequest(
         model_uri=model, data=str(data) if data else None, layout=layout, allow_outside_root=allow_outside_root,
         on_bad_image=on_bad_image, normal_class=given(normal_class), batch_size=batch_size,
         tracking_uri=given(tracking_uri), experiment=experiment, output=str(out) if out else None,
-        expect=given(expect), coverage=coverage)
+        expect=given(expect), coverage=coverage, again=again)
     outcome = run_evaluate(request, say=lambda m: say(m, quiet),
                            progress=lambda total: progress_printer(total, "evaluating", quiet))
     typer.echo(outcome.summary())

@@ -143,7 +143,8 @@ def stage_command(plan: StagePlan):
                                              extra_tags=study_tags, resume=resume, external=external_check),
                                 say=lambda message: say(message, quiet))
         # Always said, even with --quiet: where the results went.
-        typer.echo(f"{stage} run {outcome.run_id} (experiment {outcome.experiment_id}) in {outcome.tracking_uri}")
+        typer.echo(f"{stage} run {outcome.run_id} (experiment {outcome.experiment_id}) in {outcome.tracking_uri}"
+                   f"{outcome.looks_text()}")
 
     command.__doc__ = plan.help
     return handle_user_errors(command)

@@ -23,12 +23,13 @@ from mtl_suite.analysis.stage_files import write_cv_files
 from mtl_suite.catalog import STAGES, RunKind
 from mtl_suite.config import DEFAULT_EXPERIMENT, TrainConfig
 from mtl_suite.data.lineage import Exposure
+from mtl_suite.data.looks import model_key
 from mtl_suite.data.splits import save_split
 from mtl_suite.errors import UserError
 from mtl_suite.models.ensemble import run_ensemble
 from mtl_suite.run_files import ModelInfo
 from mtl_suite.tasks import TaskData, smear_task
-from mtl_suite.tracking import stage_log
+from mtl_suite.tracking import looks, stage_log
 from mtl_suite.tracking.logged_runs import LoggedStageRun, read_stage_run
 from mtl_suite.tracking.report_queries import load_run_model
 from mtl_suite.tracking.reachability import check_tracking_uri
@@ -38,7 +39,7 @@ from mtl_suite.training.cv import CVResult, TestResult
 from mtl_suite.training.metrics import classification_metrics, summarise_folds
 from mtl_suite.workflows import stage_checks
 from mtl_suite.workflows.reliability import ExternalCheck, fit_reliability, log_reliability
-from mtl_suite.workflows.stage import StageOutcome, log_test, ui_link
+from mtl_suite.workflows.stage import StageOutcome, log_test, record_test_look, ui_link
 
 # what every member must share (run tags): one stage, task and split, so the averaged images are the same images
 SHARED_TAGS = ("stage", "task", "split_digest", "image_size", "classes")
@@ -86,9 +87,10 @@ def make_ensemble(request: EnsembleRequest, say: Callable[[str], None] = print) 
             except KeyboardInterrupt:
                 mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
                 raise
-            outcome = StageOutcome(run.info.run_id, stage, metrics, uri, experiment_id)
-    say(f"ensemble finished: run {outcome.run_id}; promote it with: mtl-suite promote {outcome.run_id}; "
-        f"view with: mlflow ui --backend-store-uri {uri}, then {ui_link(experiment_id)}")
+            outcome = StageOutcome(run.info.run_id, stage, metrics, uri, experiment_id,
+                                   looks.logged_earlier(run.info.run_id))
+    say(f"ensemble finished: run {outcome.run_id}{outcome.looks_text()}; promote it with: mtl-suite promote "
+        f"{outcome.run_id}; view with: mlflow ui --backend-store-uri {uri}, then {ui_link(experiment_id)}")
     return outcome
 
 
@@ -162,6 +164,9 @@ def _log(members: list[LoggedStageRun], task_data: TaskData, split: tuple[Path, 
         stage_log.log_metrics_and_folder(cv_metrics, write_cv_files(cv, task_data, workdir / "cv"), "cv")
         metrics.update(cv_metrics)
     metrics.update(log_test(final, task_data, workdir))
+    record_test_look(final, task_data, f"ensemble of {len(members)} {first.run.data.tags.get('stage')} runs "
+                     f"({_backbones(members)}): {', '.join(m.run_id[:8] for m in members)}",
+                     model_key(run_id=stage_log.active_run_id()))
     say("logging the combined model")
     stage_log.log_keras_model(final.model, task_data.data.images[:2].astype("float32"), ModelInfo(
         class_names=tuple(first.class_names), image_size=first.image_size, backbone=_backbones(members),

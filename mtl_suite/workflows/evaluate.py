@@ -21,15 +21,19 @@ from mtl_suite.analysis.external import expected_class_scores, external_line
 from mtl_suite.catalog import RunKind, Task
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.data import resolve_data_path
+from mtl_suite.data.looks import Look, earlier_text, model_key, part_digest
 from mtl_suite.data.manifest import Manifest, build_manifest
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import write_text_atomic
 from mtl_suite.serving.pyfunc import COLUMN, ImageError, read_file
 from mtl_suite.tasks import POSITIVE_NAME, class_map_for
 from mtl_suite.tracking.evaluation import EvaluatedModel, load_model, log_evaluation
+from mtl_suite.tracking.looks import earlier_configurations, run_model_key
+from mtl_suite.tracking.reachability import check_tracking_uri
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import resolve_tracking_uri, take_launcher_run, use_tracking
 from mtl_suite.training.conformal import DEFAULT_COVERAGE, check_coverage, set_metrics
+from mtl_suite.workflows.looks import SealedLook, sealed_look
 
 NORMAL = "normal"  # a binary model's negative class (tasks.py: ordered_classes)
 Progress = Callable[[int], Callable[[int], None] | None]  # total images -> a report(done) callback, or None
@@ -49,6 +53,7 @@ class EvaluateRequest:
     output: str | None = None  # a JSON file for the metrics
     expect: str | None = None  # every image under `data` is of this class (another lab's normal smears, say)
     coverage: float = DEFAULT_COVERAGE  # of the prediction sets
+    again: bool = False  # score a sealed set another configuration has scored (a recorded further look)
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,18 @@ class EvaluateOutcome:
     output: Path | None
     expected: str | None = None  # the model class every image was expected to be (--expect)
     reliability: dict[str, float] | None = None  # flags and sets; with --expect the expected-class shares
+    earlier: int = 0  # other configurations that had scored these images before this run (the ledger's count)
+    sealed: SealedLook | None = None  # the look at a sealed set this was
 
     def summary(self) -> str:
-        """`evaluate: accuracy 0.954 (523/548; 95% CI 0.93-0.97; majority class 0.31), macro-F1 0.95; 1.1% flagged,
+        """How often these images had been looked at (and the sealed set's count), then the figures' line:
+        `evaluate: accuracy 0.954 (523/548; 95% CI 0.93-0.97; majority class 0.31), macro-F1 0.95; 1.1% flagged,
         accuracy on the rest 0.960; run <id> in <uri>`; with --expect, the expected-class line instead."""
+        looks = f"evaluate: {earlier_text(self.earlier, 'these images')}"
+        looks += f"; {self.sealed.text()}" if self.sealed else ""
+        return f"{looks}\n{self._figures()}"
+
+    def _figures(self) -> str:
         if self.expected is not None and self.reliability is not None and "flagged_share" in self.reliability:
             head = external_line("evaluate", self.expected, self.reliability)
         elif self.expected is not None:
@@ -100,6 +113,10 @@ def evaluate(request: EvaluateRequest, say: Callable[[str], None] = print,
                               allow_outside_root=request.allow_outside_root, one_class=request.expect)
     mapping = label_map(manifest.classes, model.class_names, request.normal_class, model.uri)
     entries = manifest.entries
+    check_tracking_uri(uri)  # the ledger and the seals are read before anything is scored
+    look = look_of(model, [e.sha256 for e in entries])
+    sealed = sealed_look([e.sha256 for e in entries], look, request.again)  # a refused second look costs nothing
+    earlier = earlier_configurations(look)
     say(f"data {manifest.root} ({manifest.layout}): {len(entries)} images, classes "
         + ", ".join(f"{label} {count}" for label, count in manifest.class_counts.items())
         + (f"; {len(manifest.skipped)} unusable image(s) left out" if manifest.skipped else ""))
@@ -120,19 +137,30 @@ def evaluate(request: EvaluateRequest, say: Callable[[str], None] = print,
         if manifest.skipped:
             (folder / "skipped_images.tsv").write_text("".join(f"{p}\t{r}\n" for p, r in manifest.skipped))
         tags = _tags(model, manifest, mapping) | ({"expected_class": expected} if expected else {}) | \
-            ({"coverage": f"{request.coverage:g}"} if reliability else {})
+            ({"coverage": f"{request.coverage:g}"} if reliability else {}) | look.tags(earlier) | \
+            (sealed.tags() if sealed else {})
         run_id = log_evaluation(
             experiment_id, take_launcher_run(experiment_id), f"evaluate-{model.label}", tags,
             {**scored.metrics, **{f"{RELIABILITY_PREFIX}{k}": v for k, v in (reliability or {}).items()}}, folder,
             _dataset_rows(manifest, mapping), manifest.root, f"eval-{manifest.digest[:12]}", model.model_id)
-    outcome = EvaluateOutcome(run_id, uri, experiment_id, model, scored, output, expected, reliability)
+    outcome = EvaluateOutcome(run_id, uri, experiment_id, model, scored, output, expected, reliability, earlier,
+                              sealed)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output, json.dumps({"run_id": run_id, "tracking_uri": uri, "model_uri": model.uri,
                                               "data": manifest.root, "dataset_digest": manifest.digest,
                                               **scored.summary(), "expected_class": expected,
-                                              "reliability": reliability}, indent=2))
+                                              "reliability": reliability, "earlier_configurations": earlier,
+                                              "sealed_set": sealed.to_json() if sealed else None}, indent=2))
     return outcome
+
+
+def look_of(model: EvaluatedModel, digests: list[str]) -> Look:
+    """This evaluation's look: the images scored, and the configuration (data/looks.py:model_key) that scores them:
+    the stage run that made the model, however it is named (a registered version, its logged model, runs:/)."""
+    key = run_model_key(model.source_run_id) if model.source_run_id else model_key(None, model.model_id, model.uri)
+    run = f" (run {model.source_run_id})" if model.source_run_id and model.source_run_id not in model.uri else ""
+    return Look(part_digest(digests), len(set(digests)), key, f"{model.uri}{run}")
 
 
 RELIABILITY_PREFIX = "reliability/"  # eval/reliability/<share>: the flags and sets (analysis/external.py with --expect)

@@ -22,13 +22,14 @@ from mtl_suite.cache import default_cache_root
 from mtl_suite.catalog import Stage, StageData, StagePlan, Task, get_stage
 from mtl_suite.config import DataConfig, ExperimentConfig, TrainConfig, keyed_settings
 from mtl_suite.data.lineage import DataSource, Exposure, HeldOut
+from mtl_suite.data.looks import Look, earlier_text, part_digest
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_text
 from mtl_suite.models.backbones import with_backbone_sizes
 from mtl_suite.run_files import ModelInfo
 from mtl_suite.tasks import (CellSegmenter, TaskData, TaskRequest, describe, held_out_images, load_task_data,
                               roi_segmenter, smear_masks)
-from mtl_suite.tracking import resume, stage_log
+from mtl_suite.tracking import looks, resume, stage_log
 from mtl_suite.tracking.folds import MlflowFoldObserver
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 from mtl_suite.training.activations import describe_finetuning
@@ -78,6 +79,11 @@ class StageOutcome:
     metrics: dict[str, float]
     tracking_uri: str
     experiment_id: str
+    earlier: int | None = None  # other configurations that had scored its outer test part first (None: none scored)
+
+    def looks_text(self) -> str:
+        """'; this test part had been scored by 3 earlier configurations', or "" for a run that scored none."""
+        return "" if self.earlier is None else f"; {earlier_text(self.earlier)}"
 
 
 @dataclass(frozen=True)
@@ -130,9 +136,10 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
             except KeyboardInterrupt:
                 mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))  # the context manager would say FAILED
                 raise
-            outcome = StageOutcome(run.info.run_id, plan.name, metrics, uri, experiment_id)
+            outcome = StageOutcome(run.info.run_id, plan.name, metrics, uri, experiment_id,
+                                   looks.logged_earlier(run.info.run_id))
         shutil.rmtree(checkpoints, ignore_errors=True)  # every fold is in the tracking store now
-    say(f"{plan.name} finished: run {outcome.run_id} ({_summary(metrics)}); "
+    say(f"{plan.name} finished: run {outcome.run_id} ({_summary(metrics)}){outcome.looks_text()}; "
         f"view with: mlflow ui --backend-store-uri {uri}, then {ui_link(experiment_id)}")
     _stage_done(plan.name)
     return outcome
@@ -385,6 +392,9 @@ def _train_and_log(plan: StagePlan, request: StageRequest, task_data: TaskData |
         final = refit_and_test(task_data.data, task_data.split, task_data.class_names, factory, config.train,
                                observer, augment, verbose, checkpoints=resumption.checkpoints)
     metrics.update(log_test(final, task_data, workdir))
+    if not plan.starts_another:  # the final model's test figures are seen: a look at the test part
+        record_test_look(final, task_data, configuration_text(plan, request),
+                         looks.run_model_key(stage_log.active_run_id()))
     _log_backbone_and_model(final, task_data, config, workdir, lineage)
     reliability = None
     if not plan.starts_another:  # the served model: it says when an image is unlike its training images
@@ -409,6 +419,23 @@ def log_test(final: TestResult, task_data: TaskData, workdir: Path) -> dict[str,
                     for k, v in {**final.metrics, **stage_checks.test_part_context(final, task_data)}.items()}
     stage_log.log_metrics_and_folder(test_metrics, write_test_files(final, task_data, workdir / "test"), "test")
     return test_metrics
+
+
+def record_test_look(final: TestResult, task_data: TaskData, configuration: str, model: str) -> None:
+    """The active run's look at its outer test part, in the ledger (data/looks.py); nothing without a test part."""
+    if len(final.index):
+        digests = [task_data.split.entries[i].sha256 for i in final.index]
+        looks.record_look(Look(part_digest(digests), len(set(digests)), model, configuration))
+
+
+def configuration_text(plan: StagePlan, request: StageRequest) -> str:
+    """The configuration in a few words, for the ledger: 'stage3 xception multiclass, seed 42, refit, tta flips'
+    (the run's params hold all of it)."""
+    train = request.config.train
+    shaped = [f"{name} {value}" for name, value in (("stain", train.stain), ("tta", train.tta),
+                                                    ("colour fusion", train.colour_fusion)) if value != "none"]
+    final = "fold ensemble" if train.ensemble == "folds" else "refit"
+    return ", ".join([f"{plan.name} {train.backbone} {request.run_task(plan)}", f"seed {train.seed}", final, *shaped])
 
 
 def _online_augment(train: TrainConfig):

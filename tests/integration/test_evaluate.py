@@ -216,8 +216,53 @@ def test_a_stage_runs_keras_model_scores_as_its_registered_pyfunc(store):
     for uri in (URI, f"runs:/{version.run_id}/model"):
         result = evaluate(store, uri)
         assert result.exit_code == 0, result.output
-        run = mlflow.MlflowClient(tracking_uri=store.uri).get_run(SUMMARY.match(result.stdout.strip()).group(9))
+        last = result.stdout.strip().splitlines()[-1]
+        run = mlflow.MlflowClient(tracking_uri=store.uri).get_run(SUMMARY.match(last).group(9))
         assert run.data.tags["evaluated_run_id"] == version.run_id
         scores[run.data.tags["evaluated_model_kind"]] = {k: v for k, v in run.data.metrics.items()}
     assert set(scores) == {"raw-image-pyfunc", "keras"}
     assert scores["keras"] == pytest.approx(scores["raw-image-pyfunc"], abs=1e-6)
+
+
+def test_a_sealed_set_is_scored_once_and_a_second_model_only_with_again(store, tmp_path):
+    """The sealed set (`data seal`) is found by its contents in a copy elsewhere; its first model scores it, that
+    model again is no new configuration (however it is named), the other model is refused (one line, exit 2, no
+    run) until --again, and every evaluation says and records its look. Images of their own, so the other tests'
+    evaluations of the sample touch no seal."""
+    from conftest import build_tree
+
+    sealed = build_tree(tmp_path / "final", {"Benign": 2, "Pro": 2}, suffix=".png", size=(96, 72), seed=500)
+    assert CliRunner().invoke(app, ["data", "seal", str(sealed), "--name", "final-test", "--tracking-uri",
+                                    store.uri]).exit_code == 0
+    copy = shutil.copytree(sealed, tmp_path / "copied" / "elsewhere")
+    first, second = (f"runs:/{run_id}/model" for run_id in store.runs)
+    experiment = "evaluate-sealed-tests"
+
+    def look(model: str, data, *more: str):
+        result = CliRunner().invoke(app, ["evaluate", model, str(data), "--tracking-uri", store.uri, "--experiment",
+                                          experiment, "-q", *more])
+        return result, result.stdout.strip().splitlines()
+
+    result, lines = look(first, copy)
+    assert result.exit_code == 0, result.output
+    assert lines[0] == ("evaluate: these images had been scored by 0 earlier configurations; sealed set "
+                        "'final-test': scored by 1 configuration in 1 look, this one included")
+    result, lines = look(first, sealed)  # the same model: recorded, not a new configuration
+    assert result.exit_code == 0, result.output
+    assert lines[0].endswith("scored by 1 configuration in 2 looks, this one included")
+
+    client = mlflow.MlflowClient(tracking_uri=store.uri)
+    runs_before = len(client.search_runs([client.get_experiment_by_name(experiment).experiment_id]))
+    line = _one_line_refusal(look(second, copy)[0])
+    assert line.startswith("error: DATA holds 4 of the 4 images of sealed set 'final-test', already scored by 1 "
+                           f"configuration (first {first}, run "), line
+    assert line.endswith(f"scoring it with {second} would be another look: pass --again to make it, recorded as one")
+    assert len(client.search_runs([client.get_experiment_by_name(experiment).experiment_id])) == runs_before
+
+    result, lines = look(second, copy, "--again")
+    assert result.exit_code == 0, result.output
+    assert lines[0] == ("evaluate: these images had been scored by 1 earlier configuration; sealed set 'final-test': "
+                        "scored by 2 configurations in 3 looks, this one included (a further configuration: --again)")
+    tags = client.get_run(SUMMARY.match(lines[-1]).group(9)).data.tags
+    assert (tags["sealed_set"], tags["sealed_set_configurations"]) == ("final-test", "2")
+    assert (tags["test_part_model"], tags["test_part_earlier_configurations"]) == (f"run:{store.runs[1]}", "1")

@@ -137,6 +137,29 @@ def test_the_final_stage_carries_its_detector_and_sets_and_every_figure_is_in_it
     assert "stage3 reliability: " in store["output"] and "flagged as unlike the training images" in store["output"]
 
 
+def test_final_stages_record_their_look_at_the_test_part_and_count_the_earlier_ones(store):
+    """Stage 3 and then the classical run score the same outer test part (one split of the sample): each records
+    its test images' digest and its configuration, the classical run counts stage 3 as an earlier configuration,
+    and says so; the stages that only start another score no test part of their own."""
+    from mtl_suite.config import DataConfig
+    from mtl_suite.data.looks import part_digest
+    from mtl_suite.tasks import smear_split
+
+    split = smear_split(DataConfig(folds=2))
+    digest = part_digest(split.entries[i].sha256 for i in split.test_indices)
+    s3, classical = stage_run(store, "stage3"), stage_run(store, "classical")
+    for run, earlier in ((s3, "0"), (classical, "1")):
+        tags = run.data.tags
+        assert tags["test_part_digest"] == digest and tags["test_part_images"] == str(len(split.test_indices))
+        assert tags["test_part_model"] == f"run:{run.info.run_id}"
+        assert tags["test_part_earlier_configurations"] == earlier
+    assert s3.data.tags["test_part_configuration"] == "stage3 tiny multiclass, seed 42, refit"
+    assert not any("test_part_digest" in stage_run(store, s).data.tags for s in ("stage1", "stage2"))
+    assert "stage3 finished: run" in store["output"]
+    assert f"classical run {classical.info.run_id} (experiment " in store["output"]
+    assert "this test part had been scored by 1 earlier configuration\n" in store["output"]
+
+
 def test_stage3_starts_from_stage2_weights(store, tmp_path):
     """Weight transfer really transfers: stage 3's initial backbone is stage 2's final one, which training
     changed from stage 1's."""

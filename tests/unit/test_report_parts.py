@@ -170,32 +170,35 @@ def test_confusion_and_rate_tables_on_both_parts(tmp_path):
     assert rates.rows[1][4:] == ("n/a", "50.00", "25.00")
 
 
-def _stage_run(stage: str, task: str, metrics: dict, params: dict | None = None, image_size: str = "32"):
+def _stage_run(stage: str, task: str, metrics: dict, params: dict | None = None, image_size: str = "32",
+               tags: dict | None = None):
     from types import SimpleNamespace
 
-    tags = {"stage": stage, "backbone": "tiny", "task": task, "image_size": image_size}
+    tags = {"stage": stage, "backbone": "tiny", "task": task, "image_size": image_size, **(tags or {})}
     return SimpleNamespace(data=SimpleNamespace(metrics=metrics, tags=tags, params=params or {}),
                            info=SimpleNamespace(run_id=f"{stage}-run".ljust(32, "0")))
 
 
-def test_test_part_table_shows_n_interval_and_specificity():
+def test_test_part_table_shows_n_interval_specificity_and_earlier_looks():
     from mtl_suite.analysis import report_sections as sections
 
     logged = {"test/accuracy": 0.75, "test/n": 8.0, "test/accuracy_ci_low": 0.409, "test/accuracy_ci_high": 0.929,
               "test/majority_class_accuracy": 0.5, "test/precision": 0.75, "test/recall": 0.75, "test/f1": 0.75,
               "test/specificity": 0.75}
     older = {"test/accuracy": 0.5}  # a run from before n, interval and specificity were logged
-    groups = {("stage3", "tiny", "binary"): [_stage_run("stage3", "binary", logged)],
+    looked = {"test_part_earlier_configurations": "27"}  # the ledger's count, recorded by the run
+    groups = {("stage3", "tiny", "binary"): [_stage_run("stage3", "binary", logged, tags=looked)],
               ("classical", "tiny", "binary"): [_stage_run("classical", "binary", older)],
               ("stage3", "tiny", "multiclass"): [_stage_run("stage3", "multiclass", logged)]}
     table = [b for b in sections.test_metric_table(groups, "binary", "T") if isinstance(b, rp.Table)][0]
     assert table.header[2:5] == ("n", "accuracy [95% CI] (%)", "majority class (%)")
-    assert table.header[-2] == "specificity (%)"
+    assert table.header[-3:-1] == ("specificity (%)", "earlier configurations")
     classical, mtl = table.rows
     assert mtl[2:9] == (8, "75.00 [40.90, 92.90]", "50.00", "75.00", "75.00", "75.00", "75.00")
-    assert classical[2:5] == ("n/a", "50.00", "n/a") and classical[-2] == "n/a"
+    assert mtl[-2] == "27"
+    assert classical[2:5] == ("n/a", "50.00", "n/a") and classical[-3:-1] == ("n/a", "n/a")
     multiclass = [b for b in sections.test_metric_table(groups, "multiclass", "T") if isinstance(b, rp.Table)][0]
-    assert multiclass.header[-2] == "specificity (macro) (%)"
+    assert multiclass.header[-3] == "specificity (macro) (%)"
 
 
 def test_table_one_reads_the_params_each_run_logged():
