@@ -11,7 +11,7 @@ import typer
 from mtl_suite import progress
 from mtl_suite.cli.common import (
     Experiment, NormalClass, Quiet, SetOption, TrackingUri, check_inputs, command_line, config_keys, explicit_options,
-    handle_user_errors, say,
+    given, handle_user_errors, say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.errors import UserError
@@ -44,7 +44,7 @@ def assess(
                         "Default: the recipe's data.group_by.", show_default=False)] = None,
     settings: SetOption = None,
     normal_class: NormalClass = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder of the report, its JSON, the per-image "
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Folder of the report, its JSON, the per-image "
                    "predictions and the recipe's copy. Default: reports/assess-<recipe>-<date>.",
                    show_default=False)] = None,
     tracking_uri: TrackingUri = None,
@@ -70,6 +70,7 @@ def assess(
     unwind_on_interrupts()
     seeds = tuple(range(first_seed, first_seed + splits))
     with progress.display(quiet):
-        outcome = assess_recipe(AssessRequest(loaded, seeds, out or default_out(loaded), command_line(ctx),
-                                              normal_class, quiet), say=lambda message: say(message, quiet))
+        outcome = assess_recipe(AssessRequest(loaded, seeds, Path(out) if given(out) else default_out(loaded),
+                                              command_line(ctx), given(normal_class), quiet),
+                                say=lambda message: say(message, quiet))
     typer.echo(str(outcome.report))  # stdout: the report, for scripts
