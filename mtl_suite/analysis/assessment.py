@@ -32,9 +32,6 @@ ECE_BINS = 10
 MIN_SPLITS = 2  # a t-interval needs two; the headline protocol uses at least HEADLINE_SPLITS
 HEADLINE_SPLITS = 5
 COLOUR_PREFIX = "colour_"  # colour alone's columns in the predictions table: colour_p_<class>, colour_predicted
-# the predictions table's columns in front of a stage run's test/predictions.csv ones (file, sha256, label, p_*,
-# predicted)
-FRONT = ("split_seed", "run_id")
 
 
 @dataclass(frozen=True)

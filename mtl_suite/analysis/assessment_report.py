@@ -50,7 +50,7 @@ def render_json(assessment: Assessment, provenance: Provenance) -> str:
 
 def render_report(a: Assessment, p: Provenance) -> str:
     n = len(p.seeds)
-    lines = [f"# Assessment of recipe `{p.recipe_copy}`: {n} fresh outer splits", "",
+    lines = [f"# Assessment of recipe `{p.recipe_copy}`: {n} outer splits, each trained from nothing", "",
              "Made by:", "", "```", p.command, "```", "",
              f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}; code: {code_description(p.commit)}",
              f"- Recipe: `{p.recipe}` ({p.recipe_description}), copied beside this report as `{p.recipe_copy}`, "
@@ -67,9 +67,9 @@ def render_report(a: Assessment, p: Provenance) -> str:
              "sha256, label, the model's class probabilities and call, colour alone's beside them); every figure "
              "below is computed from it.", "",
              "## Headlines", "",
-             f"Colour alone is the best colour-only baseline (colour histograms and statistics, logistic regression; "
-             f"chosen by CV accuracy on the development part), refit and scored on the same split: the figure a "
-             f"model that reads stain rather than cells reaches.", ""]
+             "Colour alone is the best colour-only baseline (colour histograms and statistics, logistic regression; "
+             "chosen by CV accuracy on the development part), refit and scored on the same split: the figure a "
+             "model that reads stain rather than cells reaches.", ""]
     lines.append(markdown_table(["figure", "the recipe's model", "colour alone"], _headline_rows(a, n)))
     lines += [f"- {a.difference.verdict}" if a.difference else
               "- CNN - colour alone: n/a (colour alone's predictions are missing on some splits)."]

@@ -27,8 +27,10 @@ from mlflow.entities import RunStatus
 
 from mtl_suite import progress
 from mtl_suite.analysis import assessment as figures
-from mtl_suite.analysis.assessment_report import JSON_REPORT, PREDICTIONS, REPORT, Provenance, render_json, render_report
-from mtl_suite.catalog import Task, chain
+from mtl_suite.analysis.assessment_report import (
+    JSON_REPORT, PREDICTIONS, REPORT, Provenance, render_json, render_report,
+)
+from mtl_suite.catalog import Stage, Task, chain
 from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_file, sha256_text, write_text_atomic
@@ -124,7 +126,7 @@ def split_config(config: ExperimentConfig, seed: int) -> ExperimentConfig:
 
 
 def _has_stage2(recipe: Recipe) -> bool:
-    return any(plan.name == "stage2" for plan in chain(recipe.stage))
+    return any(plan.stage is Stage.STAGE2 for plan in chain(recipe.stage))
 
 
 def _tags(request: AssessRequest) -> dict[str, str]:

@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import os
-from pathlib import Path
 
 import mlflow
 import pandas as pd
