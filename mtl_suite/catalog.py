@@ -54,6 +54,7 @@ class RunKind(StrEnum):
     EVALUATION = "evaluation"  # `mtl-suite evaluate`: a model's metrics on a labelled dataset, linked to the model
     RECIPE = "recipe"  # `mtl-suite train RECIPE`: which runs the recipe made, the final one and the version registered
     SEAL = "seal"  # `mtl-suite data seal`: a set of images sealed as a final test, in SEAL_EXPERIMENT
+    ASSESSMENT = "assessment"  # `mtl-suite assess RECIPE`: the recipe trained afresh on N outer splits, its headlines
 
 
 class LookTag(StrEnum):

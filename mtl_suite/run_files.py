@@ -22,6 +22,10 @@ BACKBONE_DIR = "backbone"
 BACKBONE_ARCHIVE = f"{BACKBONE_DIR}/backbone.npz"  # the weights the next stage starts from (models/transfer.py)
 EXPOSURE = "lineage/exposure.json"  # what the run's weights have seen (data/lineage.py)
 CONFIG = "config.yaml"  # the settings the run resolved (config.py)
+TEST_PREDICTIONS = "test/predictions.csv"  # per image of the outer test part: path, sha256, label, p_<class>, predicted
+# the same for colour alone (the shortcut check's best variant, refit on the development part); runs made before it
+# was logged have none
+COLOUR_TEST_PREDICTIONS = "shortcut/test_predictions.csv"
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,19 @@ class ShortcutCheck:
         with threadpool_limits(1):
             return self.best_model.predict(x)
 
+    def predict_proba_best(self, images: np.ndarray, n_classes: int) -> np.ndarray:
+        """(N, n_classes) class probabilities of the best variant (refit on the development part), so a report can
+        give colour alone's calibration and recompute its calls per image; 0 for a class its training rows lacked,
+        one-hot when they held a single class. The argmax is `predict_best`'s label."""
+        x = VARIANTS[self.best].features(channel_histograms(images))
+        out = np.zeros((len(x), n_classes))
+        if isinstance(self.best_model, _Constant):
+            out[:, self.best_model.label] = 1.0
+            return out
+        with threadpool_limits(1):
+            out[:, np.asarray(self.best_model.classes_, dtype=np.int64)] = self.best_model.predict_proba(x)
+        return out
+
 
 def shortcut_check(images: np.ndarray, labels: np.ndarray, folds: Iterable[tuple[np.ndarray, np.ndarray]],
                    development: np.ndarray, test: np.ndarray, variants: Sequence[str] = tuple(VARIANTS),

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_suite.analysis import plots
+from mtl_suite.run_files import TEST_PREDICTIONS
 from mtl_suite.tasks import TaskData
 from mtl_suite.training import metrics as m
 from mtl_suite.training.cv import CVResult, TestResult
@@ -36,7 +37,7 @@ def write_test_files(final: TestResult, task_data: TaskData, folder: Path) -> Pa
     names = task_data.class_names
     y_true = task_data.data.labels[final.index]
     folder.mkdir()
-    predictions_frame(task_data, final.index, final.proba).to_csv(folder / "predictions.csv", index=False)
+    predictions_frame(task_data, final.index, final.proba).to_csv(folder / Path(TEST_PREDICTIONS).name, index=False)
     _figures(y_true, final.proba, names, final.metrics, folder, "outer test")
     (folder / "classification_report.txt").write_text(m.classification_report(y_true, final.proba, names))
     return folder

@@ -11,6 +11,7 @@ import typer
 
 from mtl_suite import __version__, output
 from mtl_suite.cli import analysis, cache, data, registry, train, tune
+from mtl_suite.cli import assess as assess_cli
 from mtl_suite.cli import augment as augment_cli
 from mtl_suite.cli import evaluate as evaluate_cli
 from mtl_suite.cli import preprocess as preprocess_cli
@@ -57,6 +58,7 @@ app.command("train")(recipe_cli.train)  # a recipe end to end: the one command t
 train.register(app)
 app.command("tune")(tune.tune)
 analysis.register(app)  # compare, report
+app.command("assess")(assess_cli.assess)  # a recipe's headline figures over fresh outer splits
 registry.register(app)  # promote, predict, serve
 app.command("evaluate")(evaluate_cli.evaluate)
 app.add_typer(cache.app, name="cache", help="The on-disk cache (backbone features, cell crops, policies): info, clear.")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,8 +12,8 @@ from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
     AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, GroupBy, NormalClass, Quiet, SystemMetrics,
-    TaskOption, TrackingUri, Tta, check_inputs, config_keys, enable_system_metrics, explicit_options, given,
-    handle_user_errors, say, study_overrides, typed,
+    TaskOption, TrackingUri, Tta, check_inputs, command_line, config_keys, enable_system_metrics, explicit_options,
+    given, handle_user_errors, say, study_overrides,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
@@ -98,24 +97,6 @@ def compare(
                                       report_dir=out, command=command, study=params_from_study,
                                       quiet=quiet, config_file=config),
                        say=lambda message: say(message, quiet))
-
-
-def command_line(ctx: typer.Context) -> str:
-    """The command as typed (options the user gave, defaults left out), rebuilt from click's parse so it is right
-    in-process too."""
-    parts = ["mtl-suite", ctx.info_name or "compare"]
-    for param in ctx.command.params:
-        if not param.opts or not typed(ctx, param.name):
-            continue
-        value = ctx.params[param.name]
-        if isinstance(value, bool):
-            if value:
-                parts.append(param.opts[0])
-            elif getattr(param, "secondary_opts", None):  # --x/--no-x typed as --no-x
-                parts.append(param.secondary_opts[0])
-            continue
-        parts += [param.opts[0], shlex.quote(str(value))]
-    return " ".join(parts)
 
 
 @handle_user_errors

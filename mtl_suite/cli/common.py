@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Iterator, Literal, Optional
@@ -90,6 +91,31 @@ def typed(ctx: typer.Context, param: str) -> bool:
     # Compared by name: typer 0.29 vendors click (typer._click), whose ParameterSource is not click.core's.
     source = ctx.get_parameter_source(param)
     return source is not None and source.name != "DEFAULT"
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as typed (options the user gave, defaults left out), rebuilt from click's parse so it is right
+    in-process too."""
+    parts = ["mtl-suite", ctx.info_name or ""]
+    for param in ctx.command.params:
+        if not param.opts or not typed(ctx, param.name):
+            continue
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            parts.append(shlex.quote(str(value)))
+            continue
+        if isinstance(value, (list, tuple)):  # a repeatable option (--set): once per value
+            for item in value:
+                parts += [param.opts[0], shlex.quote(str(item))]
+            continue
+        if isinstance(value, bool):
+            if value:
+                parts.append(param.opts[0])
+            elif getattr(param, "secondary_opts", None):  # --x/--no-x typed as --no-x
+                parts.append(param.secondary_opts[0])
+            continue
+        parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def explicit_options(ctx: typer.Context, mapping: dict[str, str]) -> dict[str, Any]:
@@ -278,7 +304,7 @@ DATA, MODEL, TRAINING, SPEED, TUNING, ROI, TRACKING, OUTPUT, EXTERNAL = (
 PANELS: dict[str, str] = {
     **dict.fromkeys(("data", "path", "layout", "allow_outside_root", "group_by", "masks", "mask_kind", "cells",
                      "source", "normal_class", "image_size", "cell_size", "folds", "test_fraction", "data_seed",
-                     "split_file", "on_bad_image", "duplicates", "label_policy", "stain"), DATA),
+                     "split_file", "on_bad_image", "duplicates", "label_policy", "stain", "splits", "first_seed"), DATA),
     **dict.fromkeys(("backbone", "task", "weights", "dense_units", "dropout", "unfreeze_layers", "depth", "width",
                      "model", "name", "run_id", "ensemble", "tta", "colour_fusion"), MODEL),
     **dict.fromkeys(("epochs", "finetune_epochs", "batch_size", "learning_rate", "finetune_learning_rate",

@@ -26,8 +26,10 @@ import numpy as np
 
 from mtl_suite.analysis.intervals import accuracy_context, context_from_metrics
 from mtl_suite.analysis.shortcut import ShortcutCheck, split_check
+from mtl_suite.analysis.stage_files import predictions_frame
 from mtl_suite.config import TrainConfig
 from mtl_suite.models.stain import controlled_pixels
+from mtl_suite.run_files import COLOUR_TEST_PREDICTIONS
 from mtl_suite.tasks import TaskData
 from mtl_suite.training.cv import CVResult, TestResult
 from mtl_suite.training.metrics import normal_vs_rest, summarise_folds
@@ -55,6 +57,7 @@ def run_checks(plan_name: str, final: TestResult, task_data: TaskData, train: Tr
     data, split = task_data.data, task_data.split
     check = split_check(controlled_pixels(data.images, train.stain), data.labels, split)
     logged = check.metrics()
+    _log_colour_predictions(final, task_data, check, train)
     logged.update(_robustness(final, task_data, check, train))
     if task_data.normal_class is not None:
         logged.update(normal_vs_leukemia(cv, final, task_data, check))
@@ -72,6 +75,19 @@ def run_checks(plan_name: str, final: TestResult, task_data: TaskData, train: Tr
     if external is not None:
         say(reliability_checks.external_summary(plan_name, external, said))
     return logged
+
+
+def _log_colour_predictions(final: TestResult, task_data: TaskData, check: ShortcutCheck, train: TrainConfig) -> None:
+    """Colour alone's probabilities on the test part, per image, in test/predictions.csv's columns: what `assess`
+    pools into colour alone's sensitivity, specificity and calibration beside the CNN's."""
+    if check.best_model is None or not len(final.index):
+        return
+    images = controlled_pixels(task_data.data.images[final.index], train.stain)  # what the CNN sees
+    proba = check.predict_proba_best(images, len(task_data.class_names))
+    with tempfile.TemporaryDirectory(prefix="mtl-colour-") as tmp:
+        path = Path(tmp) / Path(COLOUR_TEST_PREDICTIONS).name
+        predictions_frame(task_data, final.index, proba).to_csv(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(COLOUR_TEST_PREDICTIONS).parent))
 
 
 def _reliability_checks(final: TestResult, task_data: TaskData, train: TrainConfig, check: ShortcutCheck,

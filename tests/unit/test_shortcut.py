@@ -123,6 +123,18 @@ def test_the_best_variants_predictions_are_the_ones_it_was_scored_on():
     assert int((check.best_test == labels[test]).sum()) == score.test_correct
 
 
+def test_the_best_variants_probabilities_give_its_calls_in_every_class_column():
+    """Colour alone's per-image probabilities (what `assess` pools into its calibration): one column per class of
+    the task, even one the refit never saw (0 there), rows summing to 1, and their argmax is exactly its calls."""
+    images, labels = shape_coded(96)
+    folds, development, test = _split_indices(96)
+    check = shortcut_check(images, labels, folds, development, test)
+    proba = check.predict_proba_best(images[test], 3)  # a third class the data lacks
+    assert proba.shape == (len(test), 3) and (proba[:, 2] == 0).all()
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    assert (proba.argmax(axis=1) == check.best_test).all()
+
+
 def test_best_is_chosen_by_cv_not_by_test():
     images, labels = colour_coded(48)
     folds, development, test = _split_indices(48)

@@ -1,0 +1,333 @@
+"""`mtl-suite assess RECIPE`: the headline figures of a recipe from a protocol fixed before anything trains. The
+recipe file (fixed, copied beside the report with its sha256) is trained from nothing on each of N fresh outer
+splits (data seeds S..S+N-1, grouped as the data needs), each model scored once on its split's test part beside
+colour alone on the same split; then the figures (analysis/assessment.py) over splits and pooled over their test
+images. Nothing is promoted or registered: an assessment measures the recipe, it does not ship a model.
+
+Each split runs the recipe as `train` does (each member's stage chain, stage 1 -> 2 -> 3 or classical alone, then
+the ensemble of the members), but every stage is run here with this split's data seed and an explicit parent, so no
+run from outside the assessment is started from; every run of a split is nested under the assessment run.
+
+Resume: the assessment run is found again by a key over the recipe file's bytes, the settings the command changes,
+the data, the seeds and the grouping; a split's runs that FINISHED are reused, an interrupted stage run is adopted
+by the stage itself (tracking/resume.py), anything else is (re)run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from mtl_suite import progress
+from mtl_suite.analysis import assessment as figures
+from mtl_suite.analysis.assessment_report import (
+    JSON_REPORT, PREDICTIONS, REPORT, Provenance, render_json, render_report,
+)
+from mtl_suite.catalog import Stage, Task, chain
+from mtl_suite.config import ExperimentConfig, keyed_settings
+from mtl_suite.errors import UserError
+from mtl_suite.io_utils import sha256_file, sha256_text, write_text_atomic
+from mtl_suite.recipes import Recipe
+from mtl_suite.run_files import COLOUR_TEST_PREDICTIONS, TEST_PREDICTIONS
+from mtl_suite.tasks import normal_class_of
+from mtl_suite.tracking import assessment_runs as runs_io
+from mtl_suite.tracking.runs import git_commit
+from mtl_suite.tracking.setup import take_launcher_run, use_tracking
+
+ENSEMBLE_ROLE = "ensemble"
+
+
+@dataclass(frozen=True)
+class AssessRequest:
+    recipe: Recipe
+    seeds: tuple[int, ...]  # the outer splits' data seeds
+    out: Path  # the report's folder
+    command: str  # as typed, for the report
+    normal_class: str | None = None  # multiclass data: the class read as normal (default: the data's own)
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class AssessOutcome:
+    run_id: str
+    split_runs: dict[int, str]  # data seed -> the split's final run
+    reused: tuple[int, ...]  # seeds whose final run an earlier attempt had finished
+    assessment: figures.Assessment
+    report: Path
+    json_report: Path
+    predictions: Path
+    recipe_copy: Path
+    tracking_uri: str
+    experiment_id: str
+
+
+def assess_recipe(request: AssessRequest, say: Callable[[str], None] = print) -> AssessOutcome:
+    if len(request.seeds) < figures.MIN_SPLITS:
+        raise UserError(f"--splits must be at least {figures.MIN_SPLITS}: a t-interval needs two or more splits (the "
+                        f"headline protocol uses at least {figures.HEADLINE_SPLITS}). Received: {len(request.seeds)}")
+    from mtl_suite.workflows.stage import pinned_segmentation
+
+    recipe = request.recipe
+    tracking = recipe.config.tracking
+    uri, experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)
+    # every split's stage 2 cuts its cells one way, chosen now (as compare does): a U-Net trained meanwhile cannot
+    # give later splits other cells, and a rerun after one is a new assessment (the key holds it)
+    segmentation = pinned_segmentation(recipe.config.data, None, experiment_id) if _has_stage2(recipe) else None
+    client = MlflowClient()
+    key = assessment_key(request, segmentation)
+    run_id = runs_io.find_or_create(client, experiment_id, key, _tags(request), _params(request),
+                                    take_launcher_run(experiment_id), say)
+    say(f"assessment run {run_id}: recipe {recipe.path} on {len(request.seeds)} outer splits (data seeds "
+        f"{request.seeds[0]}..{request.seeds[-1]}) in {uri}")
+    try:
+        finals, reused = {}, []
+        display = progress.current()
+        with display.level("splits", len(request.seeds)) as level:
+            for seed in request.seeds:
+                finals[seed], was_reused = _split(client, experiment_id, run_id, request, seed, segmentation, say)
+                reused += [seed] if was_reused else []
+                display.advance(level, f"split {seed}")
+        outcome = _summarise(client, experiment_id, run_id, request, finals, tuple(reused), uri, say)
+    except KeyboardInterrupt:
+        runs_io.end(client, run_id, RunStatus.KILLED)
+        raise
+    except BaseException:
+        runs_io.end(client, run_id, RunStatus.FAILED)
+        raise
+    runs_io.end(client, run_id, RunStatus.FINISHED)
+    return outcome
+
+
+def assessment_key(request: AssessRequest, segmentation: str | None) -> str:
+    """The recipe file's bytes, every member's settings as the command resolved them (but the split's data seed),
+    the data folder, the seeds, the normal class and how stage 2 cuts cells: the same command finds its run again."""
+    def settings(config: ExperimentConfig) -> dict[str, str]:
+        flat = {k: str(v) for k, v in keyed_settings(config).items()
+                if not k.startswith("tracking.") and k != "data.seed"}
+        flat["data.path"] = str(Path(config.data.path).resolve()) if config.data.path else "bundled sample"
+        return flat
+
+    fields = {"recipe_sha256": sha256_file(request.recipe.path), "members": [settings(m) for m in
+                                                                           request.recipe.members],
+              "seeds": list(request.seeds), "normal_class": request.normal_class, "segmentation": segmentation}
+    return sha256_text(json.dumps(fields, sort_keys=True))[:16]
+
+
+def split_config(config: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """A member's settings on one outer split: only the data seed changes; training is as the recipe states it."""
+    return replace(config, data=replace(config.data, seed=seed))
+
+
+def _has_stage2(recipe: Recipe) -> bool:
+    return any(plan.stage is Stage.STAGE2 for plan in chain(recipe.stage))
+
+
+def _tags(request: AssessRequest) -> dict[str, str]:
+    recipe = request.recipe
+    return {**recipe.tags(), "stage": str(recipe.stage), "task": str(recipe.task),
+            "assessment_splits": str(len(request.seeds)), "git_commit": git_commit(),
+            "command": request.command[:5000], "mlflow.runName": f"assess-{recipe.name}"}
+
+
+def _params(request: AssessRequest) -> dict[str, str]:
+    data = request.recipe.config.data
+    return {"recipe_file": str(request.recipe.path), "recipe_sha256": sha256_file(request.recipe.path),
+            "splits": str(len(request.seeds)), "first_seed": str(request.seeds[0]), "data.path": str(data.path),
+            "data.group_by": str(data.group_by), "members": str(len(request.recipe.members))}
+
+
+# --- one split ----------------------------------------------------------------------------------------------------
+
+def _split(client, experiment_id: str, parent: str, request: AssessRequest, seed: int, segmentation: str | None,
+           say: Callable[[str], None]) -> tuple[str, bool]:
+    """The split's final run (the model the recipe makes), and whether an earlier attempt had finished it."""
+    recipe = request.recipe
+    found = _reusable(client, runs_io.finished_split_runs(client, experiment_id, parent, seed), recipe)
+    final_role = ENSEMBLE_ROLE if recipe.is_ensemble else _member_role(0)
+    if (final_role, str(recipe.stage)) in found:
+        run_id = found[(final_role, str(recipe.stage))]
+        say(f"split {seed}: reusing finished run {run_id}")
+        return run_id, True
+    tags = (("mlflow.parentRunId", parent), (runs_io.RUN, parent), (runs_io.SPLIT, str(seed)), *recipe.tags().items())
+    members = [_member(request, index, seed, tags, segmentation, found, say) for index in range(len(recipe.members))]
+    if not recipe.is_ensemble:
+        return members[0], False
+    from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
+
+    tracking = recipe.config.tracking
+    say(f"split {seed}: the ensemble of its {len(members)} members")
+    outcome = make_ensemble(EnsembleRequest(tuple(members), tracking.tracking_uri, tracking.experiment,
+                                            request.normal_class, request.quiet,
+                                            extra_tags=(*tags, (runs_io.ROLE, ENSEMBLE_ROLE))), say=say)
+    return outcome.run_id, False
+
+
+def _member(request: AssessRequest, index: int, seed: int, tags: tuple, segmentation: str | None,
+            found: dict[tuple[str, str], str], say: Callable[[str], None]) -> str:
+    """One member's stage chain on the split, each stage from the one before it (or ImageNet), reusing what
+    finished."""
+    from mtl_suite.workflows.stage import StageRequest, run_stage  # looked up per call: tests may replace it
+
+    recipe, role = request.recipe, _member_role(index)
+    config = split_config(recipe.members[index], seed)
+    what = f"member {index + 1} of {len(recipe.members)}, " if recipe.is_ensemble else ""
+    prefix = f"assess-s{seed}-" + (f"m{index + 1}-" if recipe.is_ensemble else "")
+    previous = None
+    for plan in chain(recipe.stage):
+        if (role, plan.name) in found:
+            previous = found[(role, plan.name)]
+            say(f"split {seed}: {what}reusing finished {plan.name} run {previous}")
+            continue
+        say(f"split {seed} (data seed {seed}): {what}{plan.name}")
+        previous = run_stage(StageRequest(
+            stage=plan.stage, config=config, task=recipe.task, normal_class=request.normal_class,
+            segmentation=segmentation, parent_run=previous, quiet=request.quiet,
+            extra_tags=(*tags, (runs_io.ROLE, role)), name_prefix=prefix,
+            shift_probe=False),  # the folds' shift figures choose among models; the headlines need none
+            say=say).run_id
+    return previous
+
+
+def _member_role(index: int) -> str:
+    return f"member-{index + 1}"
+
+
+def _reusable(client, found: dict[tuple[str, str], str], recipe: Recipe) -> dict[tuple[str, str], str]:
+    """The finished runs that still stand on each other: a stage whose parent is not the reused run of the stage
+    before it, or an ensemble of other member runs, is run again (with everything after it)."""
+    kept: dict[tuple[str, str], str] = {}
+    finals = []
+    for index in range(len(recipe.members)):
+        role, previous = _member_role(index), None
+        for plan in chain(recipe.stage):
+            run_id = found.get((role, plan.name))
+            if run_id is None or (previous is not None and runs_io.parent_stage_run(client, run_id) != previous):
+                break
+            kept[(role, plan.name)] = previous = run_id
+        finals.append(kept.get((role, str(recipe.stage))))
+    ensemble = found.get((ENSEMBLE_ROLE, str(recipe.stage)))
+    if recipe.is_ensemble and ensemble and runs_io.ensemble_members(client, ensemble) == finals:
+        kept[(ENSEMBLE_ROLE, str(recipe.stage))] = ensemble
+    return kept
+
+
+# --- figures, files, report ---------------------------------------------------------------------------------------
+
+def _summarise(client, experiment_id: str, run_id: str, request: AssessRequest, finals: dict[int, str],
+               reused: tuple[int, ...], uri: str, say: Callable[[str], None]) -> AssessOutcome:
+    recipe = request.recipe
+    table = figures.predictions_table([(seed, final, _predictions(client, final, TEST_PREDICTIONS),
+                                        runs_io.read_csv_artifact(client, final, COLOUR_TEST_PREDICTIONS))
+                                       for seed, final in finals.items()])
+    normal = _normal_class(recipe.task, figures.classes_of(table), request.normal_class)
+    ratio = _test_train_ratio(client, finals, recipe)
+    assessment = figures.assess(table, normal, ratio)
+    request.out.mkdir(parents=True, exist_ok=True)
+    predictions, copy = request.out / PREDICTIONS, request.out / recipe.path.name
+    table.to_csv(predictions, index=False)
+    if copy.resolve() != recipe.path.resolve():
+        shutil.copyfile(recipe.path, copy)
+    facts = {seed: runs_io.split_facts(client, final) for seed, final in finals.items()}
+    provenance = _provenance(request, copy, run_id, uri, experiment_id, ratio, len(table), facts)
+    report, json_report = request.out / REPORT, request.out / JSON_REPORT
+    write_text_atomic(report, render_report(assessment, provenance))
+    write_text_atomic(json_report, render_json(assessment, provenance))
+    runs_io.log_results(client, run_id, _metrics(assessment), _result_tags(assessment, finals),
+                        [report, json_report, predictions, copy])
+    _say_where(assessment, run_id, finals, reused, request.out, uri, say)
+    return AssessOutcome(run_id, dict(finals), reused, assessment, report, json_report, predictions, copy, uri,
+                         experiment_id)
+
+
+def _predictions(client, run_id: str, path: str):
+    frame = runs_io.read_csv_artifact(client, run_id, path)
+    if frame is None or not len(frame):
+        raise UserError(f"run {run_id} logged no {path}: its split has no test part (data.test_fraction 0?); an "
+                        "assessment scores every split's test part")
+    return frame
+
+
+def _normal_class(task: Task, classes: tuple[str, ...], given: str | None) -> str | None:
+    """A binary task's calls are normal vs leukemia already (its class 'normal'); a multiclass one's are read with
+    the data's normal class."""
+    return "normal" if task == Task.BINARY else normal_class_of(list(classes), given)
+
+
+def _test_train_ratio(client, finals: dict[int, str], recipe: Recipe) -> float:
+    """n_test / n_train of the refits (an ensemble's: its members'), else from the test fraction."""
+    runs = list(finals.values())
+    if recipe.is_ensemble:
+        runs = [m for run in runs for m in runs_io.ensemble_members(client, run)]
+    ratio = runs_io.test_train_ratio(client, runs)
+    fraction = recipe.config.data.test_fraction
+    return ratio if ratio is not None else fraction / (1 - fraction)
+
+
+def _provenance(request: AssessRequest, copy: Path, run_id: str, uri: str, experiment_id: str, ratio: float,
+                rows: int, facts: dict[int, tuple[str, int | None]]) -> Provenance:
+    recipe, config = request.recipe, request.recipe.config
+    size = f"{config.data.image_size} px" if config.data.image_size else "its own size"
+    models = f"an ensemble of {len(recipe.members)} models" if recipe.is_ensemble else "one model"
+    return Provenance(
+        command=request.command, recipe=str(recipe.path), recipe_copy=copy.name, recipe_sha256=sha256_file(copy),
+        recipe_description=f"{recipe.stage} {recipe.task}, {config.train.backbone} at {size}, {models}",
+        commit=git_commit(), tracking_uri=uri, experiment_id=experiment_id, run_id=run_id,
+        data=str(config.data.path or "bundled sample"),
+        dataset_digests=tuple(sorted({digest for digest, _ in facts.values() if digest})),
+        grouping=str(config.data.group_by), seeds=tuple(request.seeds), test_fraction=config.data.test_fraction,
+        folds=config.data.folds, train_seed=config.train.seed, test_train_ratio=ratio, predictions_rows=rows,
+        earlier_looks={seed: earlier for seed, (_, earlier) in facts.items()})
+
+
+def _metrics(a: figures.Assessment) -> dict[str, float]:
+    out = {"assess/accuracy_mean": a.accuracy.mean, "assess/accuracy_sd": a.accuracy.sd,
+           "assess/accuracy_ci_low": a.accuracy.low, "assess/accuracy_ci_high": a.accuracy.high,
+           "assess/ece": a.calibration.ece, "assess/brier": a.calibration.brier}
+    if a.colour_accuracy:
+        out.update({"assess/colour_accuracy_mean": a.colour_accuracy.mean,
+                    "assess/colour_accuracy_sd": a.colour_accuracy.sd})
+    if a.difference:
+        out.update({"assess/difference_mean": a.difference.spread.mean,
+                    "assess/difference_p_corrected": a.difference.corrected.p_value})
+    if a.binary:
+        out.update({"assess/sensitivity": a.binary.sensitivity.value, "assess/specificity": a.binary.specificity.value})
+    if a.colour_binary:
+        out.update({"assess/colour_sensitivity": a.colour_binary.sensitivity.value,
+                    "assess/colour_specificity": a.colour_binary.specificity.value})
+    if a.colour_calibration:
+        out.update({"assess/colour_ece": a.colour_calibration.ece, "assess/colour_brier": a.colour_calibration.brier})
+    return out
+
+
+def _result_tags(a: figures.Assessment, finals: dict[int, str]) -> dict[str, str]:
+    return {"verdict": a.difference.verdict if a.difference else "no verdict: colour alone missing on some splits",
+            "split_runs": ",".join(f"{seed}:{run}" for seed, run in finals.items())}
+
+
+def _say_where(a: figures.Assessment, run_id: str, finals: dict[int, str], reused: tuple[int, ...], out: Path,
+               uri: str, say: Callable[[str], None]) -> None:
+    colour = f" (colour alone {_pct(a.colour_accuracy.mean)})" if a.colour_accuracy else ""
+    say(f"test accuracy over {a.accuracy.n} splits: mean {_pct(a.accuracy.mean)}, sd {_pct(a.accuracy.sd)}, "
+        f"95% interval {_pct(a.accuracy.low)}-{_pct(a.accuracy.high)}{colour}")
+    if a.difference:
+        say(a.difference.verdict)
+    if reused:
+        say(f"reused the finished runs of split{'s' if len(reused) > 1 else ''} {', '.join(map(str, reused))}")
+    say("split runs: " + ", ".join(f"{seed}: {run}" for seed, run in finals.items()))
+    say(f"assessment run {run_id} in {uri}; report {out / REPORT}, {out / JSON_REPORT}, per-image predictions "
+        f"{out / PREDICTIONS}")
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
+
+def default_out(recipe: Recipe) -> Path:
+    return Path("reports") / f"assess-{recipe.name}-{dt.date.today().isoformat()}"
