@@ -71,6 +71,16 @@ def end_parent(client, parent: str, status: int, only_if_running: bool = False) 
     client.set_terminated(parent, RunStatus.to_string(status))
 
 
+def run_exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def reopen(client, parent: str, runs: int) -> bool:
     """An ended comparison run RUNNING again, its run count raised to `runs`; False when it is running (another
     worker of the same command reopened it, or is still on it)."""

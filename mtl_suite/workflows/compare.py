@@ -144,6 +144,10 @@ def _comparison_run(client, experiment_id: str, board: UnitBoard, request: Compa
             time.sleep(0.5)
             parent = board.shared(PARENT_ATTR)
     if parent is not None:
+        if not runs_io.run_exists(client, parent):
+            raise UserError(f"the comparison's units in {mask_password(request.storage or '')} belong to comparison "
+                            f"run {parent}, which tracking store {mlflow.get_tracking_uri()} does not have: give every "
+                            "worker the same tracking store, or use another --storage")
         if runs_io.reopen(client, parent, request.runs):
             say(f"resuming comparison run {parent} (same settings: a new round of its units)")
             board.new_round()

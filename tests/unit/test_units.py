@@ -13,7 +13,7 @@ from mtl_suite.catalog import REPORT_STEP, Unit, comparison_units
 from mtl_suite.errors import UserError
 from mtl_suite.tuning.resume import OWNER_ATTR, owner_of
 from mtl_suite.tuning.units import (
-    BLOCKED, DONE, DUPLICATE_ATTR, FAILED, INDEX_ATTR, KEY_ATTR, UNIT_PARAM, UnitBoard, unit_index,
+    BLOCKED, DONE, DUPLICATE_ATTR, FAILED, INDEX_ATTR, KEY_ATTR, UNIT_MAX, UNIT_PARAM, UnitBoard, unit_index,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -83,7 +83,7 @@ def test_a_dead_workers_unit_is_closed_and_redone_once(tmp_path):
     pid = int(dead.stdout)
     board.study.enqueue_trial({UNIT_PARAM: 1}, user_attrs={KEY_ATTR: "a", INDEX_ATTR: 1})
     trial = board.study.ask()  # the dead worker's claim of unit "a"
-    trial.suggest_int(UNIT_PARAM, 0, 10)
+    trial.suggest_int(UNIT_PARAM, 0, UNIT_MAX)
     trial.set_user_attr("worker", f"{owner_of(0).split(':')[0]}:{pid}")
     board.study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, f"{owner_of(0).split(':')[0]}:{pid}:1")
     closed, order = [], []
@@ -130,3 +130,22 @@ def _quiet_optuna():
     level = optuna.logging.get_verbosity()
     yield
     optuna.logging.set_verbosity(level)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_a_claim_without_heartbeats_is_failed_through_the_storages_callback(tmp_path):
+    """A worker on another host (its process cannot be checked from here) that stops sending heartbeats: the RDB
+    storage's stale-trial callback closes what it opened and queues its unit again."""
+    url = f"sqlite:///{tmp_path}/units.db"
+    board = _opened(UnitBoard("work", CHAIN, url, heartbeat_interval=1, grace_period=2))
+    board.study.enqueue_trial({UNIT_PARAM: 1}, user_attrs={KEY_ATTR: "a", INDEX_ATTR: 1})
+    trial = board.study.ask()
+    trial.suggest_int(UNIT_PARAM, 0, UNIT_MAX)
+    trial.set_user_attr("worker", "elsewhere:4242")
+    board.study._storage.record_heartbeat(trial._trial_id)  # its last sign of life
+    closed, order = [], []
+    survivor = _opened(UnitBoard("work", CHAIN, url, heartbeat_interval=1, grace_period=2,
+                                 on_dead=lambda key, worker, since, note: closed.append((key, worker, note))))
+    survivor.work(recorder(order), poll_s=0.2)
+    assert closed == [("a", "elsewhere:4242", "its worker stopped sending heartbeats")]
+    assert sorted(order) == ["a", "b1", "b2", "report"]
