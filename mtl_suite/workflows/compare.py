@@ -161,7 +161,7 @@ def _comparison_run(client, experiment_id: str, board: UnitBoard, request: Compa
 
 def _end_on_error(client, parent: str, board: UnitBoard, error: BaseException) -> None:
     """This worker stops: the comparison's run ends KILLED (interrupt) or FAILED, unless other workers are still
-    running units (they carry it on) or bad input stopped every worker (the run already says FAILED)."""
+    running units (they carry it on, or the last of them to stop ends it) or another worker ended it already."""
     try:
         others = board.shared_by_workers and board.view().count(RUNNING) > 0
     except Exception:  # noqa: BLE001 - the storage itself may be what failed

@@ -3,6 +3,7 @@ bad input that stops every worker, a dead worker's unit redone once, duplicates 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import pytest
 
 from mtl_suite.catalog import REPORT_STEP, Unit, comparison_units
 from mtl_suite.errors import UserError
-from mtl_suite.tuning.resume import OWNER_ATTR, owner_of
+from mtl_suite.tuning.optuna_private import storage_of, trial_id
+from mtl_suite.tuning.resume import OWNER_ATTR
 from mtl_suite.tuning.units import (
     BLOCKED, DONE, DUPLICATE_ATTR, FAILED, INDEX_ATTR, KEY_ATTR, UNIT_MAX, UNIT_PARAM, UnitBoard, unit_index,
 )
@@ -80,17 +82,17 @@ def test_a_dead_workers_unit_is_closed_and_redone_once(tmp_path):
     journal = str(tmp_path / "units.log")
     board = _opened(UnitBoard("work", CHAIN, journal))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
+    worker = f"{socket.gethostname()}:{int(dead.stdout)}"
     board.study.enqueue_trial({UNIT_PARAM: 1}, user_attrs={KEY_ATTR: "a", INDEX_ATTR: 1})
     trial = board.study.ask()  # the dead worker's claim of unit "a"
     trial.suggest_int(UNIT_PARAM, 0, UNIT_MAX)
-    trial.set_user_attr("worker", f"{owner_of(0).split(':')[0]}:{pid}")
-    board.study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, f"{owner_of(0).split(':')[0]}:{pid}:1")
+    trial.set_user_attr("worker", worker)
+    storage_of(board.study).set_trial_system_attr(trial_id(trial), OWNER_ATTR, f"{worker}:1")
     closed, order = [], []
     survivor = _opened(UnitBoard("work", CHAIN, journal,
                                  on_dead=lambda key, worker, since, note: closed.append((key, worker))))
     view = survivor.work(recorder(order))
-    assert closed == [("a", f"{owner_of(0).split(':')[0]}:{pid}")]
+    assert closed == [("a", worker)]
     assert sorted(order) == ["a", "b1", "b2", "report"]
     completes = [t for t in survivor.study.trials if t.state.name == "COMPLETE" and unit_index(t) == 1]
     assert len(completes) == 1 and view.statuses["a"].state == DONE
@@ -142,7 +144,7 @@ def test_a_claim_without_heartbeats_is_failed_through_the_storages_callback(tmp_
     trial = board.study.ask()
     trial.suggest_int(UNIT_PARAM, 0, UNIT_MAX)
     trial.set_user_attr("worker", "elsewhere:4242")
-    board.study._storage.record_heartbeat(trial._trial_id)  # its last sign of life
+    storage_of(board.study).record_heartbeat(trial_id(trial))  # its last sign of life
     closed, order = [], []
     survivor = _opened(UnitBoard("work", CHAIN, url, heartbeat_interval=1, grace_period=2,
                                  on_dead=lambda key, worker, since, note: closed.append((key, worker, note))))
