@@ -20,6 +20,7 @@ from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_c
 from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
+from mtl_suite.tracking.reachability import mask_password
 
 _D, _T = DataConfig(), TrainConfig()
 
@@ -117,7 +118,7 @@ def compare(
 
 def command_line(ctx: typer.Context) -> str:
     """The command as typed (options the user gave, defaults left out), rebuilt from click's parse so it is right
-    in-process too."""
+    in-process too; a password in a URL (--storage postgresql://user:secret@...) shown as ***."""
     parts = ["mtl-suite", ctx.info_name or "compare"]
     for param in ctx.command.params:
         if not param.opts or not typed(ctx, param.name):
@@ -129,7 +130,7 @@ def command_line(ctx: typer.Context) -> str:
             elif getattr(param, "secondary_opts", None):  # --x/--no-x typed as --no-x
                 parts.append(param.secondary_opts[0])
             continue
-        parts += [param.opts[0], shlex.quote(str(value))]
+        parts += [param.opts[0], shlex.quote(mask_password(str(value)))]  # the report and a tag show it: no secret
     return " ".join(parts)
 
 
