@@ -249,7 +249,7 @@ class UnitBoard:
             if not self.shared_by_workers and not view.count(READY, WAITING):
                 raise RuntimeError(f"nothing to run and nothing running, but unsettled units: {view.summary()}")
             if view.count(READY, WAITING):
-                self.study.optimize(self._objective(run_unit), n_trials=1)
+                self.study.optimize(self._unit_objective(run_unit), n_trials=1)
                 self._check_stop()
                 view = self.view()
             elif view.summary() == shown:
@@ -263,7 +263,7 @@ class UnitBoard:
         if message:
             raise UserError(message)
 
-    def _objective(self, run_unit: RunUnit) -> Callable[[optuna.Trial], float]:
+    def _unit_objective(self, run_unit: RunUnit) -> Callable[[optuna.Trial], float]:
         def objective(trial: optuna.Trial) -> float:
             index = unit_index(stored_trial(trial))
             if index is None or index >= len(self.units):  # the queue emptied between the look and the claim
