@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 # workflows/stage_checks.py: robustness/*), under the comparison's keys
 CHECK_METRICS = {COLOUR: "shortcut/best/test_accuracy", STAIN_SHIFT: "robustness/stain_shift_accuracy",
                  COLOUR_STAIN_SHIFT: "robustness/shortcut_stain_shift_accuracy"}
-CLASSES_TAG = "classes"  # tracking/stage_log.py:log_setup, comma-separated in label-index order
+CLASSES_TAG = "classes"
+DAY_S = 86_400  # tracking/stage_log.py:log_setup, comma-separated in label-index order
 
 
 def find_or_create_parent(client, experiment_id: str, key: str, config: ExperimentConfig, task: str, runs: int,
@@ -112,8 +113,8 @@ def close_dead_worker_runs(client, experiment_id: str, worker: str, since: dt.da
     them (their finished folds), which it would not while they look alive. Returns the runs closed."""
     host, _, pid = worker.partition(":")
     query = (f"tags.`mtl.host` = '{host}' AND tags.`mtl.pid` = '{pid}' AND attributes.status = 'RUNNING'")
-    if since is not None:
-        query += f" AND attributes.start_time >= {int(since.timestamp() * 1000) - 1000}"
+    if since is not None:  # Optuna's start time is the claiming host's naive local time: a day's margin covers zones
+        query += f" AND attributes.start_time >= {int((since.timestamp() - DAY_S) * 1000)}"
     closed = []
     for run in client.search_runs([experiment_id], query, max_results=1000):
         children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}' "
