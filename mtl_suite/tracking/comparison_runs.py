@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 # workflows/stage_checks.py: robustness/*), under the comparison's keys
 CHECK_METRICS = {COLOUR: "shortcut/best/test_accuracy", STAIN_SHIFT: "robustness/stain_shift_accuracy",
                  COLOUR_STAIN_SHIFT: "robustness/shortcut_stain_shift_accuracy"}
-CLASSES_TAG = "classes"
-DAY_S = 86_400  # tracking/stage_log.py:log_setup, comma-separated in label-index order
+CLASSES_TAG = "classes"  # tracking/stage_log.py:log_setup, comma-separated in label-index order
+DAY_S = 86_400
 
 
 def find_or_create_parent(client, experiment_id: str, key: str, config: ExperimentConfig, task: str, runs: int,
