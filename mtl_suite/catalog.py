@@ -177,6 +177,12 @@ class CompareRequest:
     quiet: bool = False
     segmentation: str | None = None  # stage 2's cell segmentation, fixed at the start (stage.pinned_segmentation)
     config_file: Path | None = None  # the experiment file --config named (copied beside the report), None: none
+    # where the comparison's units are shared by its workers (an Optuna storage URL or journal file); None: this
+    # process alone runs them all, in memory
+    storage: str | None = None
+    heartbeat_interval: int = 10  # RDB storages: seconds between a worker's heartbeats
+    grace_period: int | None = None  # a claim without heartbeat this long is a dead worker's (None: 3 heartbeats)
+    max_retry: int = 3  # times a unit whose worker died is run again
 
 
 @dataclass
@@ -193,3 +199,43 @@ class Pair:
     test_train_ratio: float | None = None
     excluded: str = ""  # why the pair is left out of the statistics ("" = used)
     seconds: dict[str, float] = field(default_factory=dict)  # arm -> wall time of its runs (MTL: stages 1-3)
+
+
+# --- units of work: a heavy command's parts, shared by any number of workers (tuning/units.py claims them through
+# the Optuna storage; workflows/compare.py runs a comparison's) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    """One claimable part of a command's work. A unit's place in its command's list is its identity in the storage,
+    so a command only ever appends units (a comparison's report first, then pair by pair)."""
+
+    key: str  # unique within the command: "pair0/mtl/stage2"
+    group: int  # the pair (an assessment's split, a recipe's member): -1 for the whole command's units
+    step: str  # what it runs: a stage name, or REPORT_STEP; units of one step take about as long (the time left)
+    after: tuple[str, ...] = ()  # units that must be settled first; a failed one blocks this one
+    despite_failures: bool = False  # runs once `after` are settled, whatever their outcome (the report)
+    every_round: bool = False  # done again by every new command on the same work (the report of more pairs)
+
+
+REPORT_STEP = "report"
+
+
+def comparison_units(runs: int) -> list[Unit]:
+    """The report, then per pair the CTL arm and the MTL chain (stage 3 waits for stage 2, stage 2 for stage 1): the
+    two arms of a pair run side by side, and every pair beside every other."""
+    units: list[Unit] = []
+    for index in range(runs):
+        units.append(Unit(comparison_unit_key(index, Arm.CTL, arm_stage(Arm.CTL).stage), index,
+                          arm_stage(Arm.CTL).name))
+        previous: tuple[str, ...] = ()
+        for plan in chain(arm_stage(Arm.MTL).stage):
+            key = comparison_unit_key(index, Arm.MTL, plan.stage)
+            units.append(Unit(key, index, plan.name, after=previous))
+            previous = (key,)
+    report = Unit(REPORT_STEP, -1, REPORT_STEP, after=tuple(u.key for u in units), despite_failures=True,
+                  every_round=True)
+    return [report, *units]
+
+
+def comparison_unit_key(index: int, arm: Arm, stage: Stage) -> str:
+    return f"pair{index}/{arm}/{stage}"

@@ -39,7 +39,16 @@ def compare(
     params_from_study: Annotated[Optional[str], typer.Option("--params-from-study", help="Train both arms with the "
                                  "best trial of this stage-3 Optuna study (`mtl-suite tune`).", show_default=False)] = None,
     storage: Annotated[Optional[str], typer.Option("--storage", envvar="MTL_SUITE_OPTUNA_STORAGE", help="Optuna "
-                       "storage of --params-from-study. Default: optuna-studies.log.", show_default=False)] = None,
+                       "storage: where --params-from-study's study is, and where the comparison's units are shared "
+                       "by every worker running this same command (postgresql://user:pass@host/db across machines, "
+                       "a journal file on one). Default: no sharing (this process runs every unit); "
+                       "--params-from-study reads optuna-studies.log.", show_default=False)] = None,
+    heartbeat_interval: Annotated[int, typer.Option("--heartbeat-interval", help="RDB storages: seconds between "
+                                  "a worker's heartbeats.")] = 10,
+    grace_period: Annotated[Optional[int], typer.Option("--grace-period", help="RDB storages: a unit without "
+                            "heartbeat for this long is a dead worker's, run again by another. Default: 3 "
+                            "heartbeats.", show_default=False)] = None,
+    max_retry: Annotated[int, typer.Option("--max-retry", help="Times a unit whose worker died is run again.")] = 3,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML; options override it.",
                                                    show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset. Default: the bundled sample.",
@@ -76,9 +85,13 @@ def compare(
     quiet: Quiet = False,
 ) -> None:
     """Classical TL vs multistage TL: N paired runs each (same seed and split per pair), then paired, Welch and
-    Nadeau-Bengio corrected t-tests, a Table V, a plot and a report under reports/. Rerun to resume."""
+    Nadeau-Bengio corrected t-tests, a Table V, a plot and a report under reports/. Rerun to resume; run the same
+    command with the same --storage on several machines to share the work."""
     if runs < 2:
         raise UserError(f"--runs must be at least 2: a t-test needs two or more paired runs. Received: {runs}")
+    if heartbeat_interval < 1 or (grace_period is not None and grace_period <= heartbeat_interval):
+        raise UserError(f"--grace-period ({grace_period}) must be longer than --heartbeat-interval "
+                        f"({heartbeat_interval}, at least 1)")
     overrides = explicit_options(ctx, COMPARE_OPTION_KEYS)
     if params_from_study:  # a stage-3 study's best trial; both arms train with it (typed options still win)
         overrides, task, _ = study_overrides(ctx, Stage.STAGE3.value, params_from_study, storage, overrides, task)
@@ -95,7 +108,9 @@ def compare(
     with progress.display(quiet):
         run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,
                                       report_dir=out, command=command, study=params_from_study,
-                                      quiet=quiet, config_file=config),
+                                      quiet=quiet, config_file=config, storage=storage,
+                                      heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                      max_retry=max_retry),
                        say=lambda message: say(message, quiet))
 
 

@@ -23,6 +23,7 @@ from mtl_suite.data.grouping import parse_grouping
 from mtl_suite.data.layouts import LAYOUTS
 from mtl_suite.errors import UserError
 from mtl_suite.models.backbones import BACKBONES  # keras-free: the registry's names, --backbone's choices
+from mtl_suite.tracking.reachability import mask_password
 
 # Option name -> config key, for every option that overrides a key of the --config file. Each command takes the
 # subset it has with config_keys(); only options the user typed override the file (explicit_options).
@@ -95,7 +96,8 @@ def typed(ctx: typer.Context, param: str) -> bool:
 
 def command_line(ctx: typer.Context) -> str:
     """The command as typed (options the user gave, defaults left out), rebuilt from click's parse so it is right
-    in-process too."""
+    in-process too; a password in a URL (--storage postgresql://user:secret@...) shown as ***: reports and tags
+    show the command."""
     parts = ["mtl-suite", ctx.info_name or ""]
     for param in ctx.command.params:
         if not param.opts or not typed(ctx, param.name):
@@ -106,7 +108,7 @@ def command_line(ctx: typer.Context) -> str:
             continue
         if isinstance(value, (list, tuple)):  # a repeatable option (--set): once per value
             for item in value:
-                parts += [param.opts[0], shlex.quote(str(item))]
+                parts += [param.opts[0], shlex.quote(mask_password(str(item)))]
             continue
         if isinstance(value, bool):
             if value:
@@ -114,7 +116,7 @@ def command_line(ctx: typer.Context) -> str:
             elif getattr(param, "secondary_opts", None):  # --x/--no-x typed as --no-x
                 parts.append(param.secondary_opts[0])
             continue
-        parts += [param.opts[0], shlex.quote(str(value))]
+        parts += [param.opts[0], shlex.quote(mask_password(str(value)))]
     return " ".join(parts)
 
 

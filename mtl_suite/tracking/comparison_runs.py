@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from mtl_suite.analysis.comparison_report import COLOUR, COLOUR_STAIN_SHIFT, STAIN_SHIFT
-from mtl_suite.catalog import RunKind, Stage
+from mtl_suite.catalog import RunKind
 from mtl_suite.config import ExperimentConfig, to_flat_dict
 from mtl_suite.tracking.runs import git_commit
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 CHECK_METRICS = {COLOUR: "shortcut/best/test_accuracy", STAIN_SHIFT: "robustness/stain_shift_accuracy",
                  COLOUR_STAIN_SHIFT: "robustness/shortcut_stain_shift_accuracy"}
 CLASSES_TAG = "classes"  # tracking/stage_log.py:log_setup, comma-separated in label-index order
+DAY_S = 86_400
 
 
 def find_or_create_parent(client, experiment_id: str, key: str, config: ExperimentConfig, task: str, runs: int,
@@ -64,24 +65,75 @@ def find_or_create_parent(client, experiment_id: str, key: str, config: Experime
     return run_id
 
 
-def end_parent(client, parent: str, status: int) -> None:
-    """`status`: a RunStatus (FINISHED, FAILED, KILLED)."""
+def end_parent(client, parent: str, status: int, only_if_running: bool = False) -> None:
+    """`status`: a RunStatus (FINISHED, FAILED, KILLED). `only_if_running`: leave a run another worker ended."""
+    if only_if_running and client.get_run(parent).info.status != "RUNNING":
+        return
     client.set_terminated(parent, RunStatus.to_string(status))
 
 
-def finished_stage_runs(client, experiment_id: str, parent: str, index: int) -> dict[str, str]:
-    """Stage name -> the newest FINISHED stage run of pair `index`, for a resumed comparison to reuse."""
-    query = (f"tags.comparison_run = '{parent}' AND tags.comparison_pair = '{index}' "
+def run_exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def reopen(client, parent: str, runs: int) -> bool:
+    """An ended comparison run RUNNING again, its run count raised to `runs`; False when it is running (another
+    worker of the same command reopened it, or is still on it)."""
+    run = client.get_run(parent)
+    if int(run.data.tags.get("comparison_runs", "0") or 0) < runs:
+        client.set_tag(parent, "comparison_runs", str(runs))
+    if run.info.status == "RUNNING":
+        return False
+    client.update_run(parent, status="RUNNING")
+    return True
+
+
+def finished_stage_run(client, experiment_id: str, parent: str, index: int, stage: str,
+                       parent_stage_run: str | None) -> str | None:
+    """The newest FINISHED `stage` run of pair `index` that started from `parent_stage_run` (None: from no stage
+    run), for a resumed comparison, or the redo of a unit whose worker died after its run finished, to reuse."""
+    query = (f"tags.comparison_run = '{parent}' AND tags.comparison_pair = '{index}' AND tags.stage = '{stage}' "
              f"AND tags.run_kind = '{RunKind.STAGE}' AND attributes.status = 'FINISHED'")
-    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
-    found: dict[str, str] = {}
-    for run in runs:
-        found.setdefault(run.data.tags["stage"], run.info.run_id)
-    # a stage run only counts if its own predecessor in this pair is the one we reuse
-    if Stage.STAGE3 in found and found.get(Stage.STAGE2) and \
-            client.get_run(found[Stage.STAGE3]).data.tags.get("parent_stage_run") != found[Stage.STAGE2]:
-        found.pop(Stage.STAGE3)
-    return found
+    for run in client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"]):
+        if (run.data.tags.get("parent_stage_run") or None) == parent_stage_run:
+            return run.info.run_id
+    return None
+
+
+def close_dead_worker_runs(client, experiment_id: str, worker: str, since: dt.datetime | None,
+                           note: str) -> list[str]:
+    """Close as KILLED, with the reason, every run a dead worker (`host:pid`, tracking/resume.py's owner tags) left
+    RUNNING since its claim started, and their RUNNING nested runs (folds): its unit is redone, and the redo adopts
+    them (their finished folds), which it would not while they look alive. Returns the runs closed."""
+    host, _, pid = worker.partition(":")
+    query = (f"tags.`mtl.host` = '{host}' AND tags.`mtl.pid` = '{pid}' AND attributes.status = 'RUNNING'")
+    if since is not None:  # Optuna's start time is the claiming host's naive local time: a day's margin covers zones
+        query += f" AND attributes.start_time >= {int((since.timestamp() - DAY_S) * 1000)}"
+    closed = []
+    for run in client.search_runs([experiment_id], query, max_results=1000):
+        children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}' "
+                                      "AND attributes.status = 'RUNNING'", max_results=1000)
+        for stopped in (*children, run):
+            client.set_tag(stopped.info.run_id, "state_reason", f"worker {worker}: {note}"[:500])
+            client.set_terminated(stopped.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            closed.append(stopped.info.run_id)
+    return closed
+
+
+def log_unit_progress(client, parent: str, done: int, failed: int, running: int, workers: Sequence[str],
+                      waiting: int, seconds_left: float | None) -> None:
+    """Where the comparison's units are, on its run (any worker's last look): the MLflow UI shows it to everyone."""
+    tags = {"units_done": str(done), "units_failed": str(failed), "units_running": str(running),
+            "units_running_on": ", ".join(workers)[:5000], "units_waiting": str(waiting),
+            "units_seconds_left": "" if seconds_left is None else f"{seconds_left:.0f}",
+            "units_updated": dt.datetime.now().isoformat(timespec="seconds")}
+    client.log_batch(parent, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def read_test_scores(client, run_id: str, metrics: Sequence[str]) -> tuple[dict[str, float | None], str]:

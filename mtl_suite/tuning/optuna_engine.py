@@ -36,6 +36,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # How long a worker waits for the worker that created the study to record the study's MLflow run (it resolves
 # nothing slow in between: the stage's weights and data are ready before the study opens).
 STUDY_RUN_WAIT_S = 60.0
+SCHEMA_RACE_TRIES = 4  # opening an empty RDB storage while other workers create its tables
 OPENER_ATTR = "mtl_suite:study_run_opener"  # host:pid:start of the worker that created the study
 # Attributes a resumed study must share with the command that resumes it (else its values are not comparable).
 IDENTITY = ("stage", "backbone", "task", "metric", "folds", "image_size", "data")
@@ -119,18 +120,25 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int | Non
         return optuna.storages.JournalStorage(backend)
     if url.startswith(("postgresql://", "postgresql+psycopg://")):  # SQLAlchemy 2.1's default driver: psycopg 3
         _require("psycopg", "a postgresql:// storage needs the psycopg driver (pip install 'psycopg[binary]')")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=_engine_kwargs(url),
-                heartbeat_interval=heartbeat_interval, grace_period=grace_period or 3 * heartbeat_interval,
-                heartbeat_stale_trial_callback=stale_trial_callback)
-        except Exception as exc:  # SQLAlchemy reports an unreachable server with several exception types
-            if "sqlalchemy" not in type(exc).__module__:
-                raise
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot open Optuna storage {mask_password(url)}: {reason}") from None
+    for attempt in range(SCHEMA_RACE_TRIES):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=_engine_kwargs(url),
+                    heartbeat_interval=heartbeat_interval, grace_period=grace_period or 3 * heartbeat_interval,
+                    heartbeat_stale_trial_callback=stale_trial_callback)
+            except Exception as exc:  # SQLAlchemy reports an unreachable server with several exception types
+                if "sqlalchemy" not in type(exc).__module__:
+                    raise
+                # Workers started together on an empty database all create Optuna's tables; all but one collide
+                # (PostgreSQL: a unique violation on the catalog). The tables exist by then: open it again.
+                if type(exc).__name__ == "IntegrityError" and attempt + 1 < SCHEMA_RACE_TRIES:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"cannot open Optuna storage {mask_password(url)}: {reason}") from None
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def _engine_kwargs(url: str) -> dict[str, Any] | None:

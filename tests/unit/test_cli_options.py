@@ -169,6 +169,12 @@ def test_command_line_leaves_defaults_out(runner):
     assert result.output.strip() == "mtl-suite probe"
 
 
+def test_command_line_hides_a_password_in_a_url(runner):
+    """compare's command goes into its report and a run tag: a --storage URL's password must not."""
+    result = runner.invoke(_probe_app(), ["probe", "--label", "postgresql://mtl:secret@db:5432/optuna"])
+    assert result.output.strip() == "mtl-suite probe --label 'postgresql://mtl:***@db:5432/optuna'"
+
+
 IDLE_VALUES = {"ensemble": "folds", "tta": "flips", "colour_fusion": "average", "parent_run": "abc", "task": "binary",
                "cells": "cells", "masks": "masks", "source": "source"}
 
