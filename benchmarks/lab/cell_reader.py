@@ -131,11 +131,12 @@ def held_out_development(cell_run: str, split) -> list:
     return [split.entries[i] for i in split.development_indices if f"field:{split.entries[i].sha256[:16]}" in held]
 
 
-def read_fields(reader: Reader, pyfunc, fields: list[np.ndarray]) -> list[dict]:
+def read_fields(reader: Reader, model, fields: list[np.ndarray]) -> list[dict]:
     """Per field: the mean of its cells' probabilities, its class, how many cells and how many flagged."""
     import pandas as pd
 
     from mtl_suite.serving.pyfunc import COLUMN
+    from mtl_suite.training.conformal import DEFAULT_COVERAGE
 
     out = []
     for field in fields:
@@ -143,7 +144,7 @@ def read_fields(reader: Reader, pyfunc, fields: list[np.ndarray]) -> list[dict]:
         if not cells:
             out.append({"cells": 0, "flagged_cells": 0, "probabilities": None, "called": None, "flagged": True})
             continue
-        frame = pyfunc.predict(pd.DataFrame({COLUMN: pd.Series(cells, dtype=object)}))
+        frame = model.predict(pd.DataFrame({COLUMN: pd.Series(cells, dtype=object)}), DEFAULT_COVERAGE)
         probs = np.mean(np.stack(frame["probabilities"].map(np.asarray)), axis=0)
         classes = list(frame["class_names"].iloc[0])
         flagged_cells = int((~frame["in_distribution"].astype(bool)).sum())
@@ -187,12 +188,13 @@ def read(args) -> None:
     import hashlib
 
     from mtl_suite.imaging.augment import magnified, stain_shifted
-    from mtl_suite.workflows.predict import load_pyfunc
+    from mtl_suite.tracking.evaluation import load_model
 
     meta = json.loads((Path(args.crops) / "crops.json").read_text())
     unet, size = load_unet(args.unet_run, args.tracking_uri)
     reader = Reader(unet, size, meta["detail_px"])
-    pyfunc = load_pyfunc(f"runs:/{args.cell_run}/model", args.tracking_uri)
+    # the cell run's Keras model behind the served pyfunc's own class, with the run's detector (as `evaluate` reads it)
+    model = load_model(f"runs:/{args.cell_run}/model", args.tracking_uri)
     if args.set == "external":
         paths = sorted(p for p in Path(args.external).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         names, labels = [p.name for p in paths], [args.expect] * len(paths)
@@ -211,7 +213,7 @@ def read(args) -> None:
             fields[f"magnified {MAGNIFICATION}x"] = [magnified(i, MAGNIFICATION) for i in images]
     results = {}
     for name, images in fields.items():
-        rows = read_fields(reader, pyfunc, images)
+        rows = read_fields(reader, model, images)
         results[name] = summarise(rows, labels, args.expect)
         print(f"{args.set}, {name}: {json.dumps(results[name])}", flush=True)
         if args.predictions:
