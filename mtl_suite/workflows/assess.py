@@ -235,7 +235,7 @@ def _params(request: AssessRequest) -> dict[str, str]:
             "data.group_by": str(data.group_by), "members": str(len(request.recipe.members))}
 
 
-# --- one split ----------------------------------------------------------------------------------------------------
+# --- one unit -----------------------------------------------------------------------------------------------------
 
 def _run_unit(client, experiment_id: str, parent: str, request: AssessRequest, segmentation: str | None,
               unit: Unit, view: BoardView, tag: str, uri: str, reported: list, say: Callable[[str], None]
@@ -259,7 +259,7 @@ def _run_unit(client, experiment_id: str, parent: str, request: AssessRequest, s
             *recipe.tags().items(), (runs_io.ROLE, this[0]), (runs_io.UNIT, tag))
     before = [view.statuses[key].results.get("run_id", "") for key in unit.after]
     if member is None:
-        return {"run_id": _ensemble(client, request, seed, before, kept.get(this), tags, say)}
+        return {"run_id": _ensemble(request, seed, before, tags, say)}
     return {"run_id": _stage(client, request, seed, member, unit.step, before[0] if before else None,
                              kept.get(this), tags, segmentation, say)}
 
@@ -285,14 +285,11 @@ def _stage(client, request: AssessRequest, seed: int, member: int, stage: str, p
         say=say).run_id
 
 
-def _ensemble(client, request: AssessRequest, seed: int, members: list[str], found: str | None, tags: tuple,
-              say: Callable[[str], None]) -> str:
-    """The split's ensemble of its members' final runs (a finished one of exactly these members is reused)."""
+def _ensemble(request: AssessRequest, seed: int, members: list[str], tags: tuple, say: Callable[[str], None]) -> str:
+    """The split's ensemble of its members' final runs (a finished one of exactly these members is the split's
+    final run, reused by _run_unit before it gets here)."""
     from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
 
-    if found and runs_io.ensemble_members(client, found) == members:
-        say(f"split {seed}: reusing finished ensemble run {found}")
-        return found
     tracking = request.recipe.config.tracking
     say(f"split {seed}: the ensemble of its {len(members)} members")
     return make_ensemble(EnsembleRequest(tuple(members), tracking.tracking_uri, tracking.experiment,
