@@ -239,3 +239,35 @@ def comparison_units(runs: int) -> list[Unit]:
 
 def comparison_unit_key(index: int, arm: Arm, stage: Stage) -> str:
     return f"pair{index}/{arm}/{stage}"
+
+
+ENSEMBLE_STEP = "ensemble"
+
+
+def assessment_units(seeds: tuple[int, ...] | list[int], members: int, stage: Stage | str) -> list[Unit]:
+    """The report, then per outer split (its data seed) each member's stage chain (a stage waits for the one before
+    it) and, with several members, their ensemble (waiting for every member's final stage); the report waits for
+    every split's final unit. Members of a split, and splits, run side by side."""
+    units: list[Unit] = []
+    finals: list[str] = []
+    for index, seed in enumerate(seeds):
+        ends: list[str] = []
+        for member in range(members):
+            previous: tuple[str, ...] = ()
+            for plan in chain(stage):
+                key = assessment_unit_key(seed, member, plan.stage)
+                units.append(Unit(key, index, plan.name, after=previous))
+                previous = (key,)
+            ends.extend(previous)
+        if members > 1:
+            key = assessment_unit_key(seed, None, stage)
+            units.append(Unit(key, index, ENSEMBLE_STEP, after=tuple(ends)))
+            ends = [key]
+        finals.extend(ends)
+    report = Unit(REPORT_STEP, -1, REPORT_STEP, after=tuple(finals), every_round=True)
+    return [report, *units]
+
+
+def assessment_unit_key(seed: int, member: int | None, stage: Stage | str) -> str:
+    """'split1000/m1/stage2' (member index 0 is m1), or 'split1000/ensemble' (member None)."""
+    return f"split{seed}/" + (ENSEMBLE_STEP if member is None else f"m{member + 1}/{Stage(stage)}")

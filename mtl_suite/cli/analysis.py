@@ -11,9 +11,10 @@ import typer
 from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, GroupBy, NormalClass, Quiet, SystemMetrics,
-    TaskOption, TrackingUri, Tta, check_inputs, command_line, config_keys, enable_system_metrics, explicit_options,
-    given, handle_user_errors, say, study_overrides,
+    AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, GroupBy, HeartbeatInterval, NormalClass,
+    Quiet, SystemMetrics, TaskOption, TrackingUri, Tta, UnitGracePeriod, UnitMaxRetry, check_heartbeats, check_inputs,
+    command_line, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors, say,
+    study_overrides,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
@@ -43,12 +44,9 @@ def compare(
                        "by every worker running this same command (postgresql://user:pass@host/db across machines, "
                        "a journal file on one). Default: no sharing (this process runs every unit); "
                        "--params-from-study reads optuna-studies.log.", show_default=False)] = None,
-    heartbeat_interval: Annotated[int, typer.Option("--heartbeat-interval", help="RDB storages: seconds between "
-                                  "a worker's heartbeats.")] = 10,
-    grace_period: Annotated[Optional[int], typer.Option("--grace-period", help="RDB storages: a unit without "
-                            "heartbeat for this long is a dead worker's, run again by another. Default: 3 "
-                            "heartbeats.", show_default=False)] = None,
-    max_retry: Annotated[int, typer.Option("--max-retry", help="Times a unit whose worker died is run again.")] = 3,
+    heartbeat_interval: HeartbeatInterval = 10,
+    grace_period: UnitGracePeriod = None,
+    max_retry: UnitMaxRetry = 3,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML; options override it.",
                                                    show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Smear dataset. Default: the bundled sample.",
@@ -89,9 +87,7 @@ def compare(
     command with the same --storage on several machines to share the work."""
     if runs < 2:
         raise UserError(f"--runs must be at least 2: a t-test needs two or more paired runs. Received: {runs}")
-    if heartbeat_interval < 1 or (grace_period is not None and grace_period <= heartbeat_interval):
-        raise UserError(f"--grace-period ({grace_period}) must be longer than --heartbeat-interval "
-                        f"({heartbeat_interval}, at least 1)")
+    check_heartbeats(heartbeat_interval, grace_period)
     overrides = explicit_options(ctx, COMPARE_OPTION_KEYS)
     if params_from_study:  # a stage-3 study's best trial; both arms train with it (typed options still win)
         overrides, task, _ = study_overrides(ctx, Stage.STAGE3.value, params_from_study, storage, overrides, task)

@@ -10,8 +10,9 @@ import typer
 
 from mtl_suite import progress
 from mtl_suite.cli.common import (
-    Experiment, NormalClass, Quiet, SetOption, TrackingUri, check_inputs, command_line, config_keys, explicit_options,
-    given, handle_user_errors, say,
+    Experiment, HeartbeatInterval, NormalClass, Quiet, SetOption, TrackingUri, UnitGracePeriod, UnitMaxRetry,
+    UnitStorage, check_heartbeats, check_inputs, command_line, config_keys, explicit_options, given,
+    handle_user_errors, say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.errors import UserError
@@ -47,16 +48,22 @@ def assess(
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Folder of the report, its JSON, the per-image "
                    "predictions and the recipe's copy. Default: reports/assess-<recipe>-<date>.",
                    show_default=False)] = None,
+    storage: UnitStorage = None,
+    heartbeat_interval: HeartbeatInterval = 10,
+    grace_period: UnitGracePeriod = None,
+    max_retry: UnitMaxRetry = 3,
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
     quiet: Quiet = False,
 ) -> None:
     """Headline figures from a protocol fixed beforehand: the recipe trained from nothing on N fresh outer splits
     (nothing registered), then mean, sd and 95% interval of test accuracy, normal-vs-leukemia sensitivity and
-    specificity with Wilson intervals and calibration (ECE, Brier), colour alone beside each. Rerun to resume."""
+    specificity with Wilson intervals and calibration (ECE, Brier), colour alone beside each. Rerun to resume; run
+    the same command with the same --storage on several machines to share the work."""
     if splits < MIN_SPLITS:
         raise UserError(f"--splits must be at least {MIN_SPLITS}: a t-interval needs two or more splits (the headline "
                         f"protocol uses at least {HEADLINE_SPLITS}). Received: {splits}")
+    check_heartbeats(heartbeat_interval, grace_period)
     overrides = {**explicit_options(ctx, ASSESS_CONFIG_KEYS), **parse_settings(settings or [])}
     if "data.seed" in overrides:
         raise UserError("data.seed is each split's own (--first-seed + i); set --first-seed instead of "
@@ -71,6 +78,7 @@ def assess(
     seeds = tuple(range(first_seed, first_seed + splits))
     with progress.display(quiet):
         outcome = assess_recipe(AssessRequest(loaded, seeds, Path(out) if given(out) else default_out(loaded),
-                                              command_line(ctx), given(normal_class), quiet),
+                                              command_line(ctx), given(normal_class), quiet, given(storage),
+                                              heartbeat_interval, grace_period, max_retry),
                                 say=lambda message: say(message, quiet))
     typer.echo(str(outcome.report))  # stdout: the report, for scripts

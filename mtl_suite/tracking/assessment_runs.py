@@ -21,6 +21,7 @@ KEY = "assessment_key"
 RUN = "assessment_run"  # on every run of a split: the assessment it belongs to
 SPLIT = "assessment_split"  # the split's data seed
 ROLE = "assessment_role"  # which of the recipe's models: member-<i> (its stage chain) or ensemble
+UNIT = "assessment_unit"  # the claim of the unit that made the run (`<study>#<trial>`, tuning/units.py)
 
 
 def find_or_create(client, experiment_id: str, key: str, tags: dict[str, str], params: dict[str, str],

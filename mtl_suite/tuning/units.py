@@ -122,8 +122,11 @@ class UnitBoard:
     def __init__(self, name: str, units: Sequence[Unit], url: str | None, *, heartbeat_interval: int = 10,
                  grace_period: int | None = None, max_retry: int = 3,
                  on_dead: Callable[[str, str, datetime | None, str], None] = lambda key, worker, since, note: None,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, in_order: bool = False):
         self.name, self.units, self.url = name, list(units), url
+        # one worker alone (no storage) runs the first ready unit of the list each time: an assessment split by
+        # split, member by member, as it ran before it had units (shared units are claimed oldest-queued first)
+        self.in_order = in_order
         self.index = {unit.key: i for i, unit in enumerate(self.units)}
         self.heartbeat_interval, self.grace_period, self.max_retry = heartbeat_interval, grace_period, max_retry
         # on_dead(unit key, its worker's host:pid, when the claim started, why): close what the dead claim opened
@@ -241,11 +244,13 @@ class UnitBoard:
             view = self.view()
             if view.settled:
                 return view
-            for status in view.statuses.values():
-                if status.state == READY:
-                    self.study.enqueue_trial({UNIT_PARAM: self.index[status.unit.key]},
-                                             user_attrs={KEY_ATTR: status.unit.key,
-                                                         INDEX_ATTR: self.index[status.unit.key]})
+            ready = [s for s in view.statuses.values() if s.state == READY]
+            if self.in_order and not self.shared_by_workers:
+                ready = ready[:1] if not view.count(WAITING) else []
+            for status in ready:
+                self.study.enqueue_trial({UNIT_PARAM: self.index[status.unit.key]},
+                                         user_attrs={KEY_ATTR: status.unit.key,
+                                                     INDEX_ATTR: self.index[status.unit.key]})
             if not self.shared_by_workers and not view.count(READY, WAITING):
                 raise RuntimeError(f"nothing to run and nothing running, but unsettled units: {view.summary()}")
             if view.count(READY, WAITING):

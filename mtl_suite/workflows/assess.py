@@ -8,6 +8,14 @@ Each split runs the recipe as `train` does (each member's stage chain, stage 1 -
 the ensemble of the members), but every stage is run here with this split's data seed and an explicit parent, so no
 run from outside the assessment is started from; every run of a split is nested under the assessment run.
 
+Units: the assessment is catalog.assessment_units, claimed by any number of workers running the same command with
+the same --storage (tuning/units.py: trials of one Optuna study named after the assessment's key): per split each
+member's stages (a stage waits for the one before it) and, with several members, their ensemble (waiting for every
+member); the report waits for every split, and the worker that finds them settled writes it. A unit whose worker
+died is run again by another (its stage run closed KILLED, then adopted by the redo); bad input in any unit stops
+every worker with the same one-line error. Without a storage this process runs every unit in turn, in memory, split
+by split and member by member, as the command did before it had units.
+
 Resume: the assessment run is found again by a key over the recipe file's bytes, the settings the command changes,
 the data, the seeds and the grouping; a split's runs that FINISHED are reused, an interrupted stage run is adopted
 by the stage itself (tracking/resume.py), anything else is (re)run."""
@@ -17,12 +25,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from mlflow import MlflowClient
+from mlflow import MlflowClient, get_tracking_uri
 from mlflow.entities import RunStatus
 
 from mtl_suite import progress
@@ -30,7 +41,9 @@ from mtl_suite.analysis import assessment as figures
 from mtl_suite.analysis.assessment_report import (
     JSON_REPORT, PREDICTIONS, REPORT, Provenance, render_json, render_report,
 )
-from mtl_suite.catalog import Stage, Task, chain
+from mtl_suite.catalog import (
+    ENSEMBLE_STEP, REPORT_STEP, Stage, Task, Unit, assessment_unit_key, assessment_units, chain,
+)
 from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_file, sha256_text, write_text_atomic
@@ -38,10 +51,17 @@ from mtl_suite.recipes import Recipe
 from mtl_suite.run_files import COLOUR_TEST_PREDICTIONS, TEST_PREDICTIONS
 from mtl_suite.tasks import normal_class_of
 from mtl_suite.tracking import assessment_runs as runs_io
+from mtl_suite.tracking.comparison_runs import close_dead_worker_runs, log_unit_progress, run_exists
+from mtl_suite.tracking.reachability import mask_password
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
+from mtl_suite.tuning.units import (
+    BLOCKED, DONE, FAILED, PENDING, READY, RUNNING, SETTLED, WAITING, BoardView, UnitBoard,
+)
 
 ENSEMBLE_ROLE = "ensemble"
+PARENT_ATTR = "assessment_run"  # the study's: the assessment's MLflow run, opened by the worker that made the study
+PARENT_WAIT_S = 60.0  # how long a worker waits for the worker that made the study to open the assessment's run
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,12 @@ class AssessRequest:
     command: str  # as typed, for the report
     normal_class: str | None = None  # multiclass data: the class read as normal (default: the data's own)
     quiet: bool = False
+    # where the assessment's units are shared by its workers (an Optuna storage URL or journal file); None: this
+    # process alone runs them all, in memory, split by split
+    storage: str | None = None
+    heartbeat_interval: int = 10  # RDB storages: seconds between a worker's heartbeats
+    grace_period: int | None = None  # a claim without heartbeat this long is a dead worker's (None: 3 heartbeats)
+    max_retry: int = 3  # times a unit whose worker died is run again
 
 
 @dataclass(frozen=True)
@@ -72,37 +98,103 @@ def assess_recipe(request: AssessRequest, say: Callable[[str], None] = print) ->
     if len(request.seeds) < figures.MIN_SPLITS:
         raise UserError(f"--splits must be at least {figures.MIN_SPLITS}: a t-interval needs two or more splits (the "
                         f"headline protocol uses at least {figures.HEADLINE_SPLITS}). Received: {len(request.seeds)}")
+    from mtl_suite.tuning.storage_check import check_storage
     from mtl_suite.workflows.stage import pinned_segmentation
 
     recipe = request.recipe
     tracking = recipe.config.tracking
     uri, experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)
+    if request.storage:
+        check_storage(request.storage)  # one line naming it, before any run or unit exists
     # every split's stage 2 cuts its cells one way, chosen now (as compare does): a U-Net trained meanwhile cannot
     # give later splits other cells, and a rerun after one is a new assessment (the key holds it)
     segmentation = pinned_segmentation(recipe.config.data, None, experiment_id) if _has_stage2(recipe) else None
     client = MlflowClient()
     key = assessment_key(request, segmentation)
-    run_id = runs_io.find_or_create(client, experiment_id, key, _tags(request), _params(request),
-                                    take_launcher_run(experiment_id), say)
+    board = _open_board(client, experiment_id, key, request, say)
+    run_id = _assessment_run(client, experiment_id, board, key, request, say)
+    where = f"; units shared through {mask_password(request.storage)}" if board.shared_by_workers else ""
     say(f"assessment run {run_id}: recipe {recipe.path} on {len(request.seeds)} outer splits (data seeds "
-        f"{request.seeds[0]}..{request.seeds[-1]}) in {uri}")
+        f"{request.seeds[0]}..{request.seeds[-1]}) in {uri}{where}")
+    reported: list[AssessOutcome] = []  # this worker's outcome, when it is the one that writes the report
+    display = progress.current()
     try:
-        finals, reused = {}, []
-        display = progress.current()
-        with display.level("splits", len(request.seeds)) as level:
-            for seed in request.seeds:
-                finals[seed], was_reused = _split(client, experiment_id, run_id, request, seed, segmentation, say)
-                reused += [seed] if was_reused else []
-                display.advance(level, f"split {seed}")
-        outcome = _summarise(client, experiment_id, run_id, request, finals, tuple(reused), uri, say)
+        with display.level("units", len(board.units)) as level:
+            def shown(view: BoardView) -> None:  # after each unit of this worker, and when another's settles
+                level.total, level.done = len(view.statuses), view.count(*SETTLED)
+                if board.shared_by_workers:
+                    log_unit_progress(client, run_id, view.count(DONE), view.count(FAILED, BLOCKED),
+                                      view.count(RUNNING), view.workers(), view.count(WAITING, READY, PENDING),
+                                      view.seconds_left())
+                    say(f"assessment {run_id}: {view.summary()}")
+
+            view = board.work(lambda unit, now, tag: _run_unit(client, experiment_id, run_id, request, segmentation,
+                                                                unit, now, tag, uri, reported, say), shown)
+        return reported[0] if reported else _outcome(client, experiment_id, run_id, request, view, uri, say)
     except KeyboardInterrupt:
-        runs_io.end(client, run_id, RunStatus.KILLED)
+        _end_on_error(client, run_id, board, RunStatus.KILLED)
         raise
     except BaseException:
-        runs_io.end(client, run_id, RunStatus.FAILED)
+        _end_on_error(client, run_id, board, RunStatus.FAILED)
         raise
-    runs_io.end(client, run_id, RunStatus.FINISHED)
-    return outcome
+
+
+# --- the units, shared by workers through the Optuna storage (tuning/units.py) ------------------------------------
+
+def _open_board(client, experiment_id: str, key: str, request: AssessRequest, say) -> UnitBoard:
+    """The assessment's units in the storage (a study named after the assessment's key, so every worker of the same
+    command finds it; without a storage, in memory and in list order: split by split, as before); a dead worker's
+    stage runs are closed KILLED before its unit is queued again."""
+    def closed(unit_key: str, worker: str, since, note: str) -> None:
+        for run in close_dead_worker_runs(client, experiment_id, worker, since, note):
+            say(f"unit {unit_key}: closed run {run} of dead worker {worker} as KILLED ({note})")
+
+    recipe = request.recipe
+    board = UnitBoard(f"assess-{key}", assessment_units(request.seeds, len(recipe.members), recipe.stage),
+                      request.storage, heartbeat_interval=request.heartbeat_interval,
+                      grace_period=request.grace_period, max_retry=request.max_retry, on_dead=closed, say=say,
+                      in_order=True)
+    board.open()
+    return board
+
+
+def _assessment_run(client, experiment_id: str, board: UnitBoard, key: str, request: AssessRequest, say) -> str:
+    """The assessment's MLflow run: found again by its key or opened by the worker that made the study; the others
+    wait for it. A worker that finds it ended (an earlier command's) reopens it and starts a new round of its units
+    (failed units tried again, the report redone)."""
+    parent = board.shared(PARENT_ATTR)
+    if parent is None and board.shared_by_workers and not board.created:
+        deadline = time.monotonic() + PARENT_WAIT_S
+        say("waiting for the worker that made the assessment's study to open its MLflow run")
+        while parent is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            parent = board.shared(PARENT_ATTR)
+    if parent is not None:
+        if not run_exists(client, parent):
+            raise UserError(f"the assessment's units in {mask_password(request.storage or '')} belong to assessment "
+                            f"run {parent}, which tracking store {get_tracking_uri()} does not have: give every "
+                            "worker the same tracking store, or use another --storage")
+        if client.get_run(parent).info.status != "RUNNING":
+            client.update_run(parent, status="RUNNING")
+            say(f"resuming assessment run {parent} (same recipe file, settings, data and seeds: key {key}; a new "
+                "round of its units)")
+            board.new_round()
+        return parent
+    parent = runs_io.find_or_create(client, experiment_id, key, _tags(request), _params(request),
+                                    take_launcher_run(experiment_id), say)
+    board.share(PARENT_ATTR, parent)
+    return parent
+
+
+def _end_on_error(client, run_id: str, board: UnitBoard, status: int) -> None:
+    """This worker stops: the assessment's run ends KILLED (interrupt) or FAILED, unless other workers are still
+    running units (they carry it on, or the last of them to stop ends it)."""
+    try:
+        others = board.shared_by_workers and board.view().count(RUNNING) > 0
+    except Exception:  # noqa: BLE001 - the storage itself may be what failed
+        others = False
+    if not others:
+        runs_io.end(client, run_id, status)
 
 
 def assessment_key(request: AssessRequest, segmentation: str | None) -> str:
@@ -143,56 +235,116 @@ def _params(request: AssessRequest) -> dict[str, str]:
             "data.group_by": str(data.group_by), "members": str(len(request.recipe.members))}
 
 
-# --- one split ----------------------------------------------------------------------------------------------------
+# --- one unit -----------------------------------------------------------------------------------------------------
 
-def _split(client, experiment_id: str, parent: str, request: AssessRequest, seed: int, segmentation: str | None,
-           say: Callable[[str], None]) -> tuple[str, bool]:
-    """The split's final run (the model the recipe makes), and whether an earlier attempt had finished it."""
+def _run_unit(client, experiment_id: str, parent: str, request: AssessRequest, segmentation: str | None,
+              unit: Unit, view: BoardView, tag: str, uri: str, reported: list, say: Callable[[str], None]
+              ) -> dict[str, str]:
+    """One unit: a member's stage on one split (from the run of the stage before it, or ImageNet), the split's
+    ensemble, or the report. What an earlier attempt finished is reused (every unit of a split whose final run
+    stands on its own members' chains); errors go up and stop this worker, as they stopped the command before."""
+    if unit.step == REPORT_STEP:
+        return _report_unit(client, experiment_id, parent, request, view, uri, reported, say)
     recipe = request.recipe
-    found = _reusable(client, runs_io.finished_split_runs(client, experiment_id, parent, seed), recipe)
-    final_role = ENSEMBLE_ROLE if recipe.is_ensemble else _member_role(0)
-    if (final_role, str(recipe.stage)) in found:
-        run_id = found[(final_role, str(recipe.stage))]
-        say(f"split {seed}: reusing finished run {run_id}")
-        return run_id, True
-    tags = (("mlflow.parentRunId", parent), (runs_io.RUN, parent), (runs_io.SPLIT, str(seed)), *recipe.tags().items())
-    members = [_member(request, index, seed, tags, segmentation, found, say) for index in range(len(recipe.members))]
-    if not recipe.is_ensemble:
-        return members[0], False
-    from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
-
-    tracking = recipe.config.tracking
-    say(f"split {seed}: the ensemble of its {len(members)} members")
-    outcome = make_ensemble(EnsembleRequest(tuple(members), tracking.tracking_uri, tracking.experiment,
-                                            request.normal_class, request.quiet,
-                                            extra_tags=(*tags, (runs_io.ROLE, ENSEMBLE_ROLE))), say=say)
-    return outcome.run_id, False
+    seed = request.seeds[unit.group]
+    kept = _reusable(client, runs_io.finished_split_runs(client, experiment_id, parent, seed), recipe)
+    final = (ENSEMBLE_ROLE if recipe.is_ensemble else _member_role(0), str(recipe.stage))
+    member = None if unit.step == ENSEMBLE_STEP else int(unit.key.split("/")[1].removeprefix("m")) - 1
+    this = (ENSEMBLE_ROLE, str(recipe.stage)) if member is None else (_member_role(member), unit.step)
+    if final in kept:  # the split's final run finished earlier: every unit of the split is reused
+        if this == final:
+            say(f"split {seed}: reusing finished run {kept[final]}")
+        return {"run_id": kept.get(this, ""), "reused": "1"}
+    tags = (("mlflow.parentRunId", parent), (runs_io.RUN, parent), (runs_io.SPLIT, str(seed)),
+            *recipe.tags().items(), (runs_io.ROLE, this[0]), (runs_io.UNIT, tag))
+    before = [view.statuses[key].results.get("run_id", "") for key in unit.after]
+    if member is None:
+        return {"run_id": _ensemble(request, seed, before, tags, say)}
+    return {"run_id": _stage(client, request, seed, member, unit.step, before[0] if before else None,
+                             kept.get(this), tags, segmentation, say)}
 
 
-def _member(request: AssessRequest, index: int, seed: int, tags: tuple, segmentation: str | None,
-            found: dict[tuple[str, str], str], say: Callable[[str], None]) -> str:
-    """One member's stage chain on the split, each stage from the one before it (or ImageNet), reusing what
-    finished."""
+def _stage(client, request: AssessRequest, seed: int, member: int, stage: str, previous: str | None,
+           found: str | None, tags: tuple, segmentation: str | None, say: Callable[[str], None]) -> str:
+    """One stage of a member's chain on the split, from `previous` (None: ImageNet); a finished run of it that
+    stands on `previous` is reused."""
     from mtl_suite.workflows.stage import StageRequest, run_stage  # looked up per call: tests may replace it
 
-    recipe, role = request.recipe, _member_role(index)
-    config = split_config(recipe.members[index], seed)
-    what = f"member {index + 1} of {len(recipe.members)}, " if recipe.is_ensemble else ""
-    prefix = f"assess-s{seed}-" + (f"m{index + 1}-" if recipe.is_ensemble else "")
-    previous = None
-    for plan in chain(recipe.stage):
-        if (role, plan.name) in found:
-            previous = found[(role, plan.name)]
-            say(f"split {seed}: {what}reusing finished {plan.name} run {previous}")
-            continue
-        say(f"split {seed} (data seed {seed}): {what}{plan.name}")
-        previous = run_stage(StageRequest(
-            stage=plan.stage, config=config, task=recipe.task, normal_class=request.normal_class,
-            segmentation=segmentation, parent_run=previous, quiet=request.quiet,
-            extra_tags=(*tags, (runs_io.ROLE, role)), name_prefix=prefix,
-            shift_probe=False),  # the folds' shift figures choose among models; the headlines need none
-            say=say).run_id
-    return previous
+    recipe = request.recipe
+    what = f"member {member + 1} of {len(recipe.members)}, " if recipe.is_ensemble else ""
+    if found and (previous is None or runs_io.parent_stage_run(client, found) == previous):
+        say(f"split {seed}: {what}reusing finished {stage} run {found}")
+        return found
+    prefix = f"assess-s{seed}-" + (f"m{member + 1}-" if recipe.is_ensemble else "")
+    say(f"split {seed} (data seed {seed}): {what}{stage}")
+    return run_stage(StageRequest(
+        stage=Stage(stage), config=split_config(recipe.members[member], seed), task=recipe.task,
+        normal_class=request.normal_class, segmentation=segmentation, parent_run=previous, quiet=request.quiet,
+        extra_tags=tags, name_prefix=prefix,
+        shift_probe=False),  # the folds' shift figures choose among models; the headlines need none
+        say=say).run_id
+
+
+def _ensemble(request: AssessRequest, seed: int, members: list[str], tags: tuple, say: Callable[[str], None]) -> str:
+    """The split's ensemble of its members' final runs (a finished one of exactly these members is the split's
+    final run, reused by _run_unit before it gets here)."""
+    from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
+
+    tracking = request.recipe.config.tracking
+    say(f"split {seed}: the ensemble of its {len(members)} members")
+    return make_ensemble(EnsembleRequest(tuple(members), tracking.tracking_uri, tracking.experiment,
+                                         request.normal_class, request.quiet, extra_tags=tags), say=say).run_id
+
+
+def _finals(request: AssessRequest, view: BoardView) -> tuple[dict[int, str], tuple[int, ...]]:
+    """Each split's final run, and the splits whose final run an earlier attempt had finished."""
+    recipe, finals, reused = request.recipe, {}, []
+    for seed in request.seeds:
+        key = assessment_unit_key(seed, None if recipe.is_ensemble else 0, recipe.stage)
+        results = view.statuses[key].results
+        finals[seed] = results["run_id"]
+        reused += [seed] if results.get("reused") else []
+    return finals, tuple(reused)
+
+
+def _report_unit(client, experiment_id: str, parent: str, request: AssessRequest, view: BoardView, uri: str,
+                 reported: list, say: Callable[[str], None]) -> dict[str, str]:
+    """The last unit, run by whichever worker is free once every split is settled: the figures and the report (in
+    this worker's --out, and on the assessment's run); the assessment's run ends here."""
+    finals, reused = _finals(request, view)
+    try:
+        outcome = _summarise(client, experiment_id, parent, request, finals, reused, uri, say)
+    except BaseException:
+        runs_io.end(client, parent, RunStatus.FAILED)
+        raise
+    runs_io.end(client, parent, RunStatus.FINISHED)
+    reported.append(outcome)
+    return {"report": str(outcome.report.resolve()), "json_report": str(outcome.json_report.resolve()),
+            "predictions": str(outcome.predictions.resolve()), "recipe_copy": str(outcome.recipe_copy.resolve()),
+            "written_by": _worker()}
+
+
+def _outcome(client, experiment_id: str, run_id: str, request: AssessRequest, view: BoardView, uri: str,
+             say: Callable[[str], None]) -> AssessOutcome:
+    """What a worker that did not write the report returns: the figures (recomputed from the same runs) and where
+    the reporting worker wrote the files; a report that could not run (a split's unit failed) is one line."""
+    report = view.statuses[REPORT_STEP]
+    if report.state != DONE:
+        notes = [f"{s.unit.key}: {s.note}" for s in view.statuses.values() if s.state in (FAILED, BLOCKED) and s.note]
+        raise UserError(f"assessment run {run_id} did not finish: {'; '.join(notes) or report.state}. Rerun the "
+                        "same command to try the failed units again")
+    finals, reused = _finals(request, view)
+    _, assessment, _ = _figures(client, request, finals)
+    files = report.results
+    say(f"report written by worker {files.get('written_by')}: {files.get('report')} (and on MLflow run {run_id}, "
+        "artifacts assessment/)")
+    return AssessOutcome(run_id, finals, reused, assessment, Path(files.get("report", "")),
+                         Path(files.get("json_report", "")), Path(files.get("predictions", "")),
+                         Path(files.get("recipe_copy", "")), uri, experiment_id)
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _member_role(index: int) -> str:
@@ -223,12 +375,7 @@ def _reusable(client, found: dict[tuple[str, str], str], recipe: Recipe) -> dict
 def _summarise(client, experiment_id: str, run_id: str, request: AssessRequest, finals: dict[int, str],
                reused: tuple[int, ...], uri: str, say: Callable[[str], None]) -> AssessOutcome:
     recipe = request.recipe
-    table = figures.predictions_table([(seed, final, _predictions(client, final, TEST_PREDICTIONS),
-                                        runs_io.read_csv_artifact(client, final, COLOUR_TEST_PREDICTIONS))
-                                       for seed, final in finals.items()])
-    normal = _normal_class(recipe.task, figures.classes_of(table), request.normal_class)
-    ratio = _test_train_ratio(client, finals, recipe)
-    assessment = figures.assess(table, normal, ratio)
+    table, assessment, ratio = _figures(client, request, finals)
     request.out.mkdir(parents=True, exist_ok=True)
     predictions, copy = request.out / PREDICTIONS, request.out / recipe.path.name
     table.to_csv(predictions, index=False)
@@ -244,6 +391,18 @@ def _summarise(client, experiment_id: str, run_id: str, request: AssessRequest, 
     _say_where(assessment, run_id, finals, reused, request.out, uri, say)
     return AssessOutcome(run_id, dict(finals), reused, assessment, report, json_report, predictions, copy, uri,
                          experiment_id)
+
+
+def _figures(client, request: AssessRequest, finals: dict[int, str]):
+    """The per-image predictions table of the splits' final runs, the figures computed from it, and the test/train
+    ratio they correct by."""
+    recipe = request.recipe
+    table = figures.predictions_table([(seed, final, _predictions(client, final, TEST_PREDICTIONS),
+                                        runs_io.read_csv_artifact(client, final, COLOUR_TEST_PREDICTIONS))
+                                       for seed, final in finals.items()])
+    normal = _normal_class(recipe.task, figures.classes_of(table), request.normal_class)
+    ratio = _test_train_ratio(client, finals, recipe)
+    return table, figures.assess(table, normal, ratio), ratio
 
 
 def _predictions(client, run_id: str, path: str):

@@ -1,6 +1,8 @@
 """`mtl-suite assess` end to end on the bundled sample with the tiny backbone: one assessment of two splits whose
 first attempt dies on the second split, then the same command again, which reuses the finished split and completes.
-Every figure of the report is recomputed from the per-image predictions CSV beside it, and nothing is registered."""
+Every figure of the report is recomputed from the per-image predictions CSV beside it, and nothing is registered.
+Then the same assessment by two worker processes sharing its units through an Optuna journal file: each trains one
+split, one of them writes the report, and every split's figures are those of the one process."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -134,6 +139,56 @@ def test_the_report_names_the_command_the_recipe_copy_and_where_everything_went(
                                                          "tiny.yaml")}
     assert assessed["output"].strip().splitlines()[-1] == str(out / "report.md")  # stdout: the report
     assert run.info.run_id in assessed["output"] and str(out / "predictions.csv") in assessed["output"]
+
+
+# A worker whose first unit waits (up to a minute) until the other worker holds one too: both have claimed a unit
+# before either trains, so the two splits are trained by different processes whatever their start-up times.
+WORKER = """import os, pathlib, sys, time
+import mtl_suite.workflows.stage as stage
+real, barrier = stage.run_stage, pathlib.Path(sys.argv[1])
+def run_stage(request, say=print):
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return real(request, say)
+stage.run_stage = run_stage
+from mtl_suite.cli import main
+sys.argv = ["mtl-suite", *sys.argv[2:]]
+main()
+"""
+
+
+def test_two_workers_share_the_units_and_get_the_figures_of_one_process(assessed, tmp_path):
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    (tmp_path / "worker.py").write_text(WORKER, encoding="utf-8")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MTL_SUITE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    workers = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(barrier), "assess",
+                                 str(assessed["recipe"]), "--splits", "2", "--out", str(tmp_path / f"out{i}"),
+                                 "--tracking-uri", uri, "--experiment", "a", "--storage", str(tmp_path / "units.log")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("a").experiment_id])
+    stages = [r for r in runs if r.data.tags.get("run_kind") == "stage"]
+    assert len(stages) == 2 and len({r.data.tags["mtl.pid"] for r in stages}) == 2  # one split each
+    assert all(r.data.tags["assessment_unit"].startswith("assess-") for r in stages)
+    (run,) = [r for r in runs if r.data.tags.get("run_kind") == "assessment"]
+    assert run.info.status == "FINISHED"
+    written = [i for i in range(2) if (tmp_path / f"out{i}" / "report.md").is_file()]
+    assert len(written) == 1  # the last worker to finish wrote the report; the other names it
+    report = tmp_path / f"out{written[0]}" / "report.md"
+    assert all(Path(output.strip().splitlines()[-1]).resolve() == report.resolve() for output in outputs)
+    shared = json.loads((report.parent / "assessment.json").read_text(encoding="utf-8"))["assessment"]
+    alone = json.loads((assessed["out"] / "assessment.json").read_text(encoding="utf-8"))["assessment"]
+    figures = ("split_seed", "accuracy", "colour_accuracy")
+    assert [[row[k] for k in figures] for row in shared["splits"]] == [[row[k] for k in figures]
+                                                                       for row in alone["splits"]]
+    assert shared["accuracy"] == alone["accuracy"]
 
 
 def test_fewer_than_two_splits_is_refused_in_one_line(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import optuna
 import pytest
 
-from mtl_suite.catalog import REPORT_STEP, Unit, comparison_units
+from mtl_suite.catalog import REPORT_STEP, Unit, assessment_units, comparison_units
 from mtl_suite.errors import UserError
 from mtl_suite.tuning.optuna_private import storage_of, trial_id
 from mtl_suite.tuning.resume import OWNER_ATTR
@@ -42,6 +42,25 @@ def test_comparison_units_are_the_catalogs_chain():
                                            "pair0/mtl/stage3"]
     assert units[3].after == ("pair0/mtl/stage1",) and units[4].after == ("pair0/mtl/stage2",)
     assert [u.key for u in comparison_units(3)[:9]] == [u.key for u in units]  # more pairs: appended
+
+
+def test_assessment_units_chain_each_members_stages_then_the_ensemble_and_wait_for_every_split():
+    units = {u.key: u for u in assessment_units((1000, 1001), 2, "stage3")}
+    assert units["split1000/m2/stage3"].after == ("split1000/m2/stage2",) and units["split1000/m1/stage1"].after == ()
+    assert units["split1001/ensemble"].after == ("split1001/m1/stage3", "split1001/m2/stage3")
+    assert units[REPORT_STEP].after == ("split1000/ensemble", "split1001/ensemble")
+    assert not units[REPORT_STEP].despite_failures  # every split's figures, or no report
+    alone = assessment_units((1000, 1001), 1, "classical")
+    assert [u.key for u in alone] == [REPORT_STEP, "split1000/m1/classical", "split1001/m1/classical"]
+
+
+def test_one_worker_in_order_runs_the_list_depth_first():
+    """Alone and in_order (an assessment without a storage): split by split, as before it had units."""
+    units = assessment_units((1000, 1001), 1, "stage2")
+    order: list[str] = []
+    assert _opened(UnitBoard("work", units, None, in_order=True)).work(recorder(order)).settled
+    assert order == ["split1000/m1/stage1", "split1000/m1/stage2", "split1001/m1/stage1", "split1001/m1/stage2",
+                     REPORT_STEP]
 
 
 def test_one_process_runs_every_unit_in_dependency_order():
