@@ -36,6 +36,10 @@ train:
 """
 SEEDS = (1000, 1001)
 
+# the workers import this checkout's mtl_suite: not pytest's sys.path, which a loaded pyfunc extends with the code
+# copy it logged (under ./mlruns), whose bundled sample is another folder
+REPO = Path(__file__).resolve().parents[2]
+
 
 class Crash(RuntimeError):
     pass
@@ -164,7 +168,7 @@ def test_two_workers_share_the_units_and_get_the_figures_of_one_process(assessed
     barrier.mkdir()
     (tmp_path / "worker.py").write_text(WORKER, encoding="utf-8")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "MTL_SUITE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "MTL_SUITE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
     workers = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(barrier), "assess",
                                  str(assessed["recipe"]), "--splits", "2", "--out", str(tmp_path / f"out{i}"),
                                  "--tracking-uri", uri, "--experiment", "a", "--storage", str(tmp_path / "units.log")],

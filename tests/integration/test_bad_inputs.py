@@ -259,7 +259,7 @@ def test_the_flag_reaches_the_training_commands(runner, monkeypatch, outside_man
     def fake(request, say=None):
         seen.append(request.config)
         return SimpleNamespace(run_id="r", experiment_id="0", tracking_uri="x", study_name="s", study_run_id="r",
-                               best_value=None, best_trial=None, storage="s")
+                               best_value=None, best_trial=None, storage="s", looks_text=lambda: "")
 
     monkeypatch.setattr(importlib.import_module(module_name), function, fake)
     for module in ("mtl_suite.cli.train", "mtl_suite.cli.tune"):  # leave pytest's Ctrl-C and SIGTERM handling alone
