@@ -434,9 +434,10 @@ def _provenance(request: AssessRequest, copy: Path, run_id: str, uri: str, exper
     recipe, config = request.recipe, request.recipe.config
     size = f"{config.data.image_size} px" if config.data.image_size else "its own size"
     models = f"an ensemble of {len(recipe.members)} models" if recipe.is_ensemble else "one model"
+    stain = "" if config.train.stain == "none" else f", stain control {config.train.stain}"
     return Provenance(
         command=request.command, recipe=str(recipe.path), recipe_copy=copy.name, recipe_sha256=sha256_file(copy),
-        recipe_description=f"{recipe.stage} {recipe.task}, {config.train.backbone} at {size}, {models}",
+        recipe_description=f"{recipe.stage} {recipe.task}, {config.train.backbone} at {size}{stain}, {models}",
         commit=git_commit(), tracking_uri=uri, experiment_id=experiment_id, run_id=run_id,
         data=str(config.data.path or "bundled sample"),
         dataset_digests=tuple(sorted({digest for digest, _ in facts.values() if digest})),
