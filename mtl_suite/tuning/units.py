@@ -53,6 +53,7 @@ ROUND_KEY = "mtl_suite:round"  # study: the current round
 DONE, FAILED, BLOCKED = "done", "failed", "blocked"  # settled
 RUNNING, WAITING, READY, PENDING = "running", "waiting", "ready", "pending"  # claimed, queued, to queue, not yet
 SETTLED = (DONE, FAILED, BLOCKED)
+SHARED_WAIT_S = 60.0  # how long a worker waits for the worker that made the study to share a fact (UnitBoard.awaited)
 
 
 @dataclass
@@ -167,6 +168,20 @@ class UnitBoard:
 
     def share(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)
+
+    def awaited(self, key: str, what: str, timeout_s: float = SHARED_WAIT_S) -> Any:
+        """A fact the worker that made the study shares once it has it (e.g. the MLflow run it opens, `what` in the
+        progress line): at once for that worker or a worker alone; another waits for it, up to `timeout_s`, and gets
+        None if it never comes (that worker died first: the caller then makes the fact itself)."""
+        value = self.shared(key)
+        if value is not None or not self.shared_by_workers or self.created:
+            return value
+        self.say(f"waiting for the worker that made the study {self.name} to open {what}")
+        deadline = time.monotonic() + timeout_s
+        while value is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            value = self.shared(key)
+        return value
 
     def round(self) -> int:
         return int(self.shared(ROUND_KEY) or 0)

@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import socket
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -61,7 +60,6 @@ from mtl_suite.tuning.units import (
 
 ENSEMBLE_ROLE = "ensemble"
 PARENT_ATTR = "assessment_run"  # the study's: the assessment's MLflow run, opened by the worker that made the study
-PARENT_WAIT_S = 60.0  # how long a worker waits for the worker that made the study to open the assessment's run
 
 
 @dataclass(frozen=True)
@@ -162,13 +160,7 @@ def _assessment_run(client, experiment_id: str, board: UnitBoard, key: str, requ
     """The assessment's MLflow run: found again by its key or opened by the worker that made the study; the others
     wait for it. A worker that finds it ended (an earlier command's) reopens it and starts a new round of its units
     (failed units tried again, the report redone)."""
-    parent = board.shared(PARENT_ATTR)
-    if parent is None and board.shared_by_workers and not board.created:
-        deadline = time.monotonic() + PARENT_WAIT_S
-        say("waiting for the worker that made the assessment's study to open its MLflow run")
-        while parent is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            parent = board.shared(PARENT_ATTR)
+    parent = board.awaited(PARENT_ATTR, "the assessment's MLflow run")
     if parent is not None:
         if not run_exists(client, parent):
             raise UserError(f"the assessment's units in {mask_password(request.storage or '')} belong to assessment "

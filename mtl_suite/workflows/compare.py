@@ -30,7 +30,6 @@ import json
 import os
 import socket
 import sys
-import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,7 +72,6 @@ class CompareOutcome:
 
 PARENT_ATTR = "comparison_run"  # the study's: the comparison's MLflow run, opened by the worker that made the study
 RUNS_ATTR = "comparison_runs"  # the study's: the most pairs any worker asked for
-PARENT_WAIT_S = 60.0  # how long a worker waits for the worker that made the study to open the comparison's run
 
 
 def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) -> CompareOutcome:
@@ -136,13 +134,7 @@ def _open_board(client, experiment_id: str, request: CompareRequest, say) -> Uni
 def _comparison_run(client, experiment_id: str, board: UnitBoard, request: CompareRequest, say) -> str:
     """The comparison's MLflow run: opened (or found again by its key) by the worker that made the study; the others
     wait for it. A worker that finds the comparison ended (an earlier command's) starts a new round of its units."""
-    parent = board.shared(PARENT_ATTR)
-    if parent is None and board.shared_by_workers and not board.created:
-        deadline = time.monotonic() + PARENT_WAIT_S
-        say("waiting for the worker that made the comparison's study to open its MLflow run")
-        while parent is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            parent = board.shared(PARENT_ATTR)
+    parent = board.awaited(PARENT_ATTR, "the comparison's MLflow run")
     if parent is not None:
         if not runs_io.run_exists(client, parent):
             raise UserError(f"the comparison's units in {mask_password(request.storage or '')} belong to comparison "

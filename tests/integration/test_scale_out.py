@@ -30,23 +30,12 @@ from mtl_suite.io_utils import sha256_file
 from mtl_suite.paths import SAMPLE_IMAGES
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mlflow_server import POSTGRES_ENV, fresh_database, mlflow_server, postgres_problem  # noqa: E402
+from mlflow_server import fresh_database, mlflow_server  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 EXPERIMENT = "scale-out"
 TINY = ["--backbone", "tiny", "--weights", "none", "--image-size", "64", "--folds", "2", "--quiet"]
 TRIALS = 2  # the fewest that show it: each worker starts one; the survivor finishes its own, then redoes the other
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    url = os.environ.get(POSTGRES_ENV)
-    problem = postgres_problem(url)
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return url
 
 
 @pytest.fixture(scope="module")

@@ -22,23 +22,12 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mlflow_server import POSTGRES_ENV, fresh_database, mlflow_server, postgres_problem  # noqa: E402
+from mlflow_server import fresh_database, mlflow_server  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 COMPARE = ["compare", "--backbone", "tiny", "--weights", "none", "--image-size", "32", "--folds", "2", "--epochs", "1",
            "--finetune-epochs", "0", "--task", "binary", "--runs", "2"]
 STAGE_UNITS = 8  # 2 pairs x (classical, stage1, stage2, stage3)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    url = os.environ.get(POSTGRES_ENV)
-    problem = postgres_problem(url)
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return url
 
 
 def start(root: Path, name: str, env: dict, *args: str) -> subprocess.Popen:

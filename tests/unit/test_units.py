@@ -170,3 +170,20 @@ def test_a_claim_without_heartbeats_is_failed_through_the_storages_callback(tmp_
     survivor.work(recorder(order), poll_s=0.2)
     assert closed == [("a", "elsewhere:4242", "its worker stopped sending heartbeats")]
     assert sorted(order) == ["a", "b1", "b2", "report"]
+
+
+def test_a_worker_waits_for_what_the_studys_maker_shares(tmp_path):
+    """The worker that made the study shares a fact (the command's MLflow run) once it has it; another worker
+    waits for it, and gets None when it never comes (its maker died first)."""
+    import threading
+
+    journal = str(tmp_path / "units.log")
+    maker, said = _opened(UnitBoard("work", CHAIN, journal)), []
+    other = _opened(UnitBoard("work", CHAIN, journal, say=said.append))
+    assert maker.created and not other.created
+    assert maker.awaited("run", "the run") is None  # the maker never waits: it makes the fact
+    assert other.awaited("run", "the run", timeout_s=0.6) is None
+    threading.Timer(0.3, maker.share, ("run", "run-1")).start()
+    assert other.awaited("run", "the run", timeout_s=30) == "run-1"
+    assert said and "waiting for the worker that made the study work to open the run" in said[0]
+    assert _opened(UnitBoard("alone", CHAIN, None)).awaited("run", "the run") is None  # one worker never waits
