@@ -133,8 +133,10 @@ def test_a_real_benchmark_in_quick_mode(tmp_path):
 # test_stages run their code paths. bench_server starts a tracking server on PostgreSQL and three `mtl-suite tune`
 # workers, the path test_scale_out runs with a killed worker. bench_loader runs in the test just above.
 # bench_execution (about 25 s: eager and traced fits of the tiny backbone) times what tests/unit/test_execution.py
-# runs both ways.
-OUTSIDE_CI = ("serving", "tuning", "throughput", "faults", "segmentation", "stages", "server", "loader", "execution")
+# runs both ways. bench_spread (about two minutes: a comparison by one worker, then by two) times what
+# test_spread.py (two workers, one killed) and test_assess.py's two workers run in CI.
+OUTSIDE_CI = ("serving", "tuning", "throughput", "faults", "segmentation", "stages", "server", "loader", "execution",
+              "spread")
 
 
 @pytest.mark.slow
