@@ -41,6 +41,9 @@ def train(
     name: Annotated[str, typer.Option("--name", help="Registered model name.")] = DEFAULT_MODEL_NAME,
     force: Annotated[bool, typer.Option("--force", help="Make the result the champion even if the current champion "
                                         "scores better.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Train every member again. Default: a rerun of the same "
+                                        "recipe reuses each member whose run finished (same settings, data and "
+                                        "split) and resumes an interrupted one.")] = False,
     normal_class: NormalClass = None,
     external: ExternalOption = None,
     external_class: ExternalClassOption = None,
@@ -60,7 +63,7 @@ def train(
 
     unwind_on_interrupts()
     with progress.display(quiet) as display, display.level("stages", len(loaded.members)):
-        outcome = train_recipe(TrainRequest(loaded, name, normal_class, checked_external, force, quiet),
+        outcome = train_recipe(TrainRequest(loaded, name, normal_class, checked_external, force, quiet, fresh),
                                say=lambda message: say(message, quiet))
     # stdout: the registered version (or, when the champion stayed, the final run), for scripts
     typer.echo(outcome.model_uri or outcome.final_run)

@@ -65,6 +65,14 @@ def owner_alive(run: Run) -> bool:
     return True
 
 
+def find_finished_run(experiment_id: str, key: str) -> Run | None:
+    """The newest finished run with this resume key (same settings, data, split and parent run), if any."""
+    runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.{RESUME_KEY} = '{key}' and "
+                              f"attributes.status = '{FINISHED}'", order_by=["attributes.start_time DESC"],
+                              max_results=1, output_format="list")
+    return runs[0] if runs else None
+
+
 def find_interrupted_run(experiment_id: str, key: str, resume: str) -> Run | None:
     """The run to resume: `resume` is 'auto' (the newest interrupted run with this key, if any), 'never', or a
     run id (checked: same settings, not finished, not running elsewhere)."""

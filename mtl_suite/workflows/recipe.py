@@ -1,7 +1,8 @@
 """`mtl-suite train RECIPE`: everything a recipe (recipes.py) needs, in order: each member's final stage (running the
-stages it stands on when missing), the ensemble of the members when there are several, then `promote` of the final
-run. A recipe run (run_kind recipe) records what was made: the recipe file, its runs, the final run and the
-registered version; under `mlflow run . -e train` it is the run MLflow made."""
+stages it stands on when missing; a member whose run finished in an earlier attempt is reused), the ensemble of the
+members when there are several, then `promote` of the final run. A recipe run (run_kind recipe) records what was
+made: the recipe file, its runs, the final run and the registered version; under `mlflow run . -e train` it is the
+run MLflow made."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class TrainRequest:
     external: ExternalCheck | None = None  # the final model also scored on another lab's images
     force: bool = False  # make it the champion even when the current one scores better
     quiet: bool = False
+    # train every member again; by default a rerun reuses each member whose run with the same settings, data, split
+    # and parent finished, and resumes one that was interrupted, so a recipe of hours survives a crash
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,8 @@ def _train_member(request: TrainRequest, index: int, say: Callable[[str], None])
         stage=recipe.stage, config=recipe.members[index], task=recipe.task, normal_class=request.normal_class,
         quiet=request.quiet, extra_tags=tuple(recipe.tags().items()),
         name_prefix=f"{recipe.name}-m{index + 1}-" if recipe.is_ensemble else f"{recipe.name}-",
-        external=None if recipe.is_ensemble else request.external), say=say)
+        external=None if recipe.is_ensemble else request.external,
+        resume="never" if request.fresh else "auto", reuse_finished=not request.fresh), say=say)
     return outcome.run_id
 
 

@@ -56,6 +56,9 @@ class StageRequest:
     quiet: bool = False
     extra_tags: tuple[tuple[str, str], ...] = ()
     resume: str = "auto"  # auto: adopt an interrupted run with the same settings; never; or a run id
+    # a finished final-stage run with the same settings, data, split and parent run stands for this one (train's
+    # rerun of a recipe does not train its finished members again); never with an external check the run may lack
+    reuse_finished: bool = False
     name_prefix: str = ""  # before the run name, e.g. a comparison's "pair3-"
     # Stage 2 on smears without masks: ROI_SEGMENTATION or a `segment train` run id that cuts the cells; None: the
     # experiment's newest U-Net, else ROI (a comparison fixes it once for all its pairs).
@@ -114,6 +117,10 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
         task_data = stage_task_data(plan, request, say, experiment_id)
         request = _with_checked_external(plan, request, task_data)
         key = _resume_key(plan, request, parent_id, task_data)
+        finished = (resume.find_finished_run(experiment_id, key) if request.reuse_finished and request.external is None
+                    else None)
+        if finished is not None:
+            return _reused(plan, finished, uri, experiment_id, say)
         interrupted = resume.find_interrupted_run(experiment_id, key, request.resume)
         # before the run opens: a weights file that does not fit the backbone leaves no FAILED run
         initial, initial_tags = prepare_initial_weights(plan, request, parent_id, workdir)
@@ -141,6 +148,15 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
         shutil.rmtree(checkpoints, ignore_errors=True)  # every fold is in the tracking store now
     say(f"{plan.name} finished: run {outcome.run_id} ({_summary(metrics)}){outcome.looks_text()}; "
         f"view with: mlflow ui --backend-store-uri {uri}, then {ui_link(experiment_id)}")
+    _stage_done(plan.name)
+    return outcome
+
+
+def _reused(plan: StagePlan, run, uri: str, experiment_id: str, say: Callable[[str], None]) -> StageOutcome:
+    outcome = StageOutcome(run.info.run_id, plan.name, dict(run.data.metrics), uri, experiment_id,
+                           looks.logged_earlier(run.info.run_id))
+    say(f"{plan.name}: reusing finished run {outcome.run_id} (same settings, data, split and parent run; "
+        f"{_summary(outcome.metrics)})")
     _stage_done(plan.name)
     return outcome
 

@@ -1,6 +1,6 @@
 """`mlflow run . --env-manager local`, as the README uses it, on the one-command entry point (`train`, a recipe of two
-tiny members: both trained, combined and promoted), and `--system-metrics` on a short stage run. The other entry
-points are checked against the CLI without running (tests/unit/test_mlproject.py)."""
+tiny members: both trained, combined and promoted; run again, it reuses both members), and `--system-metrics` on a
+short stage run. The other entry points are checked against the CLI without running (tests/unit/test_mlproject.py)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,16 @@ def test_mlflow_run_trains_a_recipe_to_a_champion_in_the_suites_experiment(tmp_p
     noise = [line for line in (done.stdout + done.stderr).splitlines() if any(n in line for n in NOISE)]
     assert noise == []
     assert experiments["mtl-suite"].tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+    # The same recipe again (as after a crash): both finished members are reused, only the ensemble is made anew.
+    again = subprocess.run([sys.executable, "-m", "mtl_suite", "train", str(recipe), "--name", "tiny-pair"], cwd=REPO,
+                           env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [m for m in members if f"reusing finished run {m}" in again.stderr] == members, again.stderr
+    runs = client.search_runs([experiments["mtl-suite"].experiment_id], "attributes.status = 'FINISHED'")
+    recipe_runs = [r for r in runs if r.data.tags.get("run_kind") == "recipe"]
+    assert [r.data.tags["member_runs"] for r in recipe_runs] == [recipe_run.data.tags["member_runs"]] * 2
+    assert len([r for r in runs if r.data.tags.get("run_kind") == "stage"]) == len(stage_runs) + 1
 
 
 @pytest.mark.slow
