@@ -1,5 +1,5 @@
 """FLOPs above the activation cut, and this machine's matmul limit: what the fraction-of-limit figure of cached
-fine-tuning (RESULTS.md, issue 17) is computed from.
+fine-tuning (benchmarks/RESULTS.md, "The paper's backbones in CPU time") is computed from.
 
     python benchmarks/cut_flops.py --backbone xception --size 224 --unfreeze-layers 5 [--matmul]
 

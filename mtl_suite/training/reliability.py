@@ -7,7 +7,7 @@
 The flag never changes the class: a flagged image keeps what the classifier says, so accuracy, the share flagged and
 the share of confident wrong calls can all be reported honestly side by side. (Reading a flagged field zoomed out,
 as if taken at a higher magnification than the training lab's, was tried and left out: it lowered the chosen
-model's accuracy on magnified validation images from 93.4% to 88.8%; benchmarks/RESULTS.md, issue 33.)
+model's accuracy on magnified validation images from 93.4% to 88.8%; benchmarks/RESULTS.md, "Right outside the lab".)
 
 Saved as a folder (`reliability/` of a stage run, an artifact of the registered model): the detector as a Keras
 file, everything else in reliability.json.
