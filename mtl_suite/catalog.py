@@ -244,17 +244,28 @@ def comparison_unit_key(index: int, arm: Arm, stage: Stage) -> str:
 ENSEMBLE_STEP = "ensemble"
 
 
+def member_stages(stage: Stage | str, member: int) -> tuple[StagePlan, ...]:
+    """The stages a recipe's member trains itself, as `train` runs them: the first member its whole chain, every
+    other member only the final stage, started from the first member's stage before it (the run `train`'s later
+    members find as their parent)."""
+    plans = chain(stage)
+    return plans if member == 0 else plans[-1:]
+
+
 def assessment_units(seeds: tuple[int, ...] | list[int], members: int, stage: Stage | str) -> list[Unit]:
-    """The report, then per outer split (its data seed) each member's stage chain (a stage waits for the one before
-    it) and, with several members, their ensemble (waiting for every member's final stage); the report waits for
-    every split's final unit. Members of a split, and splits, run side by side."""
+    """The report, then per outer split (its data seed) each member's stages (member_stages: a stage waits for the
+    one before it, a later member's final stage for the first member's stage before it) and, with several members,
+    their ensemble (waiting for every member's final stage); the report waits for every split's final unit. Members
+    of a split, and splits, run side by side."""
     units: list[Unit] = []
     finals: list[str] = []
+    plans = chain(stage)
     for index, seed in enumerate(seeds):
         ends: list[str] = []
+        shared = (assessment_unit_key(seed, 0, plans[-2].stage),) if len(plans) > 1 else ()
         for member in range(members):
-            previous: tuple[str, ...] = ()
-            for plan in chain(stage):
+            previous: tuple[str, ...] = shared if member else ()
+            for plan in member_stages(stage, member):
                 key = assessment_unit_key(seed, member, plan.stage)
                 units.append(Unit(key, index, plan.name, after=previous))
                 previous = (key,)

@@ -4,14 +4,15 @@ splits (data seeds S..S+N-1, grouped as the data needs), each model scored once 
 colour alone on the same split; then the figures (analysis/assessment.py) over splits and pooled over their test
 images. Nothing is promoted or registered: an assessment measures the recipe, it does not ship a model.
 
-Each split runs the recipe as `train` does (each member's stage chain, stage 1 -> 2 -> 3 or classical alone, then
-the ensemble of the members), but every stage is run here with this split's data seed and an explicit parent, so no
-run from outside the assessment is started from; every run of a split is nested under the assessment run.
+Each split runs the recipe as `train` does (the first member's stage chain, stage 1 -> 2 -> 3 or classical alone;
+every other member's final stage from the first member's stage before it; then the ensemble of the members), but
+every stage is run here with this split's data seed and an explicit parent, so no run from outside the assessment is
+started from; every run of a split is nested under the assessment run.
 
 Units: the assessment is catalog.assessment_units, claimed by any number of workers running the same command with
 the same --storage (tuning/units.py: trials of one Optuna study named after the assessment's key): per split each
-member's stages (a stage waits for the one before it) and, with several members, their ensemble (waiting for every
-member); the report waits for every split, and the worker that finds them settled writes it. A unit whose worker
+member's stages (catalog.member_stages; a stage waits for the one before it) and, with several members, their
+ensemble (waiting for every member); the report waits for every split, and the worker that finds them settled writes it. A unit whose worker
 died is run again by another (its stage run closed KILLED, then adopted by the redo); bad input in any unit stops
 every worker with the same one-line error. Without a storage this process runs every unit in turn, in memory, split
 by split and member by member, as the command did before it had units.
@@ -41,7 +42,7 @@ from mtl_suite.analysis.assessment_report import (
     JSON_REPORT, PREDICTIONS, REPORT, Provenance, render_json, render_report,
 )
 from mtl_suite.catalog import (
-    ENSEMBLE_STEP, REPORT_STEP, Stage, Task, Unit, assessment_unit_key, assessment_units, chain,
+    ENSEMBLE_STEP, REPORT_STEP, Stage, Task, Unit, assessment_unit_key, assessment_units, chain, member_stages,
 )
 from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
@@ -348,9 +349,15 @@ def _reusable(client, found: dict[tuple[str, str], str], recipe: Recipe) -> dict
     before it, or an ensemble of other member runs, is run again (with everything after it)."""
     kept: dict[tuple[str, str], str] = {}
     finals = []
+    plans = chain(recipe.stage)
     for index in range(len(recipe.members)):
         role, previous = _member_role(index), None
-        for plan in chain(recipe.stage):
+        if index and len(plans) > 1:  # a later member's final stage stands on the first member's stage before it
+            previous = kept.get((_member_role(0), plans[-2].name))
+            if previous is None:
+                finals.append(None)
+                continue
+        for plan in member_stages(recipe.stage, index):
             run_id = found.get((role, plan.name))
             if run_id is None or (previous is not None and runs_io.parent_stage_run(client, run_id) != previous):
                 break

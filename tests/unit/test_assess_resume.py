@@ -34,11 +34,22 @@ def test_a_chain_is_reused_up_to_the_first_stage_that_stands_on_another_run():
 
 
 def test_an_ensemble_is_reused_only_with_the_reused_members():
+    """Member 2 trains only its stage 3, from member 1's stage 2 (catalog.member_stages, as `train` does)."""
     found = {("member-1", "stage1"): "a1", ("member-1", "stage2"): "a2", ("member-1", "stage3"): "a3",
-             ("member-2", "stage1"): "b1", ("member-2", "stage2"): "b2", ("member-2", "stage3"): "b3",
-             (ENSEMBLE_ROLE, "stage3"): "e"}
-    tags = {"a2": {"parent_stage_run": "a1"}, "a3": {"parent_stage_run": "a2"},
-            "b2": {"parent_stage_run": "b1"}, "b3": {"parent_stage_run": "b2"}, "e": {"ensemble_members": "a3,b3"}}
-    assert (ENSEMBLE_ROLE, "stage3") in _reusable(Client(tags), found, recipe(2))
+             ("member-2", "stage3"): "b3", (ENSEMBLE_ROLE, "stage3"): "e"}
+    tags = {"a2": {"parent_stage_run": "a1"}, "a3": {"parent_stage_run": "a2"}, "b3": {"parent_stage_run": "a2"},
+            "e": {"ensemble_members": "a3,b3"}}
+    assert _reusable(Client(tags), found, recipe(2)) == found
     tags["e"] = {"ensemble_members": "a3,old"}
     assert (ENSEMBLE_ROLE, "stage3") not in _reusable(Client(tags), found, recipe(2))
+
+
+def test_a_later_member_is_run_again_when_it_stands_on_another_stage_2_than_the_reused_one():
+    found = {("member-1", "stage1"): "a1", ("member-1", "stage2"): "a2", ("member-1", "stage3"): "a3",
+             ("member-2", "stage3"): "b3", (ENSEMBLE_ROLE, "stage3"): "e"}
+    tags = {"a2": {"parent_stage_run": "a1"}, "a3": {"parent_stage_run": "a2"}, "b3": {"parent_stage_run": "old"},
+            "e": {"ensemble_members": "a3,b3"}}
+    kept = _reusable(Client(tags), found, recipe(2))
+    assert ("member-2", "stage3") not in kept and (ENSEMBLE_ROLE, "stage3") not in kept
+    tags["a2"] = {"parent_stage_run": "elsewhere"}  # member 1's stage 2 runs again: so does member 2's stage 3
+    assert set(_reusable(Client(tags), found, recipe(2))) == {("member-1", "stage1")}

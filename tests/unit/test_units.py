@@ -44,14 +44,21 @@ def test_comparison_units_are_the_catalogs_chain():
     assert [u.key for u in comparison_units(3)[:9]] == [u.key for u in units]  # more pairs: appended
 
 
-def test_assessment_units_chain_each_members_stages_then_the_ensemble_and_wait_for_every_split():
+def test_assessment_units_chain_the_members_as_train_does_then_the_ensemble_and_wait_for_every_split():
+    """The first member's chain; a later member trains only its final stage, from the first member's stage 2 (as
+    `train`'s later members start from the stage-2 run its first member made)."""
     units = {u.key: u for u in assessment_units((1000, 1001), 2, "stage3")}
-    assert units["split1000/m2/stage3"].after == ("split1000/m2/stage2",) and units["split1000/m1/stage1"].after == ()
+    assert units["split1000/m1/stage2"].after == ("split1000/m1/stage1",) and units["split1000/m1/stage1"].after == ()
+    assert units["split1000/m2/stage3"].after == ("split1000/m1/stage2",)
+    assert not {"split1000/m2/stage1", "split1000/m2/stage2"} & set(units)
     assert units["split1001/ensemble"].after == ("split1001/m1/stage3", "split1001/m2/stage3")
     assert units[REPORT_STEP].after == ("split1000/ensemble", "split1001/ensemble")
     assert not units[REPORT_STEP].despite_failures  # every split's figures, or no report
     alone = assessment_units((1000, 1001), 1, "classical")
     assert [u.key for u in alone] == [REPORT_STEP, "split1000/m1/classical", "split1001/m1/classical"]
+    pair = {u.key: u for u in assessment_units((1000,), 2, "classical")}  # one stage: nothing to share
+    assert pair["split1000/m2/classical"].after == () and pair["split1000/ensemble"].after == (
+        "split1000/m1/classical", "split1000/m2/classical")
 
 
 def test_one_worker_in_order_runs_the_list_depth_first():
