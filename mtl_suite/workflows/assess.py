@@ -12,10 +12,10 @@ started from; every run of a split is nested under the assessment run.
 Units: the assessment is catalog.assessment_units, claimed by any number of workers running the same command with
 the same --storage (tuning/units.py: trials of one Optuna study named after the assessment's key): per split each
 member's stages (catalog.member_stages; a stage waits for the one before it) and, with several members, their
-ensemble (waiting for every member); the report waits for every split, and the worker that finds them settled writes it. A unit whose worker
-died is run again by another (its stage run closed KILLED, then adopted by the redo); bad input in any unit stops
-every worker with the same one-line error. Without a storage this process runs every unit in turn, in memory, split
-by split and member by member, as the command did before it had units.
+ensemble (waiting for every member); the report waits for every split, and the worker that finds them settled
+writes it. A unit whose worker died is run again by another (its stage run closed KILLED, then adopted by the redo);
+bad input in any unit stops every worker with the same one-line error. Without a storage this process runs every
+unit in turn, in memory, split by split and member by member, as the command did before it had units.
 
 Resume: the assessment run is found again by a key over the recipe file's bytes, the settings the command changes,
 the data, the seeds and the grouping; a split's runs that FINISHED are reused, an interrupted stage run is adopted

@@ -56,8 +56,8 @@ class StageRequest:
     quiet: bool = False
     extra_tags: tuple[tuple[str, str], ...] = ()
     resume: str = "auto"  # auto: adopt an interrupted run with the same settings; never; or a run id
-    # a finished final-stage run with the same settings, data, split and parent run stands for this one (train's
-    # rerun of a recipe does not train its finished members again); never with an external check the run may lack
+    # a finished run with the same settings, data, split and parent run stands for this one (train's rerun of a
+    # recipe does not train its finished members again); never with an external check that run may lack
     reuse_finished: bool = False
     name_prefix: str = ""  # before the run name, e.g. a comparison's "pair3-"
     # Stage 2 on smears without masks: ROI_SEGMENTATION or a `segment train` run id that cuts the cells; None: the
@@ -117,8 +117,8 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
         task_data = stage_task_data(plan, request, say, experiment_id)
         request = _with_checked_external(plan, request, task_data)
         key = _resume_key(plan, request, parent_id, task_data)
-        finished = (resume.find_finished_run(experiment_id, key) if request.reuse_finished and request.external is None
-                    else None)
+        may_reuse = request.reuse_finished and request.external is None
+        finished = resume.find_finished_run(experiment_id, key) if may_reuse else None
         if finished is not None:
             return _reused(plan, finished, uri, experiment_id, say)
         interrupted = resume.find_interrupted_run(experiment_id, key, request.resume)
