@@ -31,6 +31,7 @@ from mtl_suite.paths import SAMPLE_IMAGES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mlflow_server import fresh_database, mlflow_server  # noqa: E402
+from postgres_fixture import postgres_url  # noqa: E402, F401 (a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 EXPERIMENT = "scale-out"

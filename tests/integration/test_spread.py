@@ -23,6 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mlflow_server import fresh_database, mlflow_server  # noqa: E402
+from postgres_fixture import postgres_url  # noqa: E402, F401 (a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 COMPARE = ["compare", "--backbone", "tiny", "--weights", "none", "--image-size", "32", "--folds", "2", "--epochs", "1",

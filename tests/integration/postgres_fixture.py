@@ -1,4 +1,6 @@
-"""Fixtures of the tests that need a real PostgreSQL (tracking server back end, Optuna storage shared by workers)."""
+"""The fixture of the tests that need a real PostgreSQL (tracking server back end, Optuna storage shared by
+workers): `from postgres_fixture import postgres_url`. A module of its own, not a conftest.py: the tests import
+helpers from tests/conftest.py by the name `conftest`, which a second conftest module would shadow."""
 
 from __future__ import annotations
 
