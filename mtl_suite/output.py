@@ -115,3 +115,11 @@ def _restore(saved: int) -> None:
         return
     os.dup2(saved, 2)
     os.close(saved)
+
+
+@contextlib.contextmanager
+def fit_lines_on_stderr() -> Iterator[None]:
+    """Keras writes a fit's epoch lines to stdout; a command's stdout carries only its result (a run id, a model
+    URI) for scripts, so the epoch lines go to stderr with the rest of its progress."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

@@ -12,6 +12,7 @@ import numpy as np
 from keras import layers, ops
 
 from mtl_suite.errors import UserError
+from mtl_suite.output import fit_lines_on_stderr
 
 SMOOTH = 1.0
 # Faster-moving BN statistics than the 0.99 default: small data sets give few steps per run, and inference
@@ -126,9 +127,10 @@ def fit_unet(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tupl
     history: dict[str, list[float]] = {}
     for epoch in range(epochs):
         images, masks = augment(train[0], train[1], rng) if augment is not None else train
-        result = model.fit(images, masks[..., None].astype("float32"), batch_size=batch_size, shuffle=True,
-                           validation_data=validation, initial_epoch=epoch, epochs=epoch + 1,
-                           callbacks=callbacks or [], verbose=verbose)
+        with fit_lines_on_stderr():
+            result = model.fit(images, masks[..., None].astype("float32"), batch_size=batch_size, shuffle=True,
+                               validation_data=validation, initial_epoch=epoch, epochs=epoch + 1,
+                               callbacks=callbacks or [], verbose=verbose)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)
     return history

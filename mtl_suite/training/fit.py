@@ -23,6 +23,7 @@ from mtl_suite.data.pipeline import BatchAugment, evaluation_batches, training_b
 from mtl_suite.models.backbones import set_trainable_top
 from mtl_suite.models.ensemble import flipped, prediction_parts
 from mtl_suite.models.heads import head_on_features
+from mtl_suite.output import fit_lines_on_stderr
 from mtl_suite.training.checkpoint import (
     EpochCheckpoint, EpochSeeding, FitCheckpoint, FitState, ResumableEarlyStopping, derived_seed,
     restore_training_state,
@@ -269,8 +270,9 @@ def _fit(model, train, val, cfg, n_classes, epochs, callbacks, augment, verbose,
                   if val is not None and len(val) else None)
     batches, steps = training_batches(train.images, _targets(model, train.labels), cfg.batch_size, seed,
                                       first_epoch, epochs, augment)
-    return model.fit(batches, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
-                     validation_data=validation, class_weight=weights, callbacks=callbacks, verbose=verbose)
+    with fit_lines_on_stderr():
+        return model.fit(batches, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps, shuffle=False,
+                         validation_data=validation, class_weight=weights, callbacks=callbacks, verbose=verbose)
 
 
 def _targets(model: keras.Model, labels: np.ndarray) -> np.ndarray:
