@@ -195,6 +195,48 @@ def test_two_workers_share_the_units_and_get_the_figures_of_one_process(assessed
     assert shared["accuracy"] == alone["accuracy"]
 
 
+ENSEMBLE_RECIPE = """recipe:
+  stage: stage3
+  task: multiclass
+  members: [{}, {train.seed: 1}]
+data:
+  image_size: 32
+  cell_size: 32
+  folds: 2
+train:
+  backbone: tiny
+  weights: none
+  warmup_epochs: 1
+  finetune_epochs: 0
+"""
+
+
+@pytest.mark.slow
+def test_an_ensemble_recipe_is_trained_as_train_does_on_every_split(tmp_path, monkeypatch):
+    """Per split: one stage 1 -> stage 2 chain, both members' stage 3 from that stage 2, their ensemble, scored."""
+    monkeypatch.setenv("MTL_SUITE_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "pair.yaml"
+    recipe.write_text(ENSEMBLE_RECIPE, encoding="utf-8")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = CliRunner().invoke(app, ["assess", str(recipe), "--splits", "2", "--out", str(tmp_path / "out"),
+                                      "--tracking-uri", uri, "--experiment", "e", "--quiet"])
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("e").experiment_id], "tags.run_kind = 'stage'")
+    for seed in SEEDS:
+        split = {r.info.run_id: r.data.tags for r in runs if r.data.tags.get("assessment_split") == str(seed)}
+        (ensemble,) = [tags for tags in split.values() if "ensemble_members" in tags]
+        trained = {run: tags for run, tags in split.items() if "ensemble_members" not in tags}
+        (stage1,) = [run for run, tags in trained.items() if tags["stage"] == "stage1"]
+        (stage2,) = [run for run, tags in trained.items() if tags["stage"] == "stage2"]
+        members = [run for run, tags in trained.items() if tags["stage"] == "stage3"]
+        assert trained[stage2]["parent_stage_run"] == stage1 and len(members) == 2
+        assert {trained[run]["parent_stage_run"] for run in members} == {stage2}
+        assert sorted(ensemble["ensemble_members"].split(",")) == sorted(members)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert sorted(table["split_seed"].unique()) == list(SEEDS)
+
+
 def test_fewer_than_two_splits_is_refused_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["assess", str(tmp_path / "none.yaml"), "--splits", "1"])
     assert result.exit_code == 2 and "Traceback" not in result.output
