@@ -252,6 +252,12 @@ def member_stages(stage: Stage | str, member: int) -> tuple[StagePlan, ...]:
     return plans if member == 0 else plans[-1:]
 
 
+def shared_stage(stage: Stage | str) -> StagePlan | None:
+    """The first member's stage that every later member's final stage starts from (None: a one-stage recipe)."""
+    plans = chain(stage)
+    return plans[-2] if len(plans) > 1 else None
+
+
 def assessment_units(seeds: tuple[int, ...] | list[int], members: int, stage: Stage | str) -> list[Unit]:
     """The report, then per outer split (its data seed) each member's stages (member_stages: a stage waits for the
     one before it, a later member's final stage for the first member's stage before it) and, with several members,
@@ -259,10 +265,10 @@ def assessment_units(seeds: tuple[int, ...] | list[int], members: int, stage: St
     of a split, and splits, run side by side."""
     units: list[Unit] = []
     finals: list[str] = []
-    plans = chain(stage)
+    before_final = shared_stage(stage)
     for index, seed in enumerate(seeds):
         ends: list[str] = []
-        shared = (assessment_unit_key(seed, 0, plans[-2].stage),) if len(plans) > 1 else ()
+        shared = (assessment_unit_key(seed, 0, before_final.stage),) if before_final else ()
         for member in range(members):
             previous: tuple[str, ...] = shared if member else ()
             for plan in member_stages(stage, member):

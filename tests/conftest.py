@@ -152,3 +152,14 @@ def runner():
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def tiny_recipe(stage: str = "classical", *, members: str = "", image_size: int = 32, folds: int = 2,
+                cell_size: int | None = None) -> str:
+    """A recipe file for the tiny test backbone (no ImageNet weights, one warm-up epoch, no fine-tuning): the
+    `recipe:` section, with `members` as YAML (e.g. "[{}, {train.seed: 1}]") when it is an ensemble."""
+    ensemble = f"\n  members: {members}" if members else ""
+    cells = f"\n  cell_size: {cell_size}" if cell_size else ""
+    return (f"recipe:\n  stage: {stage}\n  task: multiclass{ensemble}\n"
+            f"data:\n  image_size: {image_size}{cells}\n  folds: {folds}\n"
+            "train:\n  backbone: tiny\n  weights: none\n  warmup_epochs: 1\n  finetune_epochs: 0\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtl_suite.analysis.assessment import COLOUR_PREFIX, difference, spread
+from mtl_suite.analysis.assessment import assess, difference, spread
 
 
 def load(folder: Path) -> tuple[pd.DataFrame, dict]:
@@ -26,8 +26,12 @@ def load(folder: Path) -> tuple[pd.DataFrame, dict]:
     return pd.read_csv(folder / "predictions.csv"), provenance
 
 
-def per_split(frame: pd.DataFrame, column: str) -> pd.Series:
-    return (frame[column] == frame["label"]).groupby(frame["split_seed"]).mean()
+def per_split(frame: pd.DataFrame, ratio: float) -> tuple[pd.Series, pd.Series]:
+    """The model's and colour alone's test accuracy per split seed, as `assess` computes them for its report."""
+    rows = assess(frame, None, ratio).splits
+    seeds = [row.split_seed for row in rows]
+    return (pd.Series([row.accuracy for row in rows], index=seeds),
+            pd.Series([row.colour_accuracy for row in rows], index=seeds))
 
 
 def check_same_splits(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -50,16 +54,15 @@ def main() -> None:
     (a, meta_a), (b, meta_b) = load(args.a), load(args.b)
     check_same_splits(a, b)
     ratio = float(meta_a["test_train_ratio"])
-    rows = {f"A: {meta_a['recipe_description']} ({args.a.name})": per_split(a, "predicted"),
-            f"B: {meta_b['recipe_description']} ({args.b.name})": per_split(b, "predicted"),
-            "colour alone of A's report": per_split(a, f"{COLOUR_PREFIX}predicted"),
-            "colour alone of B's report": per_split(b, f"{COLOUR_PREFIX}predicted")}
+    (model_a, colour_a), (model_b, colour_b) = per_split(a, ratio), per_split(b, ratio)
+    rows = {f"A: {meta_a['recipe_description']} ({args.a.name})": model_a,
+            f"B: {meta_b['recipe_description']} ({args.b.name})": model_b,
+            "colour alone of A's report": colour_a, "colour alone of B's report": colour_b}
     print(f"| test accuracy over {len(rows[next(iter(rows))])} splits | mean ± sd [95% t-interval] | per split "
           f"(seeds {', '.join(str(s) for s in a['split_seed'].unique())}) |\n|---|---|---|")
     print("\n".join(line(name, values) for name, values in rows.items()))
-    accuracy_a, accuracy_b, _, colour_b = (list(values) for values in rows.values())
-    for name, other in (("A - B", accuracy_b), ("A - colour alone of B's report", colour_b)):
-        d = difference(accuracy_a, other, ratio)  # "CNN" = A, "colour" = the other
+    for name, other in (("A - B", model_b), ("A - colour alone of B's report", colour_b)):
+        d = difference(list(model_a), list(other), ratio)  # "CNN" = A, "colour" = the other
         low, high = d.corrected_interval
         print(f"\n{name}: {100 * d.spread.mean:+.2f} points, 95% interval {100 * low:+.2f} to {100 * high:+.2f} "
               f"(corrected); corrected t = {d.corrected.statistic:.3f}, p = {d.corrected.p_value:.3g} "

@@ -43,6 +43,7 @@ from mtl_suite.analysis.assessment_report import (
 )
 from mtl_suite.catalog import (
     ENSEMBLE_STEP, REPORT_STEP, Stage, Task, Unit, assessment_unit_key, assessment_units, chain, member_stages,
+    shared_stage,
 )
 from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
@@ -349,11 +350,11 @@ def _reusable(client, found: dict[tuple[str, str], str], recipe: Recipe) -> dict
     before it, or an ensemble of other member runs, is run again (with everything after it)."""
     kept: dict[tuple[str, str], str] = {}
     finals = []
-    plans = chain(recipe.stage)
+    before_final = shared_stage(recipe.stage)
     for index in range(len(recipe.members)):
         role, previous = _member_role(index), None
-        if index and len(plans) > 1:  # a later member's final stage stands on the first member's stage before it
-            previous = kept.get((_member_role(0), plans[-2].name))
+        if index and before_final:  # a later member's final stage stands on the first member's stage before it
+            previous = kept.get((_member_role(0), before_final.name))
             if previous is None:
                 finals.append(None)
                 continue

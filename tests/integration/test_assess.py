@@ -20,20 +20,10 @@ import pytest
 from scipy.stats import binomtest, t
 from typer.testing import CliRunner
 
+from conftest import tiny_recipe
 from mtl_suite.cli import app
 
-TINY_RECIPE = """recipe:
-  stage: classical
-  task: multiclass
-data:
-  image_size: 32
-  folds: 2
-train:
-  backbone: tiny
-  weights: none
-  warmup_epochs: 1
-  finetune_epochs: 0
-"""
+TINY_RECIPE = tiny_recipe("classical")
 SEEDS = (1000, 1001)
 
 # the workers import this checkout's mtl_suite: not pytest's sys.path, which a loaded pyfunc extends with the code
@@ -195,20 +185,7 @@ def test_two_workers_share_the_units_and_get_the_figures_of_one_process(assessed
     assert shared["accuracy"] == alone["accuracy"]
 
 
-ENSEMBLE_RECIPE = """recipe:
-  stage: stage3
-  task: multiclass
-  members: [{}, {train.seed: 1}]
-data:
-  image_size: 32
-  cell_size: 32
-  folds: 2
-train:
-  backbone: tiny
-  weights: none
-  warmup_epochs: 1
-  finetune_epochs: 0
-"""
+ENSEMBLE_RECIPE = tiny_recipe("stage3", members="[{}, {train.seed: 1}]", cell_size=32)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
+from conftest import tiny_recipe
 from mtl_suite.cli import app
 from mtl_suite.tracking.setup import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
@@ -21,18 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOISE = ("I0000", "E0000", "absl::InitializeLog", "oneDNN custom operations", "cuda drivers", "cuInit")
 
 
-TINY_RECIPE = """recipe:
-  stage: classical
-  members: [{}, {train.seed: 1}]
-data:
-  image_size: 48
-  folds: 1
-train:
-  backbone: tiny
-  weights: none
-  warmup_epochs: 1
-  finetune_epochs: 0
-"""
+TINY_RECIPE = tiny_recipe("classical", members="[{}, {train.seed: 1}]", image_size=48, folds=1)
 
 
 @pytest.mark.slow
