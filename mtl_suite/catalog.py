@@ -258,33 +258,64 @@ def shared_stage(stage: Stage | str) -> StagePlan | None:
     return plans[-2] if len(plans) > 1 else None
 
 
+def recipe_units(members: int, stage: Stage | str, group: int = 0, prefix: str = "") -> tuple[list[Unit], str]:
+    """One recipe trained as `train` runs it, as units keyed `<prefix>m1/stage2`...: each member's stages
+    (member_stages: a stage waits for the one before it, a later member's final stage for the first member's stage
+    before it) and, with several members, their ensemble (`<prefix>ensemble`, waiting for every member's final
+    stage). Returns the units and the key of the final one (the ensemble, or the only member's final stage)."""
+    units: list[Unit] = []
+    ends: list[str] = []
+    before_final = shared_stage(stage)
+    shared = (recipe_unit_key(0, before_final.stage, prefix),) if before_final else ()
+    for member in range(members):
+        previous: tuple[str, ...] = shared if member else ()
+        for plan in member_stages(stage, member):
+            key = recipe_unit_key(member, plan.stage, prefix)
+            units.append(Unit(key, group, plan.name, after=previous))
+            previous = (key,)
+        ends.extend(previous)
+    if members == 1:
+        return units, ends[0]
+    final = recipe_unit_key(None, stage, prefix)
+    units.append(Unit(final, group, ENSEMBLE_STEP, after=tuple(ends)))
+    return units, final
+
+
+def recipe_unit_key(member: int | None, stage: Stage | str, prefix: str = "") -> str:
+    """'m1/stage2' (member index 0 is m1), or 'ensemble' (member None), after `prefix`."""
+    return prefix + (ENSEMBLE_STEP if member is None else f"m{member + 1}/{Stage(stage)}")
+
+
+def unit_member(key: str) -> int | None:
+    """The member index of a recipe unit's key ('split1000/m2/stage3' and 'm2/stage3': 1), None for an ensemble."""
+    part = key.split("/")[-2] if "/" in key else key
+    return int(part.removeprefix("m")) - 1 if part.startswith("m") and part[1:].isdigit() else None
+
+
+PROMOTE_STEP = "promote"
+
+
+def training_units(members: int, stage: Stage | str) -> list[Unit]:
+    """`train` of a recipe shared by workers: the promotion of the final run (and the recipe run that records it),
+    done again by every new command on the same work as a rerun of `train` promotes again, then the recipe's units
+    (recipe_units). Members run side by side once the first member's shared stage is done."""
+    units, final = recipe_units(members, stage)
+    return [Unit(PROMOTE_STEP, -1, PROMOTE_STEP, after=(final,), every_round=True), *units]
+
+
 def assessment_units(seeds: tuple[int, ...] | list[int], members: int, stage: Stage | str) -> list[Unit]:
-    """The report, then per outer split (its data seed) each member's stages (member_stages: a stage waits for the
-    one before it, a later member's final stage for the first member's stage before it) and, with several members,
-    their ensemble (waiting for every member's final stage); the report waits for every split's final unit. Members
-    of a split, and splits, run side by side."""
+    """The report, then per outer split (its data seed) the recipe's units (recipe_units, keyed `split<seed>/...`);
+    the report waits for every split's final unit. Members of a split, and splits, run side by side."""
     units: list[Unit] = []
     finals: list[str] = []
-    before_final = shared_stage(stage)
     for index, seed in enumerate(seeds):
-        ends: list[str] = []
-        shared = (assessment_unit_key(seed, 0, before_final.stage),) if before_final else ()
-        for member in range(members):
-            previous: tuple[str, ...] = shared if member else ()
-            for plan in member_stages(stage, member):
-                key = assessment_unit_key(seed, member, plan.stage)
-                units.append(Unit(key, index, plan.name, after=previous))
-                previous = (key,)
-            ends.extend(previous)
-        if members > 1:
-            key = assessment_unit_key(seed, None, stage)
-            units.append(Unit(key, index, ENSEMBLE_STEP, after=tuple(ends)))
-            ends = [key]
-        finals.extend(ends)
+        split_units, final = recipe_units(members, stage, index, f"split{seed}/")
+        units.extend(split_units)
+        finals.append(final)
     report = Unit(REPORT_STEP, -1, REPORT_STEP, after=tuple(finals), every_round=True)
     return [report, *units]
 
 
 def assessment_unit_key(seed: int, member: int | None, stage: Stage | str) -> str:
     """'split1000/m1/stage2' (member index 0 is m1), or 'split1000/ensemble' (member None)."""
-    return f"split{seed}/" + (ENSEMBLE_STEP if member is None else f"m{member + 1}/{Stage(stage)}")
+    return recipe_unit_key(member, stage, f"split{seed}/")

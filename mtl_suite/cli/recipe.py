@@ -9,10 +9,12 @@ import typer
 
 from mtl_suite import progress
 from mtl_suite.cli.common import (
-    AllowOutsideRoot, Experiment, ExternalClassOption, ExternalOption, Layout, NormalClass, Quiet, SetOption, TrackingUri,
-    check_inputs, config_keys, explicit_options, external_check, handle_user_errors, say,
+    AllowOutsideRoot, Experiment, ExternalClassOption, ExternalOption, HeartbeatInterval, Layout, NormalClass, Quiet,
+    SetOption, TrackingUri, UnitGracePeriod, UnitMaxRetry, UnitStorage, check_heartbeats, check_inputs, config_keys,
+    explicit_options, external_check, given, handle_user_errors, say,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from mtl_suite.errors import UserError
 from mtl_suite.interrupts import unwind_on_interrupts
 from mtl_suite.models.backbones import get_backbone_spec
 from mtl_suite.recipes import load_recipe, parse_settings
@@ -47,12 +49,22 @@ def train(
     normal_class: NormalClass = None,
     external: ExternalOption = None,
     external_class: ExternalClassOption = None,
+    storage: UnitStorage = None,
+    heartbeat_interval: HeartbeatInterval = 10,
+    grace_period: UnitGracePeriod = None,
+    max_retry: UnitMaxRetry = 3,
     tracking_uri: TrackingUri = None,
     experiment: Experiment = DEFAULT_EXPERIMENT,
     quiet: Quiet = False,
 ) -> None:
     """Run a recipe end to end: its stages (stages 1-2 first where it ends in stage 3), its ensemble members and
-    their ensemble, then promote the result to champion; prints the model version and how to serve it."""
+    their ensemble, then promote the result to champion; prints the model version and how to serve it. Rerun to
+    resume; run the same command with the same --storage on several machines to train the members side by side."""
+    storage = given(storage)
+    if storage and fresh:
+        raise UserError("--fresh trains every member again, while --storage shares units an earlier command may have "
+                        "finished: give one of them (for a fresh start under --storage, a new storage)")
+    check_heartbeats(heartbeat_interval, grace_period)
     overrides = {**explicit_options(ctx, TRAIN_CONFIG_KEYS), **parse_settings(settings or [])}
     loaded = load_recipe(recipe, overrides)  # a bad file, member or value fails here, before the heavy imports
     for member in loaded.members:
@@ -62,8 +74,9 @@ def train(
     from mtl_suite.workflows.recipe import TrainRequest, train_recipe  # heavy imports only when training
 
     unwind_on_interrupts()
-    with progress.display(quiet) as display, display.level("stages", len(loaded.members)):
-        outcome = train_recipe(TrainRequest(loaded, name, normal_class, checked_external, force, quiet, fresh),
-                               say=lambda message: say(message, quiet))
+    request = TrainRequest(loaded, name, normal_class, checked_external, force, quiet, fresh, storage,
+                           heartbeat_interval, grace_period, max_retry)
+    with progress.display(quiet):
+        outcome = train_recipe(request, say=lambda message: say(message, quiet))
     # stdout: the registered version (or, when the champion stayed, the final run), for scripts
     typer.echo(outcome.model_uri or outcome.final_run)

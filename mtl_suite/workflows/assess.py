@@ -42,8 +42,8 @@ from mtl_suite.analysis.assessment_report import (
     JSON_REPORT, PREDICTIONS, REPORT, Provenance, render_json, render_report,
 )
 from mtl_suite.catalog import (
-    ENSEMBLE_STEP, REPORT_STEP, Stage, Task, Unit, assessment_unit_key, assessment_units, chain, member_stages,
-    shared_stage,
+    REPORT_STEP, Stage, Task, Unit, assessment_unit_key, assessment_units, chain, member_stages, shared_stage,
+    unit_member,
 )
 from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
@@ -243,7 +243,7 @@ def _run_unit(client, experiment_id: str, parent: str, request: AssessRequest, s
     seed = request.seeds[unit.group]
     kept = _reusable(client, runs_io.finished_split_runs(client, experiment_id, parent, seed), recipe)
     final = (ENSEMBLE_ROLE if recipe.is_ensemble else _member_role(0), str(recipe.stage))
-    member = None if unit.step == ENSEMBLE_STEP else int(unit.key.split("/")[1].removeprefix("m")) - 1
+    member = unit_member(unit.key)
     this = (ENSEMBLE_ROLE, str(recipe.stage)) if member is None else (_member_role(member), unit.step)
     if final in kept:  # the split's final run finished earlier: every unit of the split is reused
         if this == final:

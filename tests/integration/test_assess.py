@@ -29,6 +29,7 @@ SEEDS = (1000, 1001)
 # the workers import this checkout's mtl_suite: not pytest's sys.path, which a loaded pyfunc extends with the code
 # copy it logged (under ./mlruns), whose bundled sample is another folder
 REPO = Path(__file__).resolve().parents[2]
+BARRIER_WORKER = Path(__file__).with_name("barrier_worker.py")
 
 
 class Crash(RuntimeError):
@@ -137,29 +138,14 @@ def test_the_report_names_the_command_the_recipe_copy_and_where_everything_went(
 
 # A worker whose first unit waits (up to a minute) until the other worker holds one too: both have claimed a unit
 # before either trains, so the two splits are trained by different processes whatever their start-up times.
-WORKER = """import os, pathlib, sys, time
-import mtl_suite.workflows.stage as stage
-real, barrier = stage.run_stage, pathlib.Path(sys.argv[1])
-def run_stage(request, say=print):
-    (barrier / str(os.getpid())).touch()
-    deadline = time.monotonic() + 60
-    while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return real(request, say)
-stage.run_stage = run_stage
-from mtl_suite.cli import main
-sys.argv = ["mtl-suite", *sys.argv[2:]]
-main()
-"""
 
 
 def test_two_workers_share_the_units_and_get_the_figures_of_one_process(assessed, tmp_path):
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    (tmp_path / "worker.py").write_text(WORKER, encoding="utf-8")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MTL_SUITE_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    workers = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(barrier), "assess",
+    workers = [subprocess.Popen([sys.executable, str(BARRIER_WORKER), str(barrier), "assess",
                                  str(assessed["recipe"]), "--splits", "2", "--out", str(tmp_path / f"out{i}"),
                                  "--tracking-uri", uri, "--experiment", "a", "--storage", str(tmp_path / "units.log")],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

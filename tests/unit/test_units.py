@@ -10,7 +10,9 @@ import sys
 import optuna
 import pytest
 
-from mtl_suite.catalog import REPORT_STEP, Unit, assessment_units, comparison_units
+from mtl_suite.catalog import (
+    PROMOTE_STEP, REPORT_STEP, Unit, assessment_units, comparison_units, training_units, unit_member,
+)
 from mtl_suite.errors import UserError
 from mtl_suite.tuning.optuna_private import storage_of, trial_id
 from mtl_suite.tuning.resume import OWNER_ATTR
@@ -59,6 +61,23 @@ def test_assessment_units_chain_the_members_as_train_does_then_the_ensemble_and_
     pair = {u.key: u for u in assessment_units((1000,), 2, "classical")}  # one stage: nothing to share
     assert pair["split1000/m2/classical"].after == () and pair["split1000/ensemble"].after == (
         "split1000/m1/classical", "split1000/m2/classical")
+
+
+def test_training_units_are_one_split_of_an_assessment_then_the_promotion_of_its_final_run():
+    """`train --storage`: the same chain as an assessment's split (later members from the first member's stage 2),
+    the promotion first in the list (units are only ever appended) and after the final run, redone by every new
+    command as a rerun of `train` promotes again."""
+    units = {u.key: u for u in training_units(3, "stage3")}
+    assert list(units) == [PROMOTE_STEP, "m1/stage1", "m1/stage2", "m1/stage3", "m2/stage3", "m3/stage3", "ensemble"]
+    assert units["m2/stage3"].after == units["m3/stage3"].after == ("m1/stage2",)
+    assert units["ensemble"].after == ("m1/stage3", "m2/stage3", "m3/stage3")
+    assert units[PROMOTE_STEP].after == ("ensemble",) and units[PROMOTE_STEP].every_round
+    split = [u.key.removeprefix("split7/") for u in assessment_units((7,), 3, "stage3")[1:]]
+    assert split == list(units)[1:]
+    alone = training_units(1, "classical")
+    assert [(u.key, u.after) for u in alone] == [(PROMOTE_STEP, ("m1/classical",)), ("m1/classical", ())]
+    assert [unit_member(k) for k in ("m1/stage1", "m3/stage3", "split7/m2/stage3", "ensemble", "split7/ensemble")
+            ] == [0, 2, 1, None, None]
 
 
 def test_one_worker_in_order_runs_the_list_depth_first():
