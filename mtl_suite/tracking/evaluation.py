@@ -22,6 +22,7 @@ from mtl_suite.run_files import MODEL_INFO, ModelInfo
 from mtl_suite.serving.pyfunc import COVERAGE_PARAM
 from mtl_suite.tracking.reachability import check_tracking_uri
 from mtl_suite.tracking.registry import fetch_reliability, first_line, logged_model_id
+from mtl_suite.tracking.runs import log_input
 
 METRIC_PREFIX = "eval/"
 ARTIFACT_PATH = "eval"
@@ -187,8 +188,7 @@ def log_evaluation(experiment_id: str, run_id: str | None, run_name: str, tags: 
         dataset = mlflow.data.from_pandas(dataset_rows, source=dataset_source, targets="label", name=dataset_name)
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags(tags)
-        mlflow.log_input(dataset, context="evaluation",
-                         model=LoggedModelInput(model_id) if model_id else None)
+        log_input(dataset, context="evaluation", model=LoggedModelInput(model_id) if model_id else None)
         # run_id given: MLflow reads the run afresh, so the inputs just logged are not logged a second time
         mlflow.log_metrics({f"{METRIC_PREFIX}{k}": v for k, v in metrics.items()}, run_id=run.info.run_id,
                            model_id=model_id, dataset=dataset)

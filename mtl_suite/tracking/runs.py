@@ -10,6 +10,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from mtl_suite.config import to_flat_dict
 
@@ -71,6 +72,24 @@ def log_split(split_path: Path, split_digest: str, split_json: dict, context: st
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(rows, source=split_json.get("root") or str(split_path),
                                           name=f"split-{split_digest[:12]}")
-    mlflow.log_input(dataset, context=context)
+    log_input(dataset, context=context)
     mlflow.log_artifact(str(split_path), artifact_path="data")
     mlflow.set_tags({"split_digest": split_digest, "dataset_digest": split_json["manifest_digest"]})
+
+
+def log_input(dataset, **kwargs: Any) -> None:
+    """mlflow.log_input, tried once more when another process stored the same dataset between the store's look for
+    it and its insert (the store then refuses the row: SQLite's UNIQUE constraint, PostgreSQL's duplicate key). Runs
+    of one split side by side do that: two members of a recipe, or a pair's two arms, under --storage. The second try
+    finds the row and only links it to this run."""
+    try:
+        mlflow.log_input(dataset, **kwargs)
+    except MlflowException as exc:
+        if not _dataset_row_raced(exc):
+            raise
+        mlflow.log_input(dataset, **kwargs)
+
+
+def _dataset_row_raced(exc: MlflowException) -> bool:
+    text = str(exc)
+    return "dataset" in text.lower() and ("UNIQUE constraint failed" in text or "duplicate key value" in text)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from typer.testing import CliRunner
 
 from conftest import tiny_recipe
+from mtl_suite.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 BARRIER_WORKER = Path(__file__).with_name("barrier_worker.py")
@@ -20,7 +22,7 @@ PAIR_RECIPE = tiny_recipe("classical", members="[{}, {train.seed: 1}]", folds=1)
 
 
 @pytest.mark.slow
-def test_two_workers_train_the_members_side_by_side_and_end_with_the_same_champion(tmp_path):
+def test_two_workers_train_the_members_side_by_side_and_end_with_the_same_champion(tmp_path, monkeypatch):
     recipe = tmp_path / "pair.yaml"
     recipe.write_text(PAIR_RECIPE, encoding="utf-8")
     (tmp_path / "barrier").mkdir()
@@ -56,9 +58,10 @@ def test_two_workers_train_the_members_side_by_side_and_end_with_the_same_champi
     champion = client.get_model_version_by_alias("mtl-all-classifier", "champion")
     assert str(champion.version) == "1" and champion.run_id == ensemble.info.run_id
 
-    again = subprocess.run([sys.executable, "-m", "mtl_suite", *train], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert "new round" in again.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MTL_SUITE_CACHE", env["MTL_SUITE_CACHE"])
+    again = CliRunner().invoke(app, train)
+    assert again.exit_code == 0, again.output
+    assert "new round" in again.output and again.stdout.strip().endswith("models:/mtl-all-classifier/1")
     assert len(runs("stage")) == 2 and len(runs("ensemble")) == 1  # nothing trained again
     assert len(runs("recipe")) == 2 and all(r.data.tags["final_run"] == ensemble.info.run_id for r in runs("recipe"))
