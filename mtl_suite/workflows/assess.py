@@ -250,16 +250,17 @@ def _run_unit(client, experiment_id: str, parent: str, request: AssessRequest, s
             say(f"split {seed}: reusing finished run {kept[final]}")
         return {"run_id": kept.get(this, ""), "reused": "1"}
     tags = (("mlflow.parentRunId", parent), (runs_io.RUN, parent), (runs_io.SPLIT, str(seed)),
-            *recipe.tags().items(), (runs_io.ROLE, this[0]), (runs_io.UNIT, tag))
+            *recipe.tags().items(), (runs_io.ROLE, this[0]))
+    claim = ((runs_io.UNIT, tag),)
     before = [view.statuses[key].results.get("run_id", "") for key in unit.after]
     if member is None:
-        return {"run_id": _ensemble(request, seed, before, tags, say)}
+        return {"run_id": _ensemble(request, seed, before, tags + claim, say)}
     return {"run_id": _stage(client, request, seed, member, unit.step, before[0] if before else None,
-                             kept.get(this), tags, segmentation, say)}
+                             kept.get(this), tags, claim, segmentation, say)}
 
 
 def _stage(client, request: AssessRequest, seed: int, member: int, stage: str, previous: str | None,
-           found: str | None, tags: tuple, segmentation: str | None, say: Callable[[str], None]) -> str:
+           found: str | None, tags: tuple, claim: tuple, segmentation: str | None, say: Callable[[str], None]) -> str:
     """One stage of a member's chain on the split, from `previous` (None: ImageNet); a finished run of it that
     stands on `previous` is reused."""
     from mtl_suite.workflows.stage import StageRequest, run_stage  # looked up per call: tests may replace it
@@ -274,7 +275,7 @@ def _stage(client, request: AssessRequest, seed: int, member: int, stage: str, p
     return run_stage(StageRequest(
         stage=Stage(stage), config=split_config(recipe.members[member], seed), task=recipe.task,
         normal_class=request.normal_class, segmentation=segmentation, parent_run=previous, quiet=request.quiet,
-        extra_tags=tags, name_prefix=prefix,
+        extra_tags=tags, claim_tags=claim, name_prefix=prefix,
         shift_probe=False),  # the folds' shift figures choose among models; the headlines need none
         say=say).run_id
 

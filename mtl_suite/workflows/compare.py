@@ -218,14 +218,14 @@ def _run_unit(client, experiment_id: str, parent: str, request: CompareRequest, 
         say(f"pair {index}: reusing finished {plan.name} run {found}")
         return {"run_id": found}
     tags = (("mlflow.parentRunId", parent), ("comparison_run", parent), ("comparison_pair", str(index)),
-            ("comparison_arm", str(arm)), ("comparison_role", "arm" if plan.arm else "pretrain"),
-            ("comparison_unit", tag))
+            ("comparison_arm", str(arm)), ("comparison_role", "arm" if plan.arm else "pretrain"))
     say(f"pair {index} (seed {cfg.train.seed}, split seed {cfg.data.seed}): {arm.upper()} {plan.name}")
     try:
         outcome = run_stage(StageRequest(stage=plan.name, config=cfg, task=request.task,
                                          normal_class=request.normal_class, cells=request.cells,
                                          segmentation=request.segmentation, parent_run=parent_run,
-                                         quiet=request.quiet, extra_tags=tags, name_prefix=f"pair{index}-",
+                                         quiet=request.quiet, extra_tags=tags, claim_tags=(("comparison_unit", tag),),
+                                         name_prefix=f"pair{index}-",
                                          shift_probe=False),
                             say=say)
     except (KeyboardInterrupt, UserError):

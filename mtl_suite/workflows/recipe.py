@@ -101,7 +101,7 @@ def _describe(recipe: Recipe) -> str:
 
 
 def _member_stage(request: TrainRequest, index: int, stage: Stage, parent: str | None, say: Callable[[str], None],
-                  tags: tuple[tuple[str, str], ...] = ()) -> str:
+                  claim: tuple[tuple[str, str], ...] = ()) -> str:
     """One member's `stage` from the `parent` run (None: found in the experiment, and the stages it stands on run
     first when missing; stage 1 and classical start from ImageNet). The recipe's final stage of a one-model recipe
     is also scored on the external images."""
@@ -111,7 +111,7 @@ def _member_stage(request: TrainRequest, index: int, stage: Stage, parent: str |
     say(f"recipe {recipe.name}: training {label}" + ("" if last else f", {stage}"))
     outcome = run_stage(StageRequest(
         stage=stage, config=recipe.members[index], task=recipe.task, normal_class=request.normal_class,
-        quiet=request.quiet, extra_tags=(*recipe.tags().items(), *tags), parent_run=parent,
+        quiet=request.quiet, extra_tags=tuple(recipe.tags().items()), claim_tags=claim, parent_run=parent,
         name_prefix=f"{recipe.name}-m{index + 1}-" if recipe.is_ensemble else f"{recipe.name}-",
         external=request.external if last and not recipe.is_ensemble else None,
         resume="never" if request.fresh else "auto", reuse_finished=not request.fresh), say=say)
@@ -247,11 +247,11 @@ def _run_unit(request: TrainRequest, unit: Unit, view: BoardView, tag: str, expe
         outcome = _finish(request, launcher_run, experiment_id, uri, members, before[0], say)
         return {"recipe_run": outcome.recipe_run, "final_run": outcome.final_run,
                 "member_runs": ",".join(outcome.member_runs), "model_uri": outcome.model_uri or ""}
-    tags = ((UNIT_TAG, tag),)
+    claim = ((UNIT_TAG, tag),)
     member = unit_member(unit.key)
     if member is None:
-        return {"run_id": _ensemble(request, tuple(before), say, tags)}
-    return {"run_id": _member_stage(request, member, Stage(unit.step), before[0] if before else None, say, tags)}
+        return {"run_id": _ensemble(request, tuple(before), say, claim)}
+    return {"run_id": _member_stage(request, member, Stage(unit.step), before[0] if before else None, say, claim)}
 
 
 def _member_finals(recipe: Recipe, view: BoardView) -> tuple[str, ...]:

@@ -54,7 +54,10 @@ class StageRequest:
     source: str | None = None  # stage 1: optional source dataset to fine-tune on
     parent_run: str | None = None
     quiet: bool = False
-    extra_tags: tuple[tuple[str, str], ...] = ()
+    extra_tags: tuple[tuple[str, str], ...] = ()  # tags that are part of what the run is (in its resume key)
+    # tags that only say who made the run (the claim of a shared unit): left out of the resume key, so a redo of the
+    # unit by another worker adopts the run a dead worker left, with its finished folds
+    claim_tags: tuple[tuple[str, str], ...] = ()
     resume: str = "auto"  # auto: adopt an interrupted run with the same settings; never; or a run id
     # a finished run with the same settings, data, split and parent run stands for this one (train's rerun of a
     # recipe does not train its finished members again); never with an external check that run may lack
@@ -351,7 +354,7 @@ def _run_tags(plan: StagePlan, request: StageRequest, task_data: TaskData | None
         "image_size": str(task_data.image_size if task_data else config.data.image_size),
         # stage 2: "cells:<path>", "masks:<path>", "unet:<segment train run>" or "roi"
         **({"cell_source": task_data.cell_source} if task_data is not None and task_data.cell_source else {}),
-        **dict(request.extra_tags),
+        **dict(request.extra_tags), **dict(request.claim_tags),
     }
 
 

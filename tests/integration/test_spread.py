@@ -1,8 +1,8 @@
 """A comparison spread over workers, for real (docs/scaling-out.md, "A comparison over several machines"): two
 `mtl-suite compare` processes with the same command against an `mlflow server` (PostgreSQL backend) and an Optuna
-storage on PostgreSQL share its units; one is SIGKILLed in the middle of a stage run. The survivor redoes that
-unit, closes the dead worker's runs KILLED, writes the report, and every pair's figures equal those of the same
-command run by one process alone (its own SQLite store, at the same time).
+storage on PostgreSQL share its units; one is SIGKILLed in the middle of a stage run. The survivor closes the dead
+worker's runs KILLED, redoes that unit in a run that adopts the killed one, writes the report, and every pair's
+figures equal those of the same command run by one process alone (its own SQLite store, at the same time).
 
 Needs PostgreSQL as tests/integration/test_scale_out.py does: fails without it under CI=true, skips otherwise. Lean
 on purpose (tiny backbone, 32 px, 2 folds, 1 epoch, the 2 pairs a t-test needs)."""
@@ -91,6 +91,11 @@ def test_two_workers_share_a_comparison_survive_a_kill_and_match_one_process(pos
         stage_runs = [r for r in runs if r.data.tags.get("run_kind") == "stage" and r.info.status == "FINISHED"]
         units = [(r.data.tags["comparison_pair"], r.data.tags["stage"]) for r in stage_runs]
         assert len(units) == len(set(units)) == STAGE_UNITS  # no unit ran twice to completion
+        # the redo adopted the killed run (its finished folds): the claim of a unit is not part of what a run is
+        assert [r.data.tags.get("resumed_from") for r in stage_runs
+                if r.data.tags["comparison_unit"] != killed.data.tags["comparison_unit"]
+                and (r.data.tags["comparison_pair"], r.data.tags["stage"]) == (
+                    killed.data.tags["comparison_pair"], killed.data.tags["stage"])] == [killed_run]
         parent, = [r for r in runs if r.data.tags.get("run_kind") == "comparison"]
         assert parent.info.status == "FINISHED" and parent.data.tags["units_done"] == str(STAGE_UNITS + 1)
 
