@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mlflow import MlflowClient
+from mlflow import MlflowClient, get_tracking_uri
 
 from mtl_suite import progress
 from mtl_suite.catalog import PROMOTE_STEP, RunKind, Stage, Unit, recipe_unit_key, training_units, unit_member
@@ -25,7 +25,7 @@ from mtl_suite.config import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, ExperimentConfi
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_file, sha256_text
 from mtl_suite.recipes import Recipe
-from mtl_suite.tracking.comparison_runs import close_dead_worker_runs
+from mtl_suite.tracking.comparison_runs import close_dead_worker_runs, run_exists
 from mtl_suite.tracking.reachability import mask_password
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 from mtl_suite.tuning.units import DONE, FAILED, BLOCKED, BoardView, UnitBoard
@@ -67,6 +67,10 @@ class TrainOutcome:
 def train_recipe(request: TrainRequest, say: Callable[[str], None] = print) -> TrainOutcome:
     recipe = request.recipe
     tracking = recipe.config.tracking
+    if request.storage:
+        from mtl_suite.tuning.storage_check import check_storage
+
+        check_storage(request.storage)  # one line naming it, before the tracking store, any run or unit exists
     uri, experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)
     launcher_run = take_launcher_run(experiment_id)  # `mlflow run . -e train`'s run becomes the recipe run
     say(f"recipe {recipe.path}: {_describe(recipe)}")
@@ -186,9 +190,6 @@ UNIT_TAG = "recipe_unit"  # on every run a unit makes: `<study>#<claim>`
 
 def _train_shared(request: TrainRequest, uri: str, experiment_id: str, launcher_run: str | None,
                   say: Callable[[str], None]) -> TrainOutcome:
-    from mtl_suite.tuning.storage_check import check_storage
-
-    check_storage(request.storage)  # one line naming it, before any run or unit exists
     client = MlflowClient()
     board = _open_board(client, experiment_id, request, say)
     say(f"recipe {request.recipe.name}: {len(board.units)} units shared through {mask_password(request.storage)}")
@@ -230,11 +231,25 @@ def _open_board(client, experiment_id: str, request: TrainRequest, say: Callable
     board = UnitBoard(f"train-{recipe.name}-{training_key(request)}", training_units(len(recipe.members), recipe.stage),
                       request.storage, heartbeat_interval=request.heartbeat_interval,
                       grace_period=request.grace_period, max_retry=request.max_retry, on_dead=closed, say=say)
-    if not board.open() and board.view().settled:
+    if board.open():
+        return board
+    view = board.view()
+    _check_same_store(client, view, request)
+    if view.settled:
         say(f"recipe {recipe.name}: its units in {mask_password(request.storage)} were settled by an earlier command;"
             " a new round (failed units tried again, the final run promoted again)")
         board.new_round()
     return board
+
+
+def _check_same_store(client, view: BoardView, request: TrainRequest) -> None:
+    """Units finished by workers of another tracking store cannot be built on: one line, before anything runs."""
+    for status in view.statuses.values():
+        run_id = status.results.get("run_id") or status.results.get("recipe_run")
+        if status.state == DONE and run_id and not run_exists(client, run_id):
+            raise UserError(f"the recipe's units in {mask_password(request.storage or '')} hold run {run_id} "
+                            f"({status.unit.key}), which tracking store {get_tracking_uri()} does not have: give every "
+                            "worker the same tracking store, or use another --storage")
 
 
 def _run_unit(request: TrainRequest, unit: Unit, view: BoardView, tag: str, experiment_id: str,

@@ -1,6 +1,7 @@
 """`mtl-suite train RECIPE --storage`: two worker processes share a two-member recipe through an Optuna journal file.
 Each trains one member, one of them makes the ensemble and promotes it, and both print the same registered version.
-The same command again, once everything is settled, trains nothing and promotes the same final run again."""
+The same command again, once everything is settled, trains nothing and promotes the same final run again; with
+another tracking store it is refused."""
 
 from __future__ import annotations
 
@@ -65,3 +66,10 @@ def test_two_workers_train_the_members_side_by_side_and_end_with_the_same_champi
     assert "new round" in again.output and again.stdout.strip().endswith("models:/mtl-all-classifier/1")
     assert len(runs("stage")) == 2 and len(runs("ensemble")) == 1  # nothing trained again
     assert len(runs("recipe")) == 2 and all(r.data.tags["final_run"] == ensemble.info.run_id for r in runs("recipe"))
+
+    # the same units with another tracking store: refused in one line, nothing trained there
+    other = [*train[:train.index("--tracking-uri") + 1], f"sqlite:///{tmp_path}/other.db",
+             *train[train.index("--tracking-uri") + 2:]]
+    refused = CliRunner().invoke(app, other)
+    assert refused.exit_code == 2 and "which tracking store" in refused.output, refused.output
+    assert "Traceback" not in refused.output

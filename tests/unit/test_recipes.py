@@ -91,6 +91,7 @@ def test_set_reads_values_as_yaml_and_refuses_a_missing_equals():
     (["train", "no-such-recipe.yaml"], "config file not found: no-such-recipe.yaml"),
     (["train", "experiments/fast-cpu.yaml", "--fresh", "--storage", "units.log"], "--fresh trains every member "
                                                                                  "again, while --storage shares"),
+    (["train", "experiments/fast-cpu.yaml", "--storage", "README.md/units.log"], "cannot create README.md/units.log"),
     (["train", "experiments/fast-cpu.yaml", "--storage", "units.log", "--heartbeat-interval", "0"],
      "--grace-period (None) must be longer than --heartbeat-interval (0, at least 1)"),
     (["stage3", "--config", "experiments/accurate.yaml"], "experiments/accurate.yaml is an ensemble recipe: run it "
