@@ -165,6 +165,16 @@ ARM_STAGES: tuple[Stage, ...] = tuple(plan.stage for plan in STAGES.values() if 
 # analysis/comparison_report.py (which renders them) -----------------------------------------------------------------
 
 @dataclass(frozen=True)
+class UnitSharing:
+    """Where a heavy command's units (tuning/units.py) are shared by every worker running the same command."""
+
+    storage: str | None = None  # an Optuna storage URL or journal file; None: this process alone runs every unit
+    heartbeat_interval: int = 10  # RDB storages: seconds between a worker's heartbeats
+    grace_period: int | None = None  # a claim without heartbeat this long is a dead worker's (None: 3 heartbeats)
+    max_retry: int = 3  # times a unit whose worker died is run again
+
+
+@dataclass(frozen=True)
 class CompareRequest:
     config: ExperimentConfig  # base config; pair i uses seeds base + i
     task: str
@@ -177,12 +187,7 @@ class CompareRequest:
     quiet: bool = False
     segmentation: str | None = None  # stage 2's cell segmentation, fixed at the start (stage.pinned_segmentation)
     config_file: Path | None = None  # the experiment file --config named (copied beside the report), None: none
-    # where the comparison's units are shared by its workers (an Optuna storage URL or journal file); None: this
-    # process alone runs them all, in memory
-    storage: str | None = None
-    heartbeat_interval: int = 10  # RDB storages: seconds between a worker's heartbeats
-    grace_period: int | None = None  # a claim without heartbeat this long is a dead worker's (None: 3 heartbeats)
-    max_retry: int = 3  # times a unit whose worker died is run again
+    sharing: UnitSharing = UnitSharing()  # where the pairs' units are shared by workers (default: in memory, alone)
 
 
 @dataclass

@@ -12,9 +12,9 @@ from mtl_suite import progress
 from mtl_suite.catalog import Stage, Task
 from mtl_suite.cli.common import (
     AllowOutsideRoot, BackboneName, ColourFusion, Ensemble, Experiment, GroupBy, HeartbeatInterval, NormalClass,
-    Quiet, SystemMetrics, TaskOption, TrackingUri, Tta, UnitGracePeriod, UnitMaxRetry, check_heartbeats, check_inputs,
+    Quiet, SystemMetrics, TaskOption, TrackingUri, Tta, UnitGracePeriod, UnitMaxRetry, check_inputs,
     command_line, config_keys, enable_system_metrics, explicit_options, given, handle_user_errors, say,
-    study_overrides,
+    study_overrides, unit_sharing,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DataConfig, TrainConfig, load_config
 from mtl_suite.errors import UserError
@@ -87,7 +87,7 @@ def compare(
     command with the same --storage on several machines to share the work."""
     if runs < 2:
         raise UserError(f"--runs must be at least 2: a t-test needs two or more paired runs. Received: {runs}")
-    check_heartbeats(heartbeat_interval, grace_period)
+    sharing = unit_sharing(storage, heartbeat_interval, grace_period, max_retry)
     overrides = explicit_options(ctx, COMPARE_OPTION_KEYS)
     if params_from_study:  # a stage-3 study's best trial; both arms train with it (typed options still win)
         overrides, task, _ = study_overrides(ctx, Stage.STAGE3.value, params_from_study, storage, overrides, task)
@@ -104,9 +104,7 @@ def compare(
     with progress.display(quiet):
         run_comparison(CompareRequest(config=cfg, task=task, runs=runs, normal_class=normal_class, cells=cells,
                                       report_dir=out, command=command, study=params_from_study,
-                                      quiet=quiet, config_file=config, storage=storage,
-                                      heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                      max_retry=max_retry),
+                                      quiet=quiet, config_file=config, sharing=sharing),
                        say=lambda message: say(message, quiet))
 
 

@@ -11,8 +11,8 @@ import typer
 from mtl_suite import progress
 from mtl_suite.cli.common import (
     Experiment, HeartbeatInterval, NormalClass, Quiet, SetOption, TrackingUri, UnitGracePeriod, UnitMaxRetry,
-    UnitStorage, check_heartbeats, check_inputs, command_line, config_keys, explicit_options, given,
-    handle_user_errors, say,
+    UnitStorage, check_inputs, command_line, config_keys, explicit_options, given,
+    handle_user_errors, say, unit_sharing,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT
 from mtl_suite.errors import UserError
@@ -63,7 +63,7 @@ def assess(
     if splits < MIN_SPLITS:
         raise UserError(f"--splits must be at least {MIN_SPLITS}: a t-interval needs two or more splits (the headline "
                         f"protocol uses at least {HEADLINE_SPLITS}). Received: {splits}")
-    check_heartbeats(heartbeat_interval, grace_period)
+    sharing = unit_sharing(storage, heartbeat_interval, grace_period, max_retry)
     overrides = {**explicit_options(ctx, ASSESS_CONFIG_KEYS), **parse_settings(settings or [])}
     if "data.seed" in overrides:
         raise UserError("data.seed is each split's own (--first-seed + i); set --first-seed instead of "
@@ -78,7 +78,6 @@ def assess(
     seeds = tuple(range(first_seed, first_seed + splits))
     with progress.display(quiet):
         outcome = assess_recipe(AssessRequest(loaded, seeds, Path(out) if given(out) else default_out(loaded),
-                                              command_line(ctx), given(normal_class), quiet, given(storage),
-                                              heartbeat_interval, grace_period, max_retry),
+                                              command_line(ctx), given(normal_class), quiet, sharing),
                                 say=lambda message: say(message, quiet))
     typer.echo(str(outcome.report))  # stdout: the report, for scripts

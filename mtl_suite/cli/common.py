@@ -17,7 +17,7 @@ import typer
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
-from mtl_suite.catalog import Task
+from mtl_suite.catalog import Task, UnitSharing
 from mtl_suite.config import COLOUR_FUSIONS, ENSEMBLES, EXECUTIONS, PRECISIONS, STAINS, TTAS
 from mtl_suite.data.grouping import parse_grouping
 from mtl_suite.data.layouts import LAYOUTS
@@ -305,10 +305,13 @@ UnitGracePeriod = Annotated[Optional[int], typer.Option("--grace-period", help="
 UnitMaxRetry = Annotated[int, typer.Option("--max-retry", help="Times a unit whose worker died is run again.")]
 
 
-def check_heartbeats(heartbeat_interval: int, grace_period: int | None) -> None:
+def unit_sharing(storage: str | None, heartbeat_interval: int, grace_period: int | None,
+                 max_retry: int) -> UnitSharing:
+    """--storage, --heartbeat-interval, --grace-period and --max-retry of a command whose units workers share."""
     if heartbeat_interval < 1 or (grace_period is not None and grace_period <= heartbeat_interval):
         raise UserError(f"--grace-period ({grace_period}) must be longer than --heartbeat-interval "
                         f"({heartbeat_interval}, at least 1)")
+    return UnitSharing(given(storage), heartbeat_interval, grace_period, max_retry)
 
 
 SystemMetrics = Annotated[bool, typer.Option("--system-metrics/--no-system-metrics", help="Log CPU, memory (and "

@@ -10,8 +10,8 @@ import typer
 from mtl_suite import progress
 from mtl_suite.cli.common import (
     AllowOutsideRoot, Experiment, ExternalClassOption, ExternalOption, HeartbeatInterval, Layout, NormalClass, Quiet,
-    SetOption, TrackingUri, UnitGracePeriod, UnitMaxRetry, UnitStorage, check_heartbeats, check_inputs, config_keys,
-    explicit_options, external_check, given, handle_user_errors, say,
+    SetOption, TrackingUri, UnitGracePeriod, UnitMaxRetry, UnitStorage, check_inputs, config_keys,
+    explicit_options, external_check, handle_user_errors, say, unit_sharing,
 )
 from mtl_suite.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from mtl_suite.errors import UserError
@@ -60,11 +60,10 @@ def train(
     """Run a recipe end to end: its stages (stages 1-2 first where it ends in stage 3), its ensemble members and
     their ensemble, then promote the result to champion; prints the model version and how to serve it. Rerun to
     resume; run the same command with the same --storage on several machines to train the members side by side."""
-    storage = given(storage)
-    if storage and fresh:
+    sharing = unit_sharing(storage, heartbeat_interval, grace_period, max_retry)
+    if sharing.storage and fresh:
         raise UserError("--fresh trains every member again, while --storage shares units an earlier command may have "
                         "finished: give one of them (for a fresh start under --storage, a new storage)")
-    check_heartbeats(heartbeat_interval, grace_period)
     overrides = {**explicit_options(ctx, TRAIN_CONFIG_KEYS), **parse_settings(settings or [])}
     loaded = load_recipe(recipe, overrides)  # a bad file, member or value fails here, before the heavy imports
     for member in loaded.members:
@@ -74,8 +73,7 @@ def train(
     from mtl_suite.workflows.recipe import TrainRequest, train_recipe  # heavy imports only when training
 
     unwind_on_interrupts()
-    request = TrainRequest(loaded, name, normal_class, checked_external, force, quiet, fresh, storage,
-                           heartbeat_interval, grace_period, max_retry)
+    request = TrainRequest(loaded, name, normal_class, checked_external, force, quiet, fresh, sharing)
     with progress.display(quiet):
         outcome = train_recipe(request, say=lambda message: say(message, quiet))
     # stdout: the registered version (or, when the champion stayed, the final run), for scripts

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mtl_suite.catalog import Unit
+from mtl_suite.catalog import Unit, UnitSharing
 from mtl_suite.errors import UserError
 from mtl_suite.tuning.optuna_private import heartbeat_enabled, storage_of, stored_trial, trial_id
 from mtl_suite.tuning.resume import (
@@ -134,6 +134,12 @@ class UnitBoard:
         self.on_dead, self.say = on_dead, say
         self.study: optuna.Study | None = None
         self.created = False
+
+    @classmethod
+    def for_sharing(cls, name: str, units: Sequence[Unit], sharing: UnitSharing, **options: Any) -> "UnitBoard":
+        """The board of a command's units where `sharing` says (its storage, heartbeats and retries)."""
+        return cls(name, units, sharing.storage, heartbeat_interval=sharing.heartbeat_interval,
+                   grace_period=sharing.grace_period, max_retry=sharing.max_retry, **options)
 
     # --- the study -------------------------------------------------------------------------------------------
 

@@ -42,8 +42,8 @@ from mtl_suite.analysis.assessment_report import (
     JSON_REPORT, PREDICTIONS, REPORT, Provenance, render_json, render_report,
 )
 from mtl_suite.catalog import (
-    REPORT_STEP, Stage, Task, Unit, assessment_unit_key, assessment_units, chain, member_stages, shared_stage,
-    unit_member,
+    REPORT_STEP, Stage, Task, Unit, UnitSharing, assessment_unit_key, assessment_units, chain, member_stages,
+    shared_stage, unit_member,
 )
 from mtl_suite.config import ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
@@ -72,12 +72,7 @@ class AssessRequest:
     command: str  # as typed, for the report
     normal_class: str | None = None  # multiclass data: the class read as normal (default: the data's own)
     quiet: bool = False
-    # where the assessment's units are shared by its workers (an Optuna storage URL or journal file); None: this
-    # process alone runs them all, in memory, split by split
-    storage: str | None = None
-    heartbeat_interval: int = 10  # RDB storages: seconds between a worker's heartbeats
-    grace_period: int | None = None  # a claim without heartbeat this long is a dead worker's (None: 3 heartbeats)
-    max_retry: int = 3  # times a unit whose worker died is run again
+    sharing: UnitSharing = UnitSharing()  # where the splits' units are shared by workers (default: alone, in order)
 
 
 @dataclass(frozen=True)
@@ -104,8 +99,8 @@ def assess_recipe(request: AssessRequest, say: Callable[[str], None] = print) ->
     recipe = request.recipe
     tracking = recipe.config.tracking
     uri, experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)
-    if request.storage:
-        check_storage(request.storage)  # one line naming it, before any run or unit exists
+    if request.sharing.storage:
+        check_storage(request.sharing.storage)  # one line naming it, before any run or unit exists
     # every split's stage 2 cuts its cells one way, chosen now (as compare does): a U-Net trained meanwhile cannot
     # give later splits other cells, and a rerun after one is a new assessment (the key holds it)
     segmentation = pinned_segmentation(recipe.config.data, None, experiment_id) if _has_stage2(recipe) else None
@@ -113,7 +108,7 @@ def assess_recipe(request: AssessRequest, say: Callable[[str], None] = print) ->
     key = assessment_key(request, segmentation)
     board = _open_board(client, experiment_id, key, request, say)
     run_id = _assessment_run(client, experiment_id, board, key, request, say)
-    where = f"; units shared through {mask_password(request.storage)}" if board.shared_by_workers else ""
+    where = f"; units shared through {mask_password(request.sharing.storage)}" if board.shared_by_workers else ""
     say(f"assessment run {run_id}: recipe {recipe.path} on {len(request.seeds)} outer splits (data seeds "
         f"{request.seeds[0]}..{request.seeds[-1]}) in {uri}{where}")
     reported: list[AssessOutcome] = []  # this worker's outcome, when it is the one that writes the report
@@ -150,10 +145,8 @@ def _open_board(client, experiment_id: str, key: str, request: AssessRequest, sa
             say(f"unit {unit_key}: closed run {run} of dead worker {worker} as KILLED ({note})")
 
     recipe = request.recipe
-    board = UnitBoard(f"assess-{key}", assessment_units(request.seeds, len(recipe.members), recipe.stage),
-                      request.storage, heartbeat_interval=request.heartbeat_interval,
-                      grace_period=request.grace_period, max_retry=request.max_retry, on_dead=closed, say=say,
-                      in_order=True)
+    board = UnitBoard.for_sharing(f"assess-{key}", assessment_units(request.seeds, len(recipe.members), recipe.stage),
+                                  request.sharing, on_dead=closed, say=say, in_order=True)
     board.open()
     return board
 
@@ -165,9 +158,9 @@ def _assessment_run(client, experiment_id: str, board: UnitBoard, key: str, requ
     parent = board.awaited(PARENT_ATTR, "the assessment's MLflow run")
     if parent is not None:
         if not run_exists(client, parent):
-            raise UserError(f"the assessment's units in {mask_password(request.storage or '')} belong to assessment "
-                            f"run {parent}, which tracking store {get_tracking_uri()} does not have: give every "
-                            "worker the same tracking store, or use another --storage")
+            raise UserError(f"the assessment's units in {mask_password(request.sharing.storage or '')} belong to "
+                            f"assessment run {parent}, which tracking store {get_tracking_uri()} does not have: give "
+                            "every worker the same tracking store, or use another --storage")
         if client.get_run(parent).info.status != "RUNNING":
             client.update_run(parent, status="RUNNING")
             say(f"resuming assessment run {parent} (same recipe file, settings, data and seeds: key {key}; a new "

@@ -83,8 +83,8 @@ def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) 
     request = replace(request, config=with_backbone_sizes(request.config))
     cfg = request.config
     uri, experiment_id = use_tracking(cfg.tracking.tracking_uri, cfg.tracking.experiment)
-    if request.storage:
-        check_storage(request.storage)  # one line naming it, before any run or unit exists
+    if request.sharing.storage:
+        check_storage(request.sharing.storage)  # one line naming it, before any run or unit exists
     check_inputs(request)  # before the comparison's run opens: a user error leaves no FAILED run
     # every pair's stage 2 cuts its cells with one segmentation, chosen now: a U-Net trained while the comparison
     # runs cannot give later pairs other cells, and a resume after one is a new comparison (the key holds it)
@@ -96,7 +96,7 @@ def run_comparison(request: CompareRequest, say: Callable[[str], None] = print) 
     if board.shared_by_workers and board.shared(RUNS_ATTR) != request.runs:
         board.share(RUNS_ATTR, request.runs)
     parent = _comparison_run(client, experiment_id, board, request, say)
-    where = f"; units shared through {mask_password(request.storage)}" if board.shared_by_workers else ""
+    where = f"; units shared through {mask_password(request.sharing.storage)}" if board.shared_by_workers else ""
     say(f"comparison run {parent} ({request.runs} pairs, backbone {cfg.train.backbone}, task {request.task}) in "
         f"{uri}{where}")
     display = progress.current()
@@ -124,9 +124,8 @@ def _open_board(client, experiment_id: str, request: CompareRequest, say) -> Uni
         for run_id in runs_io.close_dead_worker_runs(client, experiment_id, worker, since, note):
             say(f"unit {key}: closed run {run_id} of dead worker {worker} as KILLED ({note})")
 
-    board = UnitBoard(f"compare-{comparison_key(request)}", comparison_units(request.runs), request.storage,
-                      heartbeat_interval=request.heartbeat_interval, grace_period=request.grace_period,
-                      max_retry=request.max_retry, on_dead=closed, say=say)
+    board = UnitBoard.for_sharing(f"compare-{comparison_key(request)}", comparison_units(request.runs),
+                                  request.sharing, on_dead=closed, say=say)
     board.open()
     return board
 
@@ -137,9 +136,9 @@ def _comparison_run(client, experiment_id: str, board: UnitBoard, request: Compa
     parent = board.awaited(PARENT_ATTR, "the comparison's MLflow run")
     if parent is not None:
         if not runs_io.run_exists(client, parent):
-            raise UserError(f"the comparison's units in {mask_password(request.storage or '')} belong to comparison "
-                            f"run {parent}, which tracking store {mlflow.get_tracking_uri()} does not have: give every "
-                            "worker the same tracking store, or use another --storage")
+            raise UserError(f"the comparison's units in {mask_password(request.sharing.storage or '')} belong to "
+                            f"comparison run {parent}, which tracking store {mlflow.get_tracking_uri()} does not have: "
+                            "give every worker the same tracking store, or use another --storage")
         if runs_io.reopen(client, parent, request.runs):
             say(f"resuming comparison run {parent} (same settings: a new round of its units)")
             board.new_round()

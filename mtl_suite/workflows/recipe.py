@@ -20,7 +20,9 @@ from typing import Callable
 from mlflow import MlflowClient, get_tracking_uri
 
 from mtl_suite import progress
-from mtl_suite.catalog import PROMOTE_STEP, RunKind, Stage, Unit, recipe_unit_key, training_units, unit_member
+from mtl_suite.catalog import (
+    PROMOTE_STEP, RunKind, Stage, Unit, UnitSharing, recipe_unit_key, training_units, unit_member,
+)
 from mtl_suite.config import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, ExperimentConfig, keyed_settings
 from mtl_suite.errors import UserError
 from mtl_suite.io_utils import sha256_file, sha256_text
@@ -46,12 +48,7 @@ class TrainRequest:
     # train every member again; by default a rerun reuses each member whose run with the same settings, data, split
     # and parent finished, and resumes one that was interrupted, so a recipe of hours survives a crash
     fresh: bool = False
-    # where the recipe's units are shared by every worker running this same command (an Optuna storage URL or
-    # journal file); None: this process trains everything, member by member
-    storage: str | None = None
-    heartbeat_interval: int = 10  # RDB storages: seconds between a worker's heartbeats
-    grace_period: int | None = None  # a claim without heartbeat this long is a dead worker's (None: 3 heartbeats)
-    max_retry: int = 3  # times a unit whose worker died is run again
+    sharing: UnitSharing = UnitSharing()  # where the members' units are shared by workers (default: member by member)
 
 
 @dataclass(frozen=True)
@@ -67,14 +64,15 @@ class TrainOutcome:
 def train_recipe(request: TrainRequest, say: Callable[[str], None] = print) -> TrainOutcome:
     recipe = request.recipe
     tracking = recipe.config.tracking
-    if request.storage:
+    storage = request.sharing.storage
+    if storage:
         from mtl_suite.tuning.storage_check import check_storage
 
-        check_storage(request.storage)  # one line naming it, before the tracking store, any run or unit exists
+        check_storage(storage)  # one line naming it, before the tracking store, any run or unit exists
     uri, experiment_id = use_tracking(tracking.tracking_uri, tracking.experiment)
     launcher_run = take_launcher_run(experiment_id)  # `mlflow run . -e train`'s run becomes the recipe run
     say(f"recipe {recipe.path}: {_describe(recipe)}")
-    if request.storage:
+    if storage:
         outcome = _train_shared(request, uri, experiment_id, launcher_run, say)
     else:
         with progress.current().level("stages", len(recipe.members)):
@@ -192,7 +190,8 @@ def _train_shared(request: TrainRequest, uri: str, experiment_id: str, launcher_
                   say: Callable[[str], None]) -> TrainOutcome:
     client = MlflowClient()
     board = _open_board(client, experiment_id, request, say)
-    say(f"recipe {request.recipe.name}: {len(board.units)} units shared through {mask_password(request.storage)}")
+    shared = mask_password(request.sharing.storage)
+    say(f"recipe {request.recipe.name}: {len(board.units)} units shared through {shared}")
     with progress.current().level("units", len(board.units)) as level:
         def shown(view: BoardView) -> None:  # after each unit of this worker, and when another's settles
             level.total, level.done = len(view.statuses), view.count(DONE, FAILED, BLOCKED)
@@ -228,16 +227,16 @@ def _open_board(client, experiment_id: str, request: TrainRequest, say: Callable
             say(f"unit {unit_key}: closed run {run} of dead worker {worker} as KILLED ({note})")
 
     recipe = request.recipe
-    board = UnitBoard(f"train-{recipe.name}-{training_key(request)}", training_units(len(recipe.members), recipe.stage),
-                      request.storage, heartbeat_interval=request.heartbeat_interval,
-                      grace_period=request.grace_period, max_retry=request.max_retry, on_dead=closed, say=say)
+    board = UnitBoard.for_sharing(f"train-{recipe.name}-{training_key(request)}",
+                                  training_units(len(recipe.members), recipe.stage), request.sharing, on_dead=closed,
+                                  say=say)
     if board.open():
         return board
     view = board.view()
     _check_same_store(client, view, request)
     if view.settled:
-        say(f"recipe {recipe.name}: its units in {mask_password(request.storage)} were settled by an earlier command;"
-            " a new round (failed units tried again, the final run promoted again)")
+        say(f"recipe {recipe.name}: its units in {mask_password(request.sharing.storage)} were settled by an earlier "
+            "command; a new round (failed units tried again, the final run promoted again)")
         board.new_round()
     return board
 
@@ -247,7 +246,7 @@ def _check_same_store(client, view: BoardView, request: TrainRequest) -> None:
     for status in view.statuses.values():
         run_id = status.results.get("run_id") or status.results.get("recipe_run")
         if status.state == DONE and run_id and not run_exists(client, run_id):
-            raise UserError(f"the recipe's units in {mask_password(request.storage or '')} hold run {run_id} "
+            raise UserError(f"the recipe's units in {mask_password(request.sharing.storage or '')} hold run {run_id} "
                             f"({status.unit.key}), which tracking store {get_tracking_uri()} does not have: give every "
                             "worker the same tracking store, or use another --storage")
 
