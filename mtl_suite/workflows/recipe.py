@@ -30,7 +30,7 @@ from mtl_suite.recipes import Recipe
 from mtl_suite.tracking.comparison_runs import close_dead_worker_runs, run_exists
 from mtl_suite.tracking.reachability import mask_password
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
-from mtl_suite.tuning.units import DONE, FAILED, BLOCKED, BoardView, UnitBoard
+from mtl_suite.tuning.units import BLOCKED, DONE, FAILED, BoardView, UnitBoard
 from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
 from mtl_suite.workflows.promote import PromoteOutcome, PromoteRequest, plan_promotion, promote
 from mtl_suite.workflows.reliability import ExternalCheck
@@ -121,11 +121,11 @@ def _member_stage(request: TrainRequest, index: int, stage: Stage, parent: str |
 
 
 def _ensemble(request: TrainRequest, members: tuple[str, ...], say: Callable[[str], None],
-              tags: tuple[tuple[str, str], ...] = ()) -> str:
+              claim: tuple[tuple[str, str], ...] = ()) -> str:
     tracking = request.recipe.config.tracking
     outcome = make_ensemble(EnsembleRequest(members, tracking.tracking_uri, tracking.experiment, request.normal_class,
                                             request.quiet, request.external,
-                                            extra_tags=(*request.recipe.tags().items(), *tags)), say=say)
+                                            extra_tags=(*request.recipe.tags().items(), *claim)), say=say)
     return outcome.run_id
 
 

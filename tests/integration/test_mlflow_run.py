@@ -26,7 +26,7 @@ TINY_RECIPE = tiny_recipe("classical", members="[{}, {train.seed: 1}]", image_si
 
 
 @pytest.mark.slow
-def test_mlflow_run_trains_a_recipe_to_a_champion_in_the_suites_experiment(tmp_path):
+def test_mlflow_run_trains_a_recipe_to_a_champion_in_the_suites_experiment(tmp_path, monkeypatch):
     """`mlflow run . -e train`: the recipe's two members, their ensemble and the promotion, with `mlflow run`'s own
     run as the recipe run that names them all, in the suite's experiment, and no TensorFlow noise on the terminal."""
     mlflow_exe = shutil.which("mlflow", path=str(Path(sys.executable).parent))
@@ -39,6 +39,7 @@ def test_mlflow_run_trains_a_recipe_to_a_champion_in_the_suites_experiment(tmp_p
     recipe.write_text(TINY_RECIPE, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TF_CPP", "MTL_SUITE_SET"))}
     env.update(MLFLOW_TRACKING_URI=uri, MTL_SUITE_CACHE=str(tmp_path / "cache"))
+    monkeypatch.setenv("MTL_SUITE_CACHE", env["MTL_SUITE_CACHE"])  # the rerun below, in this process
     done = subprocess.run([mlflow_exe, "run", ".", "-e", "train", "--env-manager", "local", "-P", f"recipe={recipe}",
                            "-P", "name=tiny-pair"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -67,11 +68,11 @@ def test_mlflow_run_trains_a_recipe_to_a_champion_in_the_suites_experiment(tmp_p
     assert noise == []
     assert experiments["mtl-suite"].tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
 
-    # The same recipe again (as after a crash): both finished members are reused, only the ensemble is made anew.
-    again = subprocess.run([sys.executable, "-m", "mtl_suite", "train", str(recipe), "--name", "tiny-pair"], cwd=REPO,
-                           env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert [m for m in members if f"reusing finished run {m}" in again.stderr] == members, again.stderr
+    # The same recipe again (as after a crash), in this process: both finished members are reused, only the ensemble
+    # is made anew.
+    again = CliRunner().invoke(app, ["train", str(recipe), "--name", "tiny-pair", "--tracking-uri", uri])
+    assert again.exit_code == 0, again.output
+    assert [m for m in members if f"reusing finished run {m}" in again.output] == members, again.output
     runs = client.search_runs([experiments["mtl-suite"].experiment_id], "attributes.status = 'FINISHED'")
     recipe_runs = [r for r in runs if r.data.tags.get("run_kind") == "recipe"]
     assert [r.data.tags["member_runs"] for r in recipe_runs] == [recipe_run.data.tags["member_runs"]] * 2

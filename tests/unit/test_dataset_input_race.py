@@ -20,15 +20,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:The specified dataset source:Use
 
 
 @pytest.fixture
-def store_with_a_rival(tmp_path, monkeypatch):
+def store_with_a_rival(tmp_path):
     """A store whose next insert of a dataset row is preceded by another run's insert of the same row."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/race.db")
-    client = mlflow.MlflowClient()
+    uri, before = f"sqlite:///{tmp_path}/race.db", mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # the fluent API's store: another test of this process may have set another
+    client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("race", artifact_location=(tmp_path / "artifacts").as_uri())
     rival = client.create_run(experiment).info.run_id
     dataset = mlflow.data.from_pandas(pd.DataFrame({"path": ["a.jpg", "b.jpg"], "label": [0.0, 1.0]}),
                                       source=str(tmp_path), name="split-0123456789ab")
-    engine, raced = _get_store().engine, []
+    engine, raced = _get_store(uri).engine, []
 
     def rival_first(conn, cursor, statement, parameters, context, executemany):
         if statement.startswith("INSERT INTO datasets") and not raced:
@@ -39,6 +40,7 @@ def store_with_a_rival(tmp_path, monkeypatch):
     yield client, experiment, dataset, raced
     sqlalchemy.event.remove(engine, "before_cursor_execute", rival_first)
     mlflow.end_run()
+    mlflow.set_tracking_uri(before)
 
 
 def test_mlflow_alone_refuses_the_second_insert(store_with_a_rival):
