@@ -213,7 +213,7 @@ def training_key(request: TrainRequest) -> str:
     recipe, external = request.recipe, request.external
     fields = {"recipe_sha256": sha256_file(recipe.path), "members": [settings(m) for m in recipe.members],
               "model": request.model_name, "normal_class": request.normal_class,
-              "external": [str(external.path.resolve()), external.expected] if external else None}
+              "external": [str(Path(external.path).resolve()), external.expected] if external else None}
     return sha256_text(json.dumps(fields, sort_keys=True))[:16]
 
 

@@ -109,3 +109,24 @@ def test_the_cli_refuses_before_any_run(runner, tmp_path, monkeypatch, args, fra
     assert "Traceback" not in result.output
     assert not (tmp_path / "mlflow.db").exists() or mlflow.MlflowClient(uri).search_runs(
         [e.experiment_id for e in mlflow.MlflowClient(uri).search_experiments()]) == []
+
+
+def test_every_worker_of_one_train_command_finds_the_same_units_and_another_command_other_ones(monkeypatch):
+    """train --storage names its study after training_key: the same recipe, settings, data, model name and external
+    check give the same key whatever tracking URI a worker reaches the store by; anything that changes the models
+    gives another key, so a worker of another command never claims these units."""
+    from mtl_suite.workflows.recipe import TrainRequest, training_key
+    from mtl_suite.workflows.reliability import ExternalCheck
+
+    monkeypatch.chdir(REPO)
+
+    def key(overrides=None, **request) -> str:
+        return training_key(TrainRequest(load_recipe("experiments/accurate.yaml", overrides or {}), **request))
+
+    same = key()
+    assert key({"tracking.tracking_uri": "http://mlflow-host:5000"}) == same
+    assert key({"tracking.experiment": "elsewhere"}) == same
+    others = [key({"train.seed": 7}), key({"data.seed": 43}), key({"data.path": "mtl_suite/assets/sample/original"}),
+              key(model_name="other-model"), key(normal_class="Benign"),
+              key(external=ExternalCheck("mtl_suite/assets/sample/original", "Benign"))]
+    assert same not in others and len(set(others)) == len(others)
