@@ -6,7 +6,9 @@ elsewhere (CI logs, `mlflow run`, a pipe) a plain line each time a fold or a job
 The command opens it (`display(...)`); the code that knows a level (a workflow, the tuning engine, the fold observer
 in training/progress.py) opens that level on `current()`, which is a silent display when no command opened one.
 The time left is the elapsed time scaled by the fraction done, where a level's fraction counts its current part
-by the fraction of its own child level: it moves smoothly and needs no estimate of what each part costs."""
+by the fraction of its own child level: it moves smoothly and needs no estimate of what each part costs. Parts found
+already done (a finished run reused, folds an interrupted attempt left) took no time here, so they count for the
+bars but not for the time left: a resumed job would otherwise promise to end far too soon."""
 
 from __future__ import annotations
 
@@ -22,14 +24,24 @@ class Level:
     name: str
     total: int
     done: int = 0
+    reused: int = 0  # of the parts done, those found already done: no time was spent on them here
     handle: Any = None  # the rich task id on a live display
     child: "Level | None" = field(default=None, repr=False)
 
     def fraction(self) -> float:
+        """How far along the level is (the bars)."""
         if self.total <= 0:
             return 0.0
         inner = self.child.fraction() if self.child is not None else 0.0
         return min(1.0, (self.done + inner) / self.total)
+
+    def work_fraction(self) -> float:
+        """How far along the parts this command does itself (the time left)."""
+        to_do = self.total - self.reused
+        if to_do <= 0:
+            return 0.0
+        inner = self.child.work_fraction() if self.child is not None else 0.0
+        return min(1.0, (self.done - self.reused + inner) / to_do)
 
 
 class Display:
@@ -61,8 +73,11 @@ class Display:
                     self.levels[-1].child = None
                 self._closed_all()
 
-    def advance(self, level: Level, note: str = "") -> None:
+    def advance(self, level: Level, note: str = "", reused: bool = False) -> None:
+        """One more part of `level` done; `reused`: found done (a finished run), not done now."""
         level.done = min(level.total, level.done + 1) if level.total else level.done + 1
+        if reused:
+            level.reused = min(level.done, level.reused + 1)
         self._advanced(level, note)
 
     def find(self, name: str) -> Level | None:
@@ -76,7 +91,7 @@ class Display:
 
     def eta_text(self) -> str:
         elapsed = time.monotonic() - self.started
-        fraction = self.levels[0].fraction() if self.levels else 0.0
+        fraction = self.levels[0].work_fraction() if self.levels else 0.0
         text = f"{_duration(elapsed)} elapsed"
         if 0.0 < fraction < 1.0:
             text += f", about {_duration(elapsed * (1 - fraction) / fraction)} left"

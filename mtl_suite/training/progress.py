@@ -41,7 +41,7 @@ class FoldProgress:
     def fold_started(self, fold: str, n_train: int, n_val: int, resumed_history=None) -> CallbackFactory | None:
         if self.folds_level is None:
             self.folds_level = self.stack.enter_context(self.display.level(self.name, self.folds))
-            self.folds_level.done = min(self.already, self.folds)
+            self.folds_level.done = self.folds_level.reused = min(self.already, self.folds)
         self.epochs_stack = contextlib.ExitStack()
         done = len((resumed_history or {}).get("loss", []))
         level = self.epochs_stack.enter_context(self.display.level("epochs", max(0, self.epochs - done)))

@@ -75,10 +75,13 @@ def train_recipe(request: TrainRequest, say: Callable[[str], None] = print) -> T
     if storage:
         outcome = _train_shared(request, uri, experiment_id, launcher_run, say)
     else:
-        with progress.current().level("stages", len(recipe.members)):
+        display = progress.current()
+        with display.level("stages", len(recipe.members) + (1 if recipe.is_ensemble else 0)) as stages:
             members = tuple(_member_stage(request, index, Stage(recipe.stage), None, say)
                             for index in range(len(recipe.members)))
             final = _ensemble(request, members, say) if recipe.is_ensemble else members[0]
+            if recipe.is_ensemble:
+                display.advance(stages, "ensemble")
             outcome = _finish(request, launcher_run, experiment_id, uri, members, final, say)
     _say_where(outcome, request, say)
     return outcome

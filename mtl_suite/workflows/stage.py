@@ -160,7 +160,7 @@ def _reused(plan: StagePlan, run, uri: str, experiment_id: str, say: Callable[[s
                            looks.logged_earlier(run.info.run_id))
     say(f"{plan.name}: reusing finished run {outcome.run_id} (same settings, data, split and parent run; "
         f"{_summary(outcome.metrics)})")
-    _stage_done(plan.name)
+    _stage_done(plan.name, reused=True)
     return outcome
 
 
@@ -192,12 +192,12 @@ def ui_link(experiment_id: str) -> str:
     return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def _stage_done(name: str, extra: int = 0) -> None:
+def _stage_done(name: str, extra: int = 0, reused: bool = False) -> None:
     """The command's "stages" level (`mtl-suite stage3` and the missing stages it runs first), when it has one."""
     display = progress.current()
     stages = display.find("stages")
     if stages is not None:
-        display.grow(stages, extra) if extra else display.advance(stages, name)
+        display.grow(stages, extra) if extra else display.advance(stages, name, reused=reused)
 
 
 # --- lineage ----------------------------------------------------------------------------------------------------

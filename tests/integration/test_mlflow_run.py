@@ -64,6 +64,7 @@ def test_mlflow_run_trains_a_recipe_to_a_champion_in_the_suites_experiment(tmp_p
     # stdout is the result alone, for scripts: the epoch lines Keras writes go to stderr with the progress
     assert done.stdout.strip().splitlines() == [f"models:/tiny-pair/{champion.version}"], done.stdout[-2000:]
     assert "mtl-suite serve --model models:/tiny-pair@champion" in done.stderr
+    assert "progress: stages 3/3 (ensemble)" in done.stderr  # two members, then their ensemble
     noise = [line for line in (done.stdout + done.stderr).splitlines() if any(n in line for n in NOISE)]
     assert noise == []
     assert experiments["mtl-suite"].tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
@@ -73,6 +74,9 @@ def test_mlflow_run_trains_a_recipe_to_a_champion_in_the_suites_experiment(tmp_p
     again = CliRunner().invoke(app, ["train", str(recipe), "--name", "tiny-pair", "--tracking-uri", uri])
     assert again.exit_code == 0, again.output
     assert [m for m in members if f"reusing finished run {m}" in again.output] == members, again.output
+    # the reused members took no time, so no time left is promised from them
+    reused = [line for line in again.output.splitlines() if line.startswith("progress: stages 2/3")]
+    assert reused and not any("left" in line for line in reused), again.output
     runs = client.search_runs([experiments["mtl-suite"].experiment_id], "attributes.status = 'FINISHED'")
     recipe_runs = [r for r in runs if r.data.tags.get("run_kind") == "recipe"]
     assert [r.data.tags["member_runs"] for r in recipe_runs] == [recipe_run.data.tags["member_runs"]] * 2

@@ -53,6 +53,19 @@ def test_the_time_left_counts_the_current_part_by_its_own_progress(monkeypatch):
             assert display.eta_text() == "1m00s elapsed, about 1m40s left"
 
 
+def test_parts_found_done_count_for_the_bars_but_not_for_the_time_left(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    display = progress.Display()
+    with display.level("stages", 3) as stages:
+        display.advance(stages, "member 1", reused=True)  # a finished run found in the store: no time spent
+        with display.level("folds", 2) as folds:
+            display.advance(folds)
+            now[0] = 60.0  # half of the first of two members trained now in a minute: 3 min to go, not 1
+            assert stages.fraction() == pytest.approx(0.5)
+            assert display.eta_text() == "1m00s elapsed, about 3m00s left"
+
+
 def test_a_level_left_open_by_an_error_is_closed_with_its_parent():
     display = progress.Display()
     with display.level("trials", 1):
@@ -110,6 +123,7 @@ def test_fold_progress_adds_an_epoch_callback_and_closes_after_the_last_fold():
         assert display.levels[1].done == 1
         observer.fold_finished(_result("fold-1"))
         assert display.levels[0].done == 2  # one finished by an earlier attempt, one now
+        assert display.levels[0].reused == 1  # ... and the earlier one does not shorten the time left
         observer.fold_started("final", 20, 5)
         observer.fold_finished(_result("final"))
         assert display.levels == []
