@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import shlex
 import sys
@@ -356,6 +357,16 @@ def assign_help_panels(command: Any) -> None:
         assign_help_panels(sub)
 
 
+def one_line_command_help(command: Any) -> None:
+    """A group's list of commands shows each one's first paragraph as one text that wraps at the terminal's width.
+    Under rich markup Typer keeps the docstring's own line breaks there, so each entry came out broken at 120
+    columns and wrapped again at the terminal's."""
+    for sub in getattr(command, "commands", {}).values():
+        if not sub.short_help and sub.help:
+            sub.short_help = " ".join(inspect.cleandoc(sub.help).split("\n\n")[0].split())
+        one_line_command_help(sub)
+
+
 # --- the command group: one-line usage errors, help panels ---------------------------------------------------------
 
 
@@ -367,6 +378,7 @@ class SuiteGroup(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         assign_help_panels(self)
+        one_line_command_help(self)
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with _one_line_usage_errors():

@@ -203,3 +203,12 @@ def test_a_stage_option_that_does_nothing_there_is_refused_not_ignored(runner, t
 def test_help_shows_bracketed_text_rich_markup_would_eat(runner):
     result = runner.invoke(app, ["classical", "--help"], terminal_width=200)
     assert "'.[system-metrics]'" in result.output
+
+
+def test_the_command_list_shows_each_description_unbroken(runner, monkeypatch):
+    """A description's docstring line breaks do not reach `mtl-suite --help`: it wraps once, at the terminal's width."""
+    monkeypatch.setenv("COLUMNS", "400")  # rich's width
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    (train,) = [line for line in result.output.splitlines() if line.startswith("│ train ")]
+    assert "its ensemble members and their ensemble, then promote" in train, result.output
