@@ -293,17 +293,20 @@ PredictBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Images p
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Any setting of the experiment file, key=value with its keys, e.g. --set train.dropout=0.2 --set "
     "data.seed=43 (repeatable; wins over the file and the other options).", show_default=False)]
-# Units of work shared by workers through the Optuna storage (tuning/units.py): compare's and assess's options
+# Units of work shared by workers through the Optuna storage (tuning/units.py): the options of compare, assess and
+# train, under their own panel (tune's --storage, the study's, stays under "Tuning")
+SHARING = "Sharing the work"
 UnitStorage = Annotated[Optional[str], typer.Option(
     "--storage", envvar="MTL_SUITE_OPTUNA_STORAGE", help="Optuna storage where the command's units are shared by "
     "every worker running this same command (postgresql://user:pass@host/db across machines, a journal file on one). "
-    "Default: no sharing (this process runs every unit).", show_default=False)]
+    "Default: no sharing (this process runs every unit).", show_default=False, rich_help_panel=SHARING)]
 HeartbeatInterval = Annotated[int, typer.Option("--heartbeat-interval", help="RDB storages: seconds between a "
-                                                "worker's heartbeats.")]
+                                                "worker's heartbeats.", rich_help_panel=SHARING)]
 UnitGracePeriod = Annotated[Optional[int], typer.Option("--grace-period", help="RDB storages: a unit without "
                             "heartbeat for this long is a dead worker's, run again by another. Default: 3 "
-                            "heartbeats.", show_default=False)]
-UnitMaxRetry = Annotated[int, typer.Option("--max-retry", help="Times a unit whose worker died is run again.")]
+                            "heartbeats.", show_default=False, rich_help_panel=SHARING)]
+UnitMaxRetry = Annotated[int, typer.Option("--max-retry", help="Times a unit whose worker died is run again.",
+                                           rich_help_panel=SHARING)]
 
 
 def unit_sharing(storage: str | None, heartbeat_interval: int, grace_period: int | None,

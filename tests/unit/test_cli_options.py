@@ -115,7 +115,7 @@ def _panel_of(help_text: str, option: str) -> str | None:
     for line in help_text.splitlines():
         if line.startswith("╭─"):
             panel = line.strip("╭─╮ ").rstrip("─").strip()
-        elif f" {option} " in line:
+        elif line.startswith("│") and option in line.split("│")[1].split()[:2]:  # the option's own row
             return panel
     return None
 
@@ -124,7 +124,9 @@ def _panel_of(help_text: str, option: str) -> str | None:
     ("stage3", {"--data": "Data", "--folds": "Data", "--backbone": "Model", "--epochs": "Training",
                 "--precision": "Speed", "--feature-cache": "Speed", "--experiment": "Tracking",
                 "--params-from-study": "Tuning", "--quiet": "Output"}),
-    ("tune", {"--sampler": "Tuning", "--backbone": "Model", "--tracking-uri": "Tracking"}),
+    ("tune", {"--sampler": "Tuning", "--backbone": "Model", "--tracking-uri": "Tracking", "--storage": "Tuning"}),
+    ("train", {"--storage": "Sharing the work", "--max-retry": "Sharing the work", "--set": "Training"}),
+    ("assess", {"--storage": "Sharing the work", "--grace-period": "Sharing the work"}),
 ])
 def test_options_are_grouped_in_help(runner, command, expected):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
