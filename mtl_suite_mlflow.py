@@ -5,7 +5,8 @@ Default experiment (where the run would be, and the CLI's runs would not).
 
 A top-level module, not part of the mtl_suite package: MLflow loads every such provider whenever it is imported, in
 any program of the environment, and importing mtl_suite would set TensorFlow's environment there. It answers only for
-the `mlflow run` command running this project; everywhere else MLflow's own default stands."""
+the `mlflow run` command running this project (and only then imports the suite, to create the experiment as the CLI
+does); everywhere else MLflow's own default stands."""
 
 from __future__ import annotations
 
@@ -25,13 +26,11 @@ class MtlSuiteProjectExperiment(DefaultExperimentProvider):
         return runs_this_project(sys.argv)
 
     def get_experiment_id(self) -> str:
-        from mlflow import MlflowClient
+        import mlflow
 
-        client = MlflowClient()
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        if experiment is not None:
-            return experiment.experiment_id
-        return client.create_experiment(EXPERIMENT, tags={KIND_TAG: KIND})
+        from mtl_suite.tracking.setup import create_experiment
+
+        return create_experiment(EXPERIMENT, mlflow.get_tracking_uri(), tags={KIND_TAG: KIND})
 
 
 def runs_this_project(argv: list[str]) -> bool:

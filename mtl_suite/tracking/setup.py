@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +35,7 @@ def use_tracking(uri: str | None, experiment: str) -> tuple[str, str]:
     check_tracking_uri(resolved)  # a wrong or unreachable store: one line naming it, before any work
     mlflow.set_tracking_uri(resolved)
     with _store_setup_lock(resolved):
-        experiment_id = _set_experiment(experiment)
+        experiment_id = _set_experiment(experiment, resolved)
     return resolved, experiment_id
 
 
@@ -57,6 +58,17 @@ def _store_setup_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def artifacts_beside_store(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: `mlruns/<experiment>` beside the database file,
+    so the store and its models move, and are deleted, together. MLflow's own default is ./mlruns of whatever
+    directory the command that created the experiment ran in: a store opened later from elsewhere finds runs whose
+    models are gone with that directory. None for a server store, whose artifacts the server places."""
+    database = _sqlite_path(uri)
+    if database is None:
+        return None
+    return (database.parent / "mlruns" / re.sub(r"[^A-Za-z0-9._-]", "_", experiment)).as_uri()
+
+
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
@@ -73,17 +85,36 @@ LAUNCHER_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the command it sta
 MOVED_TO_TAG = "mtl_suite.moved_to_experiment"
 
 
-def _set_experiment(name: str) -> str:
+def _set_experiment(name: str, uri: str) -> str:
     """The command's experiment: the one `mlflow run`'s run is in when the user chose it (`--experiment-name`,
     $MLFLOW_EXPERIMENT_NAME/_ID), else `name` (--experiment, which reads $MLFLOW_EXPERIMENT_NAME, else mtl-suite).
-    Created only when a run is about to go into it, and tagged as a model-development experiment."""
+    Created only when a run is about to go into it (its artifacts beside a SQLite store's file), and tagged as a
+    model-development experiment."""
     chosen = _chosen_launcher_experiment()
+    if not chosen:
+        create_experiment(name, uri)
     experiment = mlflow.set_experiment(experiment_id=chosen) if chosen else mlflow.set_experiment(name)
     # When another process creates the experiment at the same moment, MLflow (3.x) returns it without making it the
     # active one, and this command's runs would land in the Default experiment: activate it by id, whichever path ran.
     experiment = mlflow.set_experiment(experiment_id=experiment.experiment_id)
     _tag_kind(experiment)
     return experiment.experiment_id
+
+
+def create_experiment(name: str, uri: str, tags: dict[str, str] | None = None) -> str:
+    """The experiment `name`'s id, created when missing (artifacts beside a SQLite store's file); a worker that
+    loses the race to create it gets the winner's."""
+    client = mlflow.MlflowClient(uri)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifacts_beside_store(uri, name), tags=tags)
+    except MlflowException:
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 def _tag_kind(experiment: Experiment) -> None:

@@ -41,6 +41,26 @@ def test_the_command_experiment_is_created_and_tagged_as_model_development(store
     assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == "genai_development"
 
 
+def test_a_sqlite_stores_artifacts_sit_beside_its_file_wherever_the_command_ran(store, tmp_path, monkeypatch):
+    """MLflow's default, ./mlruns of the working directory, left a store's runs without their models once that
+    directory was deleted; the suite's new experiments keep them beside the database, for the CLI and `mlflow run`."""
+    uri, client = store
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _, experiment_id = use_tracking(uri, "my runs/1")
+    mlflow.set_tracking_uri(uri)
+    launcher_id = mtl_suite_mlflow.MtlSuiteProjectExperiment().get_experiment_id()
+    for found, folder in ((experiment_id, "my_runs_1"), (launcher_id, "mtl-suite")):
+        assert client.get_experiment(found).artifact_location == (tmp_path / "mlruns" / folder).as_uri()
+    with mlflow.start_run(experiment_id=experiment_id):
+        mlflow.log_text("kept", "note.txt")
+    assert [p.name for p in (tmp_path / "mlruns" / "my_runs_1").rglob("note.txt")] == ["note.txt"]
+    assert list(elsewhere.iterdir()) == []
+    other = client.create_experiment("made by hand", artifact_location=(tmp_path / "own").as_uri())
+    assert use_tracking(uri, "made by hand")[1] == other  # an existing experiment keeps its own place
+
+
 def test_mlflow_runs_run_in_a_named_experiment_becomes_the_commands_run(store, monkeypatch):
     """`MLFLOW_EXPERIMENT_NAME=other mlflow run .`: its run is in `other`, so is the command's; no empty mtl-suite."""
     uri, client = store
