@@ -47,6 +47,7 @@ KEY_ATTR, INDEX_ATTR, WORKER_ATTR, ROUND_ATTR = "unit", "unit_index", "worker", 
 ERROR_ATTR = "error"  # a unit stopped by bad input: the one line every worker stops with
 DUPLICATE_ATTR = "duplicate_of"  # a claim that stood down for an older claim of the same unit
 RESULT_PREFIX = "result:"  # what the unit returned, one user attribute per key
+REUSED = "reused"  # a result key: the unit found its work finished earlier, so its time says nothing of a unit's cost
 STOP_ATTR = "mtl_suite:stop"  # study: the one-line error that stops every worker
 ROUND_KEY = "mtl_suite:round"  # study: the current round
 
@@ -83,10 +84,11 @@ class BoardView:
 
     def seconds_left(self) -> float | None:
         """Unsettled units times the mean time a finished unit of the same step took (any step's mean where one has
-        none yet), over the workers now running units; None before any unit finished."""
+        none yet; units that reused earlier work do not count), over the workers now running units; None before any
+        unit did its work."""
         times: dict[str, list[float]] = {}
         for s in self.statuses.values():
-            if s.seconds is not None:
+            if s.seconds is not None and not s.results.get(REUSED):
                 times.setdefault(s.unit.step, []).append(s.seconds)
         if not times:
             return None
@@ -115,6 +117,11 @@ class BoardView:
 
 
 RunUnit = Callable[[Unit, BoardView, str], dict[str, Any]]  # (unit, the board now, its claim's tag) -> results
+
+
+def run_result(run_id: str, reused: bool = False) -> dict[str, str]:
+    """The results of a unit that made, or found finished (`reused`), the run `run_id`."""
+    return {"run_id": run_id, REUSED: "1"} if reused else {"run_id": run_id}
 
 
 class UnitBoard:

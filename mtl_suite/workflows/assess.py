@@ -57,7 +57,7 @@ from mtl_suite.tracking.reachability import mask_password
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 from mtl_suite.tuning.units import (
-    BLOCKED, DONE, FAILED, PENDING, READY, RUNNING, SETTLED, WAITING, BoardView, UnitBoard,
+    BLOCKED, DONE, FAILED, PENDING, READY, RUNNING, SETTLED, WAITING, BoardView, UnitBoard, run_result,
 )
 
 ENSEMBLE_ROLE = "ensemble"
@@ -241,36 +241,38 @@ def _run_unit(client, experiment_id: str, parent: str, request: AssessRequest, s
     if final in kept:  # the split's final run finished earlier: every unit of the split is reused
         if this == final:
             say(f"split {seed}: reusing finished run {kept[final]}")
-        return {"run_id": kept.get(this, ""), "reused": "1"}
+        return run_result(kept.get(this, ""), reused=True)
     tags = (("mlflow.parentRunId", parent), (runs_io.RUN, parent), (runs_io.SPLIT, str(seed)),
             *recipe.tags().items(), (runs_io.ROLE, this[0]))
     claim = ((runs_io.UNIT, tag),)
     before = [view.statuses[key].results.get("run_id", "") for key in unit.after]
     if member is None:
         return {"run_id": _ensemble(request, seed, before, tags + claim, say)}
-    return {"run_id": _stage(client, request, seed, member, unit.step, before[0] if before else None,
-                             kept.get(this), tags, claim, segmentation, say)}
+    return _stage(client, request, seed, member, unit.step, before[0] if before else None, kept.get(this), tags,
+                  claim, segmentation, say)
 
 
 def _stage(client, request: AssessRequest, seed: int, member: int, stage: str, previous: str | None,
-           found: str | None, tags: tuple, claim: tuple, segmentation: str | None, say: Callable[[str], None]) -> str:
+           found: str | None, tags: tuple, claim: tuple, segmentation: str | None,
+           say: Callable[[str], None]) -> dict[str, str]:
     """One stage of a member's chain on the split, from `previous` (None: ImageNet); a finished run of it that
-    stands on `previous` is reused."""
+    stands on `previous` is reused. The unit's results: the run, and whether it was reused."""
     from mtl_suite.workflows.stage import StageRequest, run_stage  # looked up per call: tests may replace it
 
     recipe = request.recipe
     what = f"member {member + 1} of {len(recipe.members)}, " if recipe.is_ensemble else ""
     if found and (previous is None or runs_io.parent_stage_run(client, found) == previous):
         say(f"split {seed}: {what}reusing finished {stage} run {found}")
-        return found
+        return run_result(found, reused=True)
     prefix = f"assess-s{seed}-" + (f"m{member + 1}-" if recipe.is_ensemble else "")
     say(f"split {seed} (data seed {seed}): {what}{stage}")
-    return run_stage(StageRequest(
+    outcome = run_stage(StageRequest(
         stage=Stage(stage), config=split_config(recipe.members[member], seed), task=recipe.task,
         normal_class=request.normal_class, segmentation=segmentation, parent_run=previous, quiet=request.quiet,
         extra_tags=tags, claim_tags=claim, name_prefix=prefix,
         shift_probe=False),  # the folds' shift figures choose among models; the headlines need none
-        say=say).run_id
+        say=say)
+    return run_result(outcome.run_id, outcome.reused)
 
 
 def _ensemble(request: AssessRequest, seed: int, members: list[str], tags: tuple, say: Callable[[str], None]) -> str:

@@ -57,7 +57,7 @@ from mtl_suite.tracking.reachability import mask_password
 from mtl_suite.tracking.runs import git_commit
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
 from mtl_suite.tuning.units import (
-    BLOCKED, DONE, FAILED, PENDING, READY, RUNNING, SETTLED, WAITING, BoardView, UnitBoard,
+    BLOCKED, DONE, FAILED, PENDING, READY, RUNNING, SETTLED, WAITING, BoardView, UnitBoard, run_result,
 )
 
 
@@ -215,7 +215,7 @@ def _run_unit(client, experiment_id: str, parent: str, request: CompareRequest, 
     found = runs_io.finished_stage_run(client, experiment_id, parent, index, plan.name, parent_run)
     if found:
         say(f"pair {index}: reusing finished {plan.name} run {found}")
-        return {"run_id": found}
+        return run_result(found, reused=True)
     tags = (("mlflow.parentRunId", parent), ("comparison_run", parent), ("comparison_pair", str(index)),
             ("comparison_arm", str(arm)), ("comparison_role", "arm" if plan.arm else "pretrain"))
     say(f"pair {index} (seed {cfg.train.seed}, split seed {cfg.data.seed}): {arm.upper()} {plan.name}")
@@ -235,7 +235,7 @@ def _run_unit(client, experiment_id: str, parent: str, request: CompareRequest, 
         traceback.print_exc(file=sys.stderr)
         say(f"pair {index}: {message}")
         return {"failure": message}
-    return {"run_id": outcome.run_id}
+    return run_result(outcome.run_id, outcome.reused)
 
 
 def _pairs(client, request: CompareRequest, view: BoardView) -> list[Pair]:

@@ -30,11 +30,11 @@ from mtl_suite.recipes import Recipe
 from mtl_suite.tracking.comparison_runs import close_dead_worker_runs, run_exists
 from mtl_suite.tracking.reachability import mask_password
 from mtl_suite.tracking.setup import take_launcher_run, use_tracking
-from mtl_suite.tuning.units import BLOCKED, DONE, FAILED, BoardView, UnitBoard
+from mtl_suite.tuning.units import BLOCKED, DONE, FAILED, BoardView, UnitBoard, run_result
 from mtl_suite.workflows.ensemble import EnsembleRequest, make_ensemble
 from mtl_suite.workflows.promote import PromoteOutcome, PromoteRequest, plan_promotion, promote
 from mtl_suite.workflows.reliability import ExternalCheck
-from mtl_suite.workflows.stage import StageRequest, run_stage
+from mtl_suite.workflows.stage import StageOutcome, StageRequest, run_stage
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def train_recipe(request: TrainRequest, say: Callable[[str], None] = print) -> T
     else:
         display = progress.current()
         with display.level("stages", len(recipe.members) + (1 if recipe.is_ensemble else 0)) as stages:
-            members = tuple(_member_stage(request, index, Stage(recipe.stage), None, say)
+            members = tuple(_member_stage(request, index, Stage(recipe.stage), None, say).run_id
                             for index in range(len(recipe.members)))
             final = _ensemble(request, members, say) if recipe.is_ensemble else members[0]
             if recipe.is_ensemble:
@@ -106,7 +106,7 @@ def _describe(recipe: Recipe) -> str:
 
 
 def _member_stage(request: TrainRequest, index: int, stage: Stage, parent: str | None, say: Callable[[str], None],
-                  claim: tuple[tuple[str, str], ...] = ()) -> str:
+                  claim: tuple[tuple[str, str], ...] = ()) -> StageOutcome:
     """One member's `stage` from the `parent` run (None: found in the experiment, and the stages it stands on run
     first when missing; stage 1 and classical start from ImageNet). The recipe's final stage of a one-model recipe
     is also scored on the external images."""
@@ -120,7 +120,7 @@ def _member_stage(request: TrainRequest, index: int, stage: Stage, parent: str |
         name_prefix=f"{recipe.name}-m{index + 1}-" if recipe.is_ensemble else f"{recipe.name}-",
         external=request.external if last and not recipe.is_ensemble else None,
         resume="never" if request.fresh else "auto", reuse_finished=not request.fresh), say=say)
-    return outcome.run_id
+    return outcome
 
 
 def _ensemble(request: TrainRequest, members: tuple[str, ...], say: Callable[[str], None],
@@ -268,7 +268,8 @@ def _run_unit(request: TrainRequest, unit: Unit, view: BoardView, tag: str, expe
     member = unit_member(unit.key)
     if member is None:
         return {"run_id": _ensemble(request, tuple(before), say, claim)}
-    return {"run_id": _member_stage(request, member, Stage(unit.step), before[0] if before else None, say, claim)}
+    outcome = _member_stage(request, member, Stage(unit.step), before[0] if before else None, say, claim)
+    return run_result(outcome.run_id, outcome.reused)
 
 
 def _member_finals(recipe: Recipe, view: BoardView) -> tuple[str, ...]:

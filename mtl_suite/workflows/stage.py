@@ -86,6 +86,7 @@ class StageOutcome:
     tracking_uri: str
     experiment_id: str
     earlier: int | None = None  # other configurations that had scored its outer test part first (None: none scored)
+    reused: bool = False  # a finished run of the same settings found in the store, not trained now
 
     def looks_text(self) -> str:
         """'; this test part had been scored by 3 earlier configurations', or "" for a run that scored none."""
@@ -157,7 +158,7 @@ def _run(request: StageRequest, uri: str, experiment_id: str, run_id: str | None
 
 def _reused(plan: StagePlan, run, uri: str, experiment_id: str, say: Callable[[str], None]) -> StageOutcome:
     outcome = StageOutcome(run.info.run_id, plan.name, dict(run.data.metrics), uri, experiment_id,
-                           looks.logged_earlier(run.info.run_id))
+                           looks.logged_earlier(run.info.run_id), reused=True)
     say(f"{plan.name}: reusing finished run {outcome.run_id} (same settings, data, split and parent run; "
         f"{_summary(outcome.metrics)})")
     _stage_done(plan.name, reused=True)

@@ -17,7 +17,8 @@ from mtl_suite.errors import UserError
 from mtl_suite.tuning.optuna_private import storage_of, trial_id
 from mtl_suite.tuning.resume import OWNER_ATTR
 from mtl_suite.tuning.units import (
-    BLOCKED, DONE, DUPLICATE_ATTR, FAILED, INDEX_ATTR, KEY_ATTR, UNIT_MAX, UNIT_PARAM, UnitBoard, unit_index,
+    BLOCKED, DONE, DUPLICATE_ATTR, FAILED, INDEX_ATTR, KEY_ATTR, RUNNING, UNIT_MAX, UNIT_PARAM, WAITING, BoardView,
+    UnitBoard, UnitStatus, run_result, unit_index,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -213,3 +214,18 @@ def test_a_worker_waits_for_what_the_studys_maker_shares(tmp_path):
     assert other.awaited("run", "the run", timeout_s=30) == "run-1"
     assert said and "waiting for the worker that made the study work to open the run" in said[0]
     assert _opened(UnitBoard("alone", CHAIN, None)).awaited("run", "the run") is None  # one worker never waits
+
+
+def test_the_time_left_comes_from_units_that_did_their_work_not_from_reused_ones():
+    """A resumed command finds earlier units finished in seconds: averaged in, they would promise an end far too
+    soon."""
+    stage = [Unit(f"s{i}", i, "stage3") for i in range(4)]
+    view = BoardView({
+        "s0": UnitStatus(stage[0], DONE, run_result("r0", reused=True), seconds=2.0),
+        "s1": UnitStatus(stage[1], DONE, run_result("r1"), seconds=3600.0),
+        "s2": UnitStatus(stage[2], RUNNING, worker="host:1"),
+        "s3": UnitStatus(stage[3], WAITING),
+    })
+    assert view.seconds_left() == 7200.0  # two unsettled units of an hour each, one worker
+    view.statuses["s1"] = UnitStatus(stage[1], DONE, run_result("r1", reused=True), seconds=1.0)
+    assert view.seconds_left() is None  # nothing done here yet says what a unit costs
