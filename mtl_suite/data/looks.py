@@ -75,7 +75,9 @@ def configurations(looks: Iterable[LoggedLook], besides: str | None = None) -> l
 
 
 def earlier_text(earlier: int, what: str = "this test part") -> str:
-    """'this test part had been scored by 3 earlier configurations'."""
+    """'this test part had been scored by 3 earlier configurations' (by no earlier configuration: a first look)."""
+    if earlier == 0:
+        return f"{what} had been scored by no earlier configuration"
     return f"{what} had been scored by {earlier} earlier configuration{'' if earlier == 1 else 's'}"
 
 

@@ -112,7 +112,8 @@ class SealOutcome:
             head = f"sealed {len(seal.images)} images of {self.root} as {seal.name!r}"
             head += f"; {scored} had scored them before the seal" if n else ""
         else:
-            head = f"{self.root} is already sealed as {seal.name!r} ({len(seal.images)} images, scored by {scored})"
+            looked = f"scored by {scored}" if n else "not scored yet"
+            head = f"{self.root} is already sealed as {seal.name!r} ({len(seal.images)} images, {looked})"
         return f"{head}; seal run {seal.run_id} in {self.tracking_uri}"
 
 

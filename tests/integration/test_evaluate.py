@@ -245,7 +245,7 @@ def test_a_sealed_set_is_scored_once_and_a_second_model_only_with_again(store, t
 
     result, lines = look(first, copy)
     assert result.exit_code == 0, result.output
-    assert lines[0] == ("evaluate: these images had been scored by 0 earlier configurations; sealed set "
+    assert lines[0] == ("evaluate: these images had been scored by no earlier configuration; sealed set "
                         "'final-test': scored by 1 configuration in 1 look, this one included")
     result, lines = look(first, sealed)  # the same model: recorded, not a new configuration
     assert result.exit_code == 0, result.output

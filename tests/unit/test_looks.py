@@ -140,7 +140,7 @@ def test_a_folder_is_sealed_once_by_its_contents_in_the_stores_seal_experiment(s
 
     moved = shutil.copytree(folder, tmp_path / "elsewhere" / "renamed")  # the same images, another place
     again = invoke("data", "seal", str(moved), "--name", "final-2025", "--tracking-uri", store)
-    assert again.exit_code == 0 and "is already sealed as 'final-2025' (6 images, scored by 0 configurations)" in \
+    assert again.exit_code == 0 and "is already sealed as 'final-2025' (6 images, not scored yet)" in \
         again.stdout
     assert len(client.search_runs([runs[0].info.experiment_id])) == 1
 
