@@ -247,7 +247,7 @@ def _run_unit(client, experiment_id: str, parent: str, request: AssessRequest, s
     claim = ((runs_io.UNIT, tag),)
     before = [view.statuses[key].results.get("run_id", "") for key in unit.after]
     if member is None:
-        return {"run_id": _ensemble(request, seed, before, tags + claim, say)}
+        return run_result(_ensemble(request, seed, before, tags + claim, say))
     return _stage(client, request, seed, member, unit.step, before[0] if before else None, kept.get(this), tags,
                   claim, segmentation, say)
 

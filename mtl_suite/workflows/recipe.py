@@ -267,7 +267,7 @@ def _run_unit(request: TrainRequest, unit: Unit, view: BoardView, tag: str, expe
     claim = ((UNIT_TAG, tag),)
     member = unit_member(unit.key)
     if member is None:
-        return {"run_id": _ensemble(request, tuple(before), say, claim)}
+        return run_result(_ensemble(request, tuple(before), say, claim))
     outcome = _member_stage(request, member, Stage(unit.step), before[0] if before else None, say, claim)
     return run_result(outcome.run_id, outcome.reused)
 
